@@ -1,0 +1,5 @@
+import sys
+
+from ssal.cli import main
+
+sys.exit(main())

@@ -1,0 +1,284 @@
+"""Image classification data sets, loaded offline from local files.
+
+Every data set is an :class:`ImageDataset` with a ``train`` split (the pool the active learner
+draws from) and a ``test`` split. A split yields uint8 image tensors ``[B, C, H, W]`` for a batch of
+indices: small data sets live in memory as one uint8 tensor; ``imagefolder`` decodes files lazily.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ssal.errors import DataError
+from ssal.registry import Registry
+
+DATASETS = Registry("dataset")
+
+
+class Split:
+    """A list of labelled images. ``load(indices)`` returns ``uint8 [B, C, H, W]``."""
+
+    targets: torch.Tensor  # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def load(self, indices: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def subset(self, indices: torch.Tensor) -> Split:
+        return SubsetSplit(self, indices)
+
+
+class TensorSplit(Split):
+    """All images in memory as one uint8 tensor."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor):
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError("images must be uint8 [N, C, H, W]")
+        if len(images) != len(targets):
+            raise DataError(f"{len(images)} images but {len(targets)} labels")
+        self.images = images
+        self.targets = targets.long()
+
+    def load(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.images[indices]
+
+    def subset(self, indices: torch.Tensor) -> Split:
+        return TensorSplit(self.images[indices], self.targets[indices])
+
+
+class SubsetSplit(Split):
+    def __init__(self, base: Split, indices: torch.Tensor):
+        self.base, self.indices = base, indices.long()
+        self.targets = base.targets[self.indices]
+
+    def load(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.base.load(self.indices[indices])
+
+
+@dataclass
+class ImageDataset:
+    name: str
+    train: Split
+    test: Split
+    classes: list[str]
+    channels: int
+    image_size: tuple[int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    hflip: bool  # whether a horizontal flip keeps the label (not for digits)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def load_dataset(cfg, seed: int = 0) -> ImageDataset:
+    """Build the data set of a recipe's ``data`` section (``pool_size``/``test_size`` applied)."""
+    builder = DATASETS.get(cfg.dataset)
+    ds: ImageDataset = builder(cfg)
+    ds.train = _subsample(ds.train, cfg.pool_size, seed, "data.pool_size", "train")
+    ds.test = _subsample(ds.test, cfg.test_size, seed + 1, "data.test_size", "test")
+    return ds
+
+
+def _subsample(split: Split, size: int | None, seed: int, key: str, what: str) -> Split:
+    if size is None or size == len(split):
+        return split
+    if size > len(split):
+        raise DataError(f"{key}={size} is larger than the {what} split ({len(split)} images); lower it")
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.randperm(len(split), generator=g)[:size].sort().values
+    return split.subset(keep)
+
+
+def _root(cfg, default: str | None, how_to_get: str) -> Path:
+    root = cfg.root if cfg.root is not None else default
+    if root is None:
+        raise DataError(f"data set '{cfg.dataset}' needs data.root; {how_to_get}")
+    path = Path(os.path.expanduser(str(root)))
+    if not path.is_dir():
+        raise DataError(f"data.root '{root}' does not exist or is not a folder; {how_to_get}")
+    return path
+
+
+# ----------------------------------------------------------------------------- Fashion-MNIST
+
+FASHION_MNIST_DEBIAN = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_MNIST_HOWTO = ("install it with 'apt-get install dataset-fashion-mnist' (files go to "
+                       f"{FASHION_MNIST_DEBIAN}) or set data.root to a folder with the idx files")
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an idx file (the MNIST format), gzipped or not.
+
+    Written by hand: torchvision's reader needs uncompressed files, the Debian package ships .gz.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+        if zero != 0 or dtype_code != 0x08:
+            raise ValueError("bad magic number")
+        shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+        arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+        return arr.reshape(shape)
+    except (OSError, ValueError, struct.error, EOFError) as e:
+        raise DataError(f"{path} is not a valid idx file ({e}); re-download or reinstall the data set") from None
+
+
+def _find_idx(root: Path, stem: str) -> Path | None:
+    for folder in (root, root / "FashionMNIST" / "raw", root / "raw"):
+        for name in (f"{stem}.gz", stem):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+@DATASETS.register("fashion_mnist")
+def fashion_mnist(cfg) -> ImageDataset:
+    root = _root(cfg, FASHION_MNIST_DEBIAN, FASHION_MNIST_HOWTO)
+    splits = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        img_path = _find_idx(root, f"{prefix}-images-idx3-ubyte")
+        lab_path = _find_idx(root, f"{prefix}-labels-idx1-ubyte")
+        if img_path is None or lab_path is None:
+            raise DataError(f"Fashion-MNIST {split} files ({prefix}-images-idx3-ubyte[.gz], "
+                            f"{prefix}-labels-idx1-ubyte[.gz]) not found in {root}; {FASHION_MNIST_HOWTO}")
+        images = torch.from_numpy(read_idx(img_path).copy()).unsqueeze(1)
+        labels = torch.from_numpy(read_idx(lab_path).astype(np.int64))
+        if images.ndim != 4 or labels.ndim != 1:
+            raise DataError(f"{img_path} / {lab_path} have unexpected shapes {tuple(images.shape)} / {tuple(labels.shape)}")
+        splits[split] = TensorSplit(images, labels)
+    return ImageDataset("fashion_mnist", splits["train"], splits["test"], FASHION_MNIST_CLASSES,
+                        channels=1, image_size=(28, 28), mean=(0.2860,), std=(0.3530,), hflip=True)
+
+
+# ----------------------------------------------------------------------------- digits (8x8)
+
+@DATASETS.register("digits")
+def digits(cfg) -> ImageDataset:
+    """scikit-learn's bundled 8x8 digits: 1,797 images, a fixed stratified 75/25 split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = torch.from_numpy(np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    tr, te = train_test_split(np.arange(len(labels)), test_size=0.25, random_state=0, stratify=bunch.target)
+    tr, te = torch.from_numpy(np.sort(tr)), torch.from_numpy(np.sort(te))
+    return ImageDataset("digits", TensorSplit(images[tr], labels[tr]), TensorSplit(images[te], labels[te]),
+                        [str(i) for i in range(10)], channels=1, image_size=(8, 8),
+                        mean=(0.3, ), std=(0.38, ), hflip=False)
+
+
+# ----------------------------------------------------------------------------- CIFAR
+
+def _read_cifar_pickles(files: list[Path], label_key: bytes) -> TensorSplit:
+    images, labels = [], []
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                entry = pickle.load(fh, encoding="bytes")
+            images.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.extend(int(v) for v in entry[label_key])
+        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as e:
+            raise DataError(f"{f} is not a valid CIFAR python batch ({type(e).__name__}: {e}); "
+                            "re-extract the archive") from None
+    return TensorSplit(torch.from_numpy(np.concatenate(images)), torch.tensor(labels))
+
+
+def _cifar(cfg, name: str, folder: str, train_files: list[str], test_files: list[str], meta: str,
+           label_key: bytes, names_key: bytes, mean, std) -> ImageDataset:
+    howto = (f"download the CIFAR python version ('{folder}' folder, e.g. torchvision's "
+             f"{name.upper()}(root, download=True)) and set data.root to its parent folder")
+    root = _root(cfg, None, howto)
+    base = root if root.name == folder else root / folder
+    missing = [f for f in train_files + test_files if not (base / f).is_file()]
+    if missing:
+        raise DataError(f"{name} files {missing} not found in {base}; {howto}")
+    train = _read_cifar_pickles([base / f for f in train_files], label_key)
+    test = _read_cifar_pickles([base / f for f in test_files], label_key)
+    n_classes = 10 if name == "cifar10" else 100
+    classes = [str(i) for i in range(n_classes)]
+    if (base / meta).is_file():
+        with open(base / meta, "rb") as fh:
+            entry = pickle.load(fh, encoding="bytes")
+        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in entry[names_key]]
+    return ImageDataset(name, train, test, classes, channels=3, image_size=(32, 32),
+                        mean=mean, std=std, hflip=True)
+
+
+@DATASETS.register("cifar10")
+def cifar10(cfg) -> ImageDataset:
+    return _cifar(cfg, "cifar10", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
+                  ["test_batch"], "batches.meta", b"labels", b"label_names",
+                  (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+
+
+@DATASETS.register("cifar100")
+def cifar100(cfg) -> ImageDataset:
+    return _cifar(cfg, "cifar100", "cifar-100-python", ["train"], ["test"], "meta",
+                  b"fine_labels", b"fine_label_names",
+                  (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+
+
+# ----------------------------------------------------------------------------- image folder
+
+class FolderSplit(Split):
+    """Images decoded from files on demand, resized to a fixed size."""
+
+    def __init__(self, samples: list[tuple[str, int]], size: tuple[int, int], channels: int):
+        self.paths = [p for p, _ in samples]
+        self.targets = torch.tensor([t for _, t in samples], dtype=torch.long)
+        self.size, self.channels = size, channels
+
+    def load_one(self, i: int) -> torch.Tensor:
+        from PIL import Image
+        from torchvision.transforms import functional as TF
+
+        try:
+            with Image.open(self.paths[i]) as im:
+                im = im.convert("L" if self.channels == 1 else "RGB")
+                im = TF.center_crop(TF.resize(im, min(self.size)), list(self.size))
+                return TF.pil_to_tensor(im)
+        except OSError as e:
+            raise DataError(f"cannot read image {self.paths[i]}: {e}") from None
+
+    def load(self, indices: torch.Tensor) -> torch.Tensor:
+        return torch.stack([self.load_one(int(i)) for i in indices])
+
+
+@DATASETS.register("imagefolder")
+def imagefolder(cfg) -> ImageDataset:
+    """``data.root`` with ``train/<class>/*.png`` and ``test/<class>/*`` (or ``val/``)."""
+    from torchvision.datasets import ImageFolder
+
+    howto = "point data.root at a folder holding train/<class>/<images> and test/<class>/<images>"
+    root = _root(cfg, None, howto)
+    test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
+    if not (root / "train").is_dir() or test_dir is None:
+        raise DataError(f"{root} needs the subfolders train/ and test/ (or val/); {howto}")
+    try:
+        tr, te = ImageFolder(str(root / "train")), ImageFolder(str(test_dir))
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DataError(f"{e}; {howto}") from None
+    if tr.classes != te.classes:
+        raise DataError(f"train/ and {test_dir.name}/ have different class folders; make them match")
+    size = (cfg.image_size, cfg.image_size)
+    channels = cfg.channels
+    return ImageDataset("imagefolder", FolderSplit(tr.samples, size, channels), FolderSplit(te.samples, size, channels),
+                        tr.classes, channels=channels, image_size=size,
+                        mean=(0.5,) * channels, std=(0.25,) * channels, hflip=True)

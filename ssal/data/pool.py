@@ -1,0 +1,121 @@
+"""The state of the active-learning pool: which indices are labeled, with which label, when."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ssal.errors import DataError
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a file so that a reader sees either the old or the new content, never a partial one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ActivePool:
+    """``n`` pool indices; each is unlabeled or labeled with a class and the round it joined.
+
+    The round of an index is the first round whose training uses its label: the initial set is
+    round 0, what round r selects is round r + 1.
+    """
+
+    def __init__(self, n: int):
+        if n <= 0:
+            raise ValueError("a pool needs at least one sample")
+        self.n = n
+        self._labels = torch.full((n,), -1, dtype=torch.long)
+        self._round = torch.full((n,), -1, dtype=torch.long)
+        self._order: list[int] = []  # labeled indices in acquisition order
+
+    @property
+    def labeled_mask(self) -> torch.Tensor:
+        return self._labels >= 0
+
+    @property
+    def labeled_indices(self) -> torch.Tensor:
+        """Labeled indices in acquisition order."""
+        return torch.tensor(self._order, dtype=torch.long)
+
+    @property
+    def unlabeled_indices(self) -> torch.Tensor:
+        return torch.nonzero(~self.labeled_mask).flatten()
+
+    @property
+    def n_labeled(self) -> int:
+        return len(self._order)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """The observed labels of ``labeled_indices``, in the same order."""
+        return self._labels[self.labeled_indices]
+
+    def rounds(self) -> torch.Tensor:
+        return self._round[self.labeled_indices]
+
+    def label(self, indices, labels, round) -> None:
+        """Label ``indices`` (in this order) with ``labels``, acquired for ``round`` (int or per index).
+
+        Refuses out-of-range, repeated or already-labeled indices and changes nothing then.
+        """
+        idx = torch.as_tensor(indices, dtype=torch.long).flatten()
+        lab = torch.as_tensor(labels, dtype=torch.long).flatten()
+        rnd = torch.as_tensor(round, dtype=torch.long).flatten().expand(len(idx))
+        if len(idx) != len(lab):
+            raise ValueError(f"{len(idx)} indices but {len(lab)} labels")
+        if len(idx) and (idx.min() < 0 or idx.max() >= self.n):
+            raise IndexError(f"pool index out of range [0, {self.n})")
+        if len(torch.unique(idx)) != len(idx):
+            raise ValueError("the same index is labeled twice in one call")
+        if self.labeled_mask[idx].any():
+            already = idx[self.labeled_mask[idx]][:5].tolist()
+            raise ValueError(f"indices already labeled: {already}")
+        if len(lab) and lab.min() < 0:
+            raise ValueError("labels must be >= 0")
+        self._labels[idx] = lab
+        self._round[idx] = rnd
+        self._order.extend(idx.tolist())
+
+    def truncate(self, max_round: int) -> None:
+        """Forget every label acquired for a round after ``max_round`` (used by resume)."""
+        drop = [i for i in self._order if self._round[i] > max_round]
+        if drop:
+            d = torch.tensor(drop)
+            self._labels[d] = -1
+            self._round[d] = -1
+            self._order = [i for i in self._order if self._round[i] >= 0]
+
+    def state_dict(self) -> dict:
+        return {"n": self.n, "labeled": [[i, int(self._labels[i]), int(self._round[i])] for i in self._order]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.__init__(int(state["n"]))
+        rows = torch.tensor(state["labeled"], dtype=torch.long).reshape(-1, 3)
+        self.label(rows[:, 0], rows[:, 1], rows[:, 2])
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_text(path, json.dumps(self.state_dict()))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ActivePool:
+        try:
+            state = json.loads(Path(path).read_text())
+            pool = cls(int(state["n"]))
+            pool.load_state_dict(state)
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise DataError(f"{path} is not a valid pool file ({type(e).__name__}: {e})") from None
+        return pool

@@ -1,0 +1,324 @@
+"""The one training / evaluation / inference loop, on HuggingFace Accelerate.
+
+Pretraining, fine-tuning and the signal pass of selection all run through :class:`Engine`, so
+the same code runs on one CPU, one GPU or several processes (``accelerate launch`` or
+``torchrun``). Batches are drawn by a seeded sampler and made (loaded + augmented) by a
+DataLoader whose items are whole batches: with ``data.num_workers > 0`` workers build them in
+parallel, and the result depends only on the seed, never on the number of workers or processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ssal.data.datasets import Split
+from ssal.data.views import VIEWS, to_float
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from parts (e.g. the recipe seed, the round, a purpose), stable across runs."""
+    import hashlib
+
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+class InfiniteBatchSampler(Sampler):
+    """Endless seeded reshuffles of ``range(n)`` cut into batches of ``batch_size``.
+
+    Yields ``(step, positions)``. Under several processes each process gets its own slice of
+    the global batch of ``batch_size * world`` positions.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed)
+        global_bs = self.batch_size * self.world
+        buffer = torch.empty(0, dtype=torch.long)
+        step = 0
+        while True:
+            while len(buffer) < global_bs:
+                buffer = torch.cat([buffer, torch.randperm(self.n, generator=g)])
+            batch, buffer = buffer[:global_bs], buffer[global_bs:]
+            yield step, batch[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+            step += 1
+
+
+class ChunkSampler(Sampler):
+    def __init__(self, n: int, chunk: int):
+        self.n, self.chunk = n, chunk
+
+    def __iter__(self):
+        for start in range(0, self.n, self.chunk):
+            yield start, torch.arange(start, min(start + self.chunk, self.n))
+
+    def __len__(self) -> int:
+        return math.ceil(self.n / self.chunk)
+
+
+class ViewBatches(Dataset):
+    """Item ``(step, positions)`` -> a training batch with the objective's views.
+
+    ``sources`` maps a source name (``labeled``/``unlabeled``) to (split, pool indices, labels or
+    None, seed); ``views`` maps a batch key to (source, view name).
+    """
+
+    def __init__(self, split: Split, indices: torch.Tensor, labels: torch.Tensor | None,
+                 views: dict[str, str], hflip: bool, seed: int):
+        self.split, self.indices, self.labels = split, indices, labels
+        self.views, self.hflip, self.seed = views, hflip, seed
+
+    def __getitem__(self, item: tuple[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+        step, pos = item
+        x = self.split.load(self.indices[pos])
+        g = torch.Generator().manual_seed(derive_seed(self.seed, step))
+        out = {key: VIEWS[view](x, generator=g, hflip=self.hflip) for key, view in self.views.items()}
+        if self.labels is not None:
+            out["labels"] = self.labels[pos]
+        return out
+
+    def __len__(self) -> int:  # pragma: no cover - items come from the sampler
+        return len(self.indices)
+
+
+class PlainBatches(Dataset):
+    def __init__(self, split: Split, indices: torch.Tensor):
+        self.split, self.indices = split, indices
+
+    def __getitem__(self, item: tuple[int, torch.Tensor]) -> torch.Tensor:
+        return to_float(self.split.load(self.indices[item[1]]))
+
+    def __len__(self) -> int:  # pragma: no cover
+        return len(self.indices)
+
+
+def _loader(dataset: Dataset, sampler: Sampler, num_workers: int) -> DataLoader:
+    return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
+                      persistent_workers=False, prefetch_factor=4 if num_workers else None)
+
+
+@dataclass
+class FitResult:
+    model: nn.Module  # the trained model (unwrapped)
+    eval_model: nn.Module  # what to evaluate/select with: the EMA model when train.ema > 0
+    seconds: float
+    logs: dict[str, float] = field(default_factory=dict)
+    ema: nn.Module | None = None
+
+
+class Engine:
+    """Owns the Accelerator; trains, evaluates and runs streamed inference."""
+
+    def __init__(self, mixed_precision: str = "no", num_workers: int = 0, progress: bool = True,
+                 accelerator: Accelerator | None = None):
+        self.accelerator = accelerator or Accelerator(mixed_precision=mixed_precision)
+        self.num_workers = num_workers
+        self.show_progress = progress
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @contextlib.contextmanager
+    def progress(self, desc: str, total: int) -> Iterator[Callable[..., None]]:
+        """A rich progress bar on the main process; yields ``update(advance=1, **fields)``."""
+        if not (self.show_progress and self.is_main):
+            yield lambda advance=1, **kw: None
+            return
+        columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]
+        with Progress(*columns, transient=False) as bar:
+            task = bar.add_task(desc, total=total, info="")
+
+            def update(advance: int = 1, **info: float) -> None:
+                if info:
+                    bar.update(task, advance=advance,
+                               info="  ".join(f"{k} {v:.3g}" for k, v in info.items()))
+                else:
+                    bar.advance(task, advance)
+
+            yield update
+
+    def print(self, *args, **kwargs) -> None:
+        if self.is_main:
+            from rich import print as rprint
+
+            rprint(*args, **kwargs)
+
+    # ------------------------------------------------------------------ training
+    def fit(self, model: nn.Module, objective_cls: type, train_cfg: Any, split: Split,
+            labeled: torch.Tensor, labels: torch.Tensor, unlabeled: torch.Tensor | None = None, *,
+            hflip: bool, seed: int, desc: str = "train") -> FitResult:
+        """Train ``model`` for ``train_cfg.steps`` optimizer steps with an objective.
+
+        ``labeled``/``unlabeled`` are indices into ``split``; ``labels`` the observed labels of
+        ``labeled``. Seeded: the same arguments give the same weights on the same machine.
+        """
+        t0 = time.perf_counter()
+        acc = self.accelerator
+        torch.manual_seed(derive_seed(seed, "torch"))  # dropout and other stochastic layers
+        optimizer = torch.optim.SGD(model.parameters(), lr=train_cfg.lr, momentum=train_cfg.momentum,
+                                    nesterov=train_cfg.nesterov and train_cfg.momentum > 0,
+                                    weight_decay=train_cfg.weight_decay)
+        steps = train_cfg.steps
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(train_cfg.schedule, steps))
+        prepared, optimizer = acc.prepare(model, optimizer)
+        objective = objective_cls(prepared, train_cfg)
+        ema = None
+        if train_cfg.ema > 0:
+            ema = AveragedModel(acc.unwrap_model(prepared), multi_avg_fn=get_ema_multi_avg_fn(train_cfg.ema),
+                                use_buffers=True)
+        for m in objective.modules.values():
+            m.to(self.device)
+
+        loaders = self._train_loaders(objective, train_cfg, split, labeled, labels, unlabeled, hflip, seed)
+        prepared.train()
+        logs: dict[str, float] = {}
+        with self.progress(desc, steps) as update:
+            for step in range(steps):
+                batch = self._next_batch(loaders)
+                with acc.autocast():
+                    loss, extra = objective.loss(batch)
+                optimizer.zero_grad(set_to_none=True)
+                acc.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                objective.after_step(step)
+                if ema is not None:
+                    ema.update_parameters(acc.unwrap_model(prepared))
+                if step % 20 == 0 or step == steps - 1:
+                    logs = {"loss": float(loss.detach()), **{k: float(v) for k, v in extra.items()}}
+                    update(1, **logs)
+                else:
+                    update(1)
+        self._close(loaders)
+        trained = acc.unwrap_model(prepared)
+        eval_model = ema.module if ema is not None else trained
+        acc.free_memory()
+        return FitResult(trained, eval_model, time.perf_counter() - t0, logs, ema.module if ema is not None else None)
+
+    def _train_loaders(self, objective, train_cfg, split, labeled, labels, unlabeled, hflip, seed):
+        by_source: dict[str, dict[str, str]] = {}
+        for key, (source, view) in objective.views.items():
+            if view == "weak" and train_cfg.augment == "none":
+                view = "none"
+            by_source.setdefault(source, {})[key] = view
+        loaders = {}
+        for source, views in by_source.items():
+            if source == "labeled":
+                indices, lab, bs = labeled, labels, train_cfg.batch_size
+            elif source == "unlabeled":
+                if unlabeled is None or len(unlabeled) == 0:
+                    raise ValueError(f"{type(objective).__name__} needs unlabeled samples")
+                indices, lab, bs = unlabeled, None, train_cfg.batch_size * getattr(objective, "unlabeled_ratio", 1)
+            else:
+                raise ValueError(f"unknown view source '{source}'")
+            src_seed = derive_seed(seed, source)
+            ds = ViewBatches(split, indices, lab, views, hflip, src_seed)
+            sampler = InfiniteBatchSampler(len(indices), bs, derive_seed(src_seed, "order"), self.rank, self.world)
+            loaders[source] = iter(_loader(ds, sampler, self.num_workers))
+        return loaders
+
+    def _next_batch(self, loaders) -> dict[str, torch.Tensor]:
+        batch: dict[str, torch.Tensor] = {}
+        for source, it in loaders.items():
+            part = next(it)
+            if "labels" in part:
+                batch["y_l" if source == "labeled" else "y_u"] = part.pop("labels")
+            batch.update(part)
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    @staticmethod
+    def _close(loaders) -> None:
+        for it in loaders.values():
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+
+    # ------------------------------------------------------------------ inference
+    @torch.inference_mode()
+    def predict(self, model: nn.Module, split: Split, indices: torch.Tensor,
+                outputs: tuple[str, ...] = ("probs",), batch_size: int = 512,
+                desc: str | None = None) -> dict[str, torch.Tensor]:
+        """Streamed inference on ``split[indices]``: a dict of CPU tensors aligned with ``indices``.
+
+        ``outputs`` picks among ``probs`` (softmax, float32), ``logits`` and ``features`` (the
+        penultimate layer). Work is sharded across processes and gathered once per index.
+        """
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        n = len(indices)
+        per_rank = math.ceil(n / self.world) if n else 0
+        mine = indices[self.rank * per_rank:(self.rank + 1) * per_rank]
+        was_training = model.training
+        model.eval()
+        model.to(self.device)
+        chunks: dict[str, list[torch.Tensor]] = {k: [] for k in outputs}
+        loader = _loader(PlainBatches(split, mine), ChunkSampler(len(mine), batch_size), self.num_workers)
+        with self.progress(desc or "inference", len(loader)) if desc else contextlib.nullcontext(lambda *a, **k: None) as update:
+            for x in loader:
+                with self.accelerator.autocast():
+                    logits, feats = model(x.to(self.device, non_blocking=True), return_features=True)
+                got = {"logits": logits.float(), "features": feats.float()}
+                if "probs" in outputs:
+                    got["probs"] = F.softmax(logits.float(), dim=1)
+                for k in outputs:
+                    chunks[k].append(got[k])
+                update(1)
+        model.train(was_training)
+        result = {}
+        for k, parts in chunks.items():
+            local = torch.cat(parts) if parts else torch.empty(0)
+            result[k] = self._gather(local, per_rank, n)
+        return result
+
+    def _gather(self, local: torch.Tensor, per_rank: int, n: int) -> torch.Tensor:
+        if self.world == 1:
+            return local.cpu()
+        # pad every shard to the same length, gather in rank order, drop the padding
+        if len(local) < per_rank:
+            pad = local.new_zeros((per_rank - len(local), *local.shape[1:]))
+            local = torch.cat([local, pad])
+        return self.accelerator.gather(local.contiguous())[:n].cpu()
+
+    def evaluate(self, model: nn.Module, split: Split, batch_size: int = 512,
+                 desc: str | None = "evaluate") -> dict[str, float]:
+        """Top-1 accuracy on a whole split."""
+        probs = self.predict(model, split, torch.arange(len(split)), ("probs",), batch_size, desc)["probs"]
+        correct = (probs.argmax(1) == split.targets).float()
+        return {"test_acc": float(correct.mean())}
+
+
+def _schedule(name: str, steps: int) -> Callable[[int], float]:
+    if name == "cosine":
+        return lambda k: 0.5 * (1.0 + math.cos(math.pi * min(k, steps) / steps))
+    if name == "constant":
+        return lambda k: 1.0
+    raise ValueError(f"unknown schedule '{name}'")

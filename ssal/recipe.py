@@ -1,0 +1,310 @@
+"""Recipes: a typed schema (dataclasses + OmegaConf), ``extends:``, ``key=value`` overrides, validation.
+
+Every mistake a user can make in a recipe is caught here, before anything runs, and raised as a
+:class:`ConfigError` with one line that says what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from ssal.errors import ConfigError, did_you_mean
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "fashion_mnist"
+    root: Optional[str] = None  # None: the dataset's default location (if it has one)
+    pool_size: Optional[int] = None  # seeded subsample of the train split used as the pool
+    test_size: Optional[int] = None  # seeded subsample of the test split used for evaluation
+    image_size: int = 32  # imagefolder: images are resized/cropped to this size
+    channels: int = 3  # imagefolder: 1 (grayscale) or 3 (RGB)
+    num_workers: int = 0  # DataLoader workers that load/augment batches (0: main process)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "cnn_small"  # any timm model name, or cnn_small | resnet18_cifar | wrn_28_2
+    drop_rate: float = 0.0  # dropout before the linear head
+
+
+@dataclass
+class PretrainConfig:
+    method: str = "none"
+
+
+@dataclass
+class TrainConfig:
+    method: str = "supervised"
+    steps: int = 1000  # optimizer steps per round
+    batch_size: int = 64  # labeled samples per step
+    lr: float = 0.03
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine | constant
+    ema: float = 0.0  # EMA decay of the weights used for evaluation; 0 turns EMA off
+    augment: str = "weak"  # weak (flip where allowed + translation) | none
+    reinit: bool = True  # each round trains from the initial weights (else continues)
+    eval_batch_size: int = 512
+    mixed_precision: str = "no"  # no | fp16 | bf16 (accelerate)
+
+
+@dataclass
+class ActiveConfig:
+    initial: int = 100  # labels bought before round 0
+    budget: int = 100  # labels bought per round
+    rounds: int = 5  # acquisitions; the run trains rounds + 1 times
+    strategy: str = "random"
+    initial_strategy: str = "random"
+    subset: Optional[int] = None  # score a seeded random subset of this many unlabeled samples
+
+
+@dataclass
+class Recipe:
+    name: str = ""  # defaults to the recipe file's stem
+    seed: int = 0
+    output_dir: Optional[str] = None  # defaults to runs/<name>
+    cache_dir: str = "~/.cache/ssal"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    active: ActiveConfig = field(default_factory=ActiveConfig)
+
+
+CHOICES = {
+    "train.schedule": ("cosine", "constant"),
+    "train.augment": ("weak", "none"),
+    "train.mixed_precision": ("no", "fp16", "bf16"),
+    "data.channels": (1, 3),
+}
+
+
+def _section_with_components(base: type, registry, section: str) -> type:
+    """``base`` extended by one sub-section per registered component that declares a ``Config``.
+
+    A method's own options live in its own file (``class Config`` on the registered class) and
+    appear in recipes as ``<section>.<method name>.<option>``.
+    """
+    extra = [(name, cls.Config, field(default_factory=cls.Config))
+             for name, cls in registry.items() if getattr(cls, "Config", None) is not None]
+    if not extra:
+        return base
+    return dataclasses.make_dataclass(base.__name__, extra, bases=(base,))
+
+
+def schema() -> type:
+    """The full recipe dataclass, including the sub-sections of every registered method."""
+    from ssal.pretrain import PRETRAINERS
+    from ssal.select import STRATEGIES
+    from ssal.semi import OBJECTIVES
+
+    fields = {
+        "pretrain": _section_with_components(PretrainConfig, PRETRAINERS, "pretrain"),
+        "train": _section_with_components(TrainConfig, OBJECTIVES, "train"),
+        "active": _section_with_components(ActiveConfig, STRATEGIES, "active"),
+    }
+    return dataclasses.make_dataclass(
+        "Recipe", [(k, t, field(default_factory=t)) for k, t in fields.items()], bases=(Recipe,))
+
+
+# ----------------------------------------------------------------------------- loading
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"recipe file '{path}' not found; check the path (recipes live in recipes/)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"recipe '{path}' is not valid YAML:{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read recipe '{path}': {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe '{path}' must be a mapping of keys (got {type(data).__name__})")
+    return data
+
+
+def _chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    """The recipe and the recipes it extends, base first."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"recipe '{path}' extends itself (cycle: {' -> '.join(p.name for p in seen + (path,))})")
+    data = _read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return [(path, data)]
+    if not isinstance(parent, str):
+        raise ConfigError(f"'extends' in '{path}' must be a path to another recipe, relative to it")
+    return _chain(path.parent / parent, seen + (path,)) + [(path, data)]
+
+
+def _keys(node: Any, prefix: str = "") -> list[str]:
+    if dataclasses.is_dataclass(node) or isinstance(node, DictConfig):
+        items = (OmegaConf.to_container(node) if isinstance(node, DictConfig) else dataclasses.asdict(node)).items()
+    elif isinstance(node, dict):
+        items = node.items()
+    else:
+        return []
+    out = []
+    for k, v in items:
+        out.append(f"{prefix}{k}")
+        out += _keys(v, f"{prefix}{k}.")
+    return out
+
+
+def _merge(cfg: DictConfig, data: Any, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(cfg, data)
+    except ConfigKeyError as e:
+        key = e.full_key or str(e.key)
+        hint = did_you_mean(key, _keys(cfg))
+        raise ConfigError(f"{source}: unknown recipe key '{key}'{hint}; 'ssal run --help' shows the recipe sections") from None
+    except ValidationError as e:
+        key = e.full_key
+        expected = _expected_type(cfg, key)
+        raise ConfigError(f"{source}: {key or 'recipe'} must be {expected}, got {e.value!r}") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{source}: {str(e).splitlines()[0]}") from None
+
+
+def _expected_type(cfg: DictConfig, key: str | None) -> str:
+    if not key:
+        return "a mapping"
+    try:
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+        node = parent._get_node(leaf)
+        if isinstance(node, DictConfig):
+            return "a mapping of keys"
+        t = node._metadata.ref_type
+        name = getattr(t, "__name__", str(t))
+        if "Optional" in str(t):
+            name = str(t).replace("typing.", "")
+        return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}.get(name, name)
+    except Exception:  # pragma: no cover - best effort wording only
+        return "of the declared type"
+
+
+def parse_overrides(overrides: list[str]) -> DictConfig:
+    for o in overrides:
+        key = o.split("=", 1)[0]
+        if "=" not in o or not key or " " in key:
+            raise ConfigError(f"override '{o}' must look like key=value (e.g. active.strategy=entropy)")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except (OmegaConfBaseException, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot parse overrides {overrides}: {str(e).splitlines()[0]}") from None
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> DictConfig:
+    """Load, merge and validate a recipe. Raises ConfigError with one line on any mistake."""
+    path = Path(path)
+    cfg = OmegaConf.structured(schema())
+    for p, data in _chain(path):
+        cfg = _merge(cfg, data, str(p if not p.is_relative_to(Path.cwd()) else p.relative_to(Path.cwd())))
+    if overrides:
+        cfg = _merge(cfg, parse_overrides(list(overrides)), "override")
+    if not cfg.name:
+        cfg.name = path.stem
+    return finalize(cfg)
+
+
+def from_dict(data: dict, overrides: list[str] = ()) -> DictConfig:
+    """A validated recipe from a plain dict (for tests and the Python API)."""
+    cfg = _merge(OmegaConf.structured(schema()), data, "recipe")
+    if overrides:
+        cfg = _merge(cfg, parse_overrides(list(overrides)), "override")
+    if not cfg.name:
+        cfg.name = "run"
+    return finalize(cfg)
+
+
+def finalize(cfg: DictConfig) -> DictConfig:
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot resolve an interpolation in the recipe: {str(e).splitlines()[0]}") from None
+    if cfg.output_dir is None:
+        cfg.output_dir = str(Path("runs") / cfg.name)
+    validate(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+# ----------------------------------------------------------------------------- validation
+
+def _require(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Names and values that can be checked without loading data."""
+    from ssal.data import DATASETS
+    from ssal.models import check_backbone
+    from ssal.pretrain import PRETRAINERS
+    from ssal.select import INITIAL_STRATEGIES, STRATEGIES
+    from ssal.semi import OBJECTIVES
+
+    for key, reg in (("data.dataset", DATASETS), ("pretrain.method", PRETRAINERS), ("train.method", OBJECTIVES),
+                     ("active.strategy", STRATEGIES), ("active.initial_strategy", INITIAL_STRATEGIES)):
+        name = OmegaConf.select(cfg, key)
+        if name not in reg:
+            raise ConfigError(f"{key}: unknown {reg.kind} '{name}'{did_you_mean(name, reg.names())}; "
+                              f"choose one of: {', '.join(reg.names())}")
+    check_backbone(cfg.model.backbone)
+    for key, choices in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        _require(value in choices, f"{key}: '{value}' is not one of {', '.join(map(str, choices))}"
+                 f"{did_you_mean(value, map(str, choices))}")
+
+    t, a, d = cfg.train, cfg.active, cfg.data
+    _require(t.steps >= 1, f"train.steps must be >= 1, got {t.steps}")
+    _require(t.batch_size >= 1, f"train.batch_size must be >= 1, got {t.batch_size}")
+    _require(t.eval_batch_size >= 1, f"train.eval_batch_size must be >= 1, got {t.eval_batch_size}")
+    _require(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
+    _require(0 <= t.momentum < 1, f"train.momentum must be in [0, 1), got {t.momentum}")
+    _require(t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}")
+    _require(0 <= t.ema < 1, f"train.ema must be in [0, 1) (0 turns EMA off), got {t.ema}")
+    _require(0 <= cfg.model.drop_rate < 1, f"model.drop_rate must be in [0, 1), got {cfg.model.drop_rate}")
+    _require(a.initial >= 1, f"active.initial must be >= 1 (round 0 trains on it), got {a.initial}")
+    _require(a.budget >= 1, f"active.budget must be >= 1, got {a.budget}")
+    _require(a.rounds >= 0, f"active.rounds must be >= 0, got {a.rounds}")
+    _require(a.subset is None or a.subset >= a.budget,
+             f"active.subset ({a.subset}) must be >= active.budget ({a.budget}) or null")
+    _require(d.pool_size is None or d.pool_size >= 1, f"data.pool_size must be >= 1 or null, got {d.pool_size}")
+    _require(d.test_size is None or d.test_size >= 1, f"data.test_size must be >= 1 or null, got {d.test_size}")
+    _require(d.num_workers >= 0, f"data.num_workers must be >= 0, got {d.num_workers}")
+    _require(d.image_size >= 8, f"data.image_size must be >= 8, got {d.image_size}")
+    needed = a.initial + a.rounds * a.budget
+    if d.pool_size is not None:
+        _require(needed <= d.pool_size,
+                 f"active.initial + active.rounds * active.budget = {needed} labels, more than data.pool_size="
+                 f"{d.pool_size}; lower the budget or rounds, or enlarge the pool")
+
+
+def validate_pool(cfg: DictConfig, pool_size: int) -> None:
+    """Checks that need the size of the pool (known once the data set is found)."""
+    a = cfg.active
+    needed = a.initial + a.rounds * a.budget
+    _require(needed <= pool_size,
+             f"active.initial + active.rounds * active.budget = {needed} labels, more than the "
+             f"{pool_size} images in the pool; lower active.budget or active.rounds")
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg)
