@@ -126,7 +126,9 @@ class Engine:
 
     def __init__(self, mixed_precision: str = "no", num_workers: int = 0, progress: bool = True,
                  accelerator: Accelerator | None = None):
-        self.accelerator = accelerator or Accelerator(mixed_precision=mixed_precision)
+        # with no accelerator device, cpu=True lets Accelerate form a gloo process group under
+        # torchrun / accelerate launch (DistributedType.MULTI_CPU) instead of staying single-process
+        self.accelerator = accelerator or Accelerator(mixed_precision=mixed_precision, cpu=not _has_accelerator())
         self.num_workers = num_workers
         self.show_progress = progress
 
@@ -282,7 +284,8 @@ class Engine:
         model.to(self.device)
         chunks: dict[str, list[torch.Tensor]] = {k: [] for k in outputs}
         loader = _loader(PlainBatches(split, mine), ChunkSampler(len(mine), batch_size), self.num_workers)
-        with self.progress(desc or "inference", len(loader)) if desc else contextlib.nullcontext(lambda *a, **k: None) as update:
+        bar = self.progress(desc, len(loader)) if desc else contextlib.nullcontext(lambda *a, **k: None)
+        with bar as update:
             for x in loader:
                 with self.accelerator.autocast():
                     logits, feats = model(x.to(self.device, non_blocking=True), return_features=True)
@@ -314,6 +317,11 @@ class Engine:
         probs = self.predict(model, split, torch.arange(len(split)), ("probs",), batch_size, desc)["probs"]
         correct = (probs.argmax(1) == split.targets).float()
         return {"test_acc": float(correct.mean())}
+
+
+def _has_accelerator() -> bool:
+    probe = getattr(torch, "accelerator", None)
+    return bool(probe.is_available()) if probe is not None else torch.cuda.is_available()
 
 
 def _schedule(name: str, steps: int) -> Callable[[int], float]:

@@ -11,6 +11,7 @@ import gzip
 import os
 import pickle
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,7 +136,7 @@ def read_idx(path: Path) -> np.ndarray:
         shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
         arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
         return arr.reshape(shape)
-    except (OSError, ValueError, struct.error, EOFError) as e:
+    except (OSError, ValueError, struct.error, EOFError, zlib.error) as e:
         raise DataError(f"{path} is not a valid idx file ({e}); re-download or reinstall the data set") from None
 
 
@@ -160,7 +161,8 @@ def fashion_mnist(cfg) -> ImageDataset:
         images = torch.from_numpy(read_idx(img_path).copy()).unsqueeze(1)
         labels = torch.from_numpy(read_idx(lab_path).astype(np.int64))
         if images.ndim != 4 or labels.ndim != 1:
-            raise DataError(f"{img_path} / {lab_path} have unexpected shapes {tuple(images.shape)} / {tuple(labels.shape)}")
+            raise DataError(f"{img_path} / {lab_path} have unexpected shapes "
+                            f"{tuple(images.shape)} / {tuple(labels.shape)}")
         splits[split] = TensorSplit(images, labels)
     return ImageDataset("fashion_mnist", splits["train"], splits["test"], FASHION_MNIST_CLASSES,
                         channels=1, image_size=(28, 28), mean=(0.2860,), std=(0.3530,), hflip=True)
@@ -186,15 +188,23 @@ def digits(cfg) -> ImageDataset:
 
 # ----------------------------------------------------------------------------- CIFAR
 
+def _load_cifar_pickle(f: Path):
+    try:
+        with open(f, "rb") as fh:
+            return pickle.load(fh, encoding="bytes")
+    except Exception as e:  # a corrupt pickle can raise nearly anything (UnpicklingError, EOFError, ImportError, ...)
+        raise DataError(f"{f} is not a valid CIFAR python batch ({type(e).__name__}: {e}); "
+                        "re-extract the archive") from None
+
+
 def _read_cifar_pickles(files: list[Path], label_key: bytes) -> TensorSplit:
     images, labels = [], []
     for f in files:
+        entry = _load_cifar_pickle(f)
         try:
-            with open(f, "rb") as fh:
-                entry = pickle.load(fh, encoding="bytes")
             images.append(np.asarray(entry[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             labels.extend(int(v) for v in entry[label_key])
-        except (OSError, pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as e:
+        except (KeyError, ValueError, TypeError, IndexError) as e:
             raise DataError(f"{f} is not a valid CIFAR python batch ({type(e).__name__}: {e}); "
                             "re-extract the archive") from None
     return TensorSplit(torch.from_numpy(np.concatenate(images)), torch.tensor(labels))
@@ -214,9 +224,12 @@ def _cifar(cfg, name: str, folder: str, train_files: list[str], test_files: list
     n_classes = 10 if name == "cifar10" else 100
     classes = [str(i) for i in range(n_classes)]
     if (base / meta).is_file():
-        with open(base / meta, "rb") as fh:
-            entry = pickle.load(fh, encoding="bytes")
-        classes = [c.decode() if isinstance(c, bytes) else str(c) for c in entry[names_key]]
+        entry = _load_cifar_pickle(base / meta)
+        try:
+            classes = [c.decode() if isinstance(c, bytes) else str(c) for c in entry[names_key]]
+        except (KeyError, TypeError, UnicodeDecodeError) as e:
+            raise DataError(f"{base / meta} is not a valid CIFAR meta file ({type(e).__name__}: {e}); "
+                            "re-extract the archive") from None
     return ImageDataset(name, train, test, classes, channels=3, image_size=(32, 32),
                         mean=mean, std=std, hflip=True)
 

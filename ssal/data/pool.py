@@ -21,6 +21,9 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -86,6 +89,8 @@ class ActivePool:
             raise ValueError(f"indices already labeled: {already}")
         if len(lab) and lab.min() < 0:
             raise ValueError("labels must be >= 0")
+        if len(rnd) and rnd.min() < 0:
+            raise ValueError("rounds must be >= 0")
         self._labels[idx] = lab
         self._round[idx] = rnd
         self._order.extend(idx.tolist())
@@ -97,15 +102,23 @@ class ActivePool:
             d = torch.tensor(drop)
             self._labels[d] = -1
             self._round[d] = -1
-            self._order = [i for i in self._order if self._round[i] >= 0]
+            dropped = set(drop)
+            self._order = [i for i in self._order if i not in dropped]
 
     def state_dict(self) -> dict:
         return {"n": self.n, "labeled": [[i, int(self._labels[i]), int(self._round[i])] for i in self._order]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.__init__(int(state["n"]))
-        rows = torch.tensor(state["labeled"], dtype=torch.long).reshape(-1, 3)
-        self.label(rows[:, 0], rows[:, 1], rows[:, 2])
+        """Replace this pool's state; a malformed ``state`` raises and leaves the pool as it was."""
+        labeled = state["labeled"]
+        if not isinstance(labeled, list) or not all(
+                isinstance(row, (list, tuple)) and len(row) == 3
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in row) for row in labeled):
+            raise ValueError("'labeled' must be a list of [index, label, round] integer triples")
+        fresh = ActivePool(int(state["n"]))
+        rows = torch.tensor(labeled, dtype=torch.long).reshape(-1, 3)
+        fresh.label(rows[:, 0], rows[:, 1], rows[:, 2])
+        self.__dict__.update(fresh.__dict__)
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_text(path, json.dumps(self.state_dict()))

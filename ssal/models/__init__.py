@@ -11,7 +11,7 @@ from ssal.models.heads import Classifier
 
 def check_backbone(name: str) -> None:
     if not timm.is_model(name):
-        hint = did_you_mean(name, backbones.SMALL_BACKBONES) or did_you_mean(name, timm.list_models())
+        hint = did_you_mean(name, [*backbones.SMALL_BACKBONES, *timm.list_models()])  # the closest of all
         raise ConfigError(f"unknown model.backbone '{name}'{hint}; use one of {', '.join(backbones.SMALL_BACKBONES)} "
                           "or any name from timm.list_models()")
 

@@ -35,7 +35,7 @@ def initial_class_balanced(unlabeled: torch.Tensor, targets: torch.Tensor, k: in
     per_class = torch.full((len(classes),), k // len(classes))
     per_class[: k % len(classes)] += 1
     chosen = []
-    for c, m in zip(classes.tolist(), per_class.tolist()):
+    for c, m in zip(classes.tolist(), per_class.tolist(), strict=True):
         members = unlabeled[y == c]
         chosen.append(members[torch.randperm(len(members), generator=generator)[:m]])
     picked = torch.cat(chosen)

@@ -1,0 +1,100 @@
+"""Engine overhead: time per training step of ssal's Engine vs a minimal hand-written torch loop.
+
+Same model (cnn_small), same data (Fashion-MNIST-sized uint8 images in memory), same batch size,
+optimizer (SGD, nesterov momentum, weight decay) and cosine schedule. The engine runs with
+``train.augment=none`` so both loops do the same work; the weak-view cost is printed apart.
+
+    .venv/bin/python scripts/bench_engine.py [--steps 200] [--repeats 3] [--batch-size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+from ssal.data.datasets import ImageDataset, TensorSplit
+from ssal.engine import Engine
+from ssal.models import build_model
+from ssal.recipe import ModelConfig, TrainConfig
+from ssal.semi import OBJECTIVES
+
+
+def make_data(n: int = 10_000) -> ImageDataset:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 1, 28, 28), dtype=torch.uint8, generator=g)
+    targets = torch.randint(0, 10, (n,), generator=g)
+    split = TensorSplit(images, targets)
+    return ImageDataset("bench", split, split, [str(i) for i in range(10)], 1, (28, 28), (0.286,), (0.353,), True)
+
+
+def hand_loop(data: ImageDataset, cfg: TrainConfig, labeled: torch.Tensor) -> float:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(), data)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+                          weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / cfg.steps)))
+    g = torch.Generator().manual_seed(0)
+    images, targets = data.train.images, data.train.targets
+    model.train()
+    t0 = time.perf_counter()
+    perm = torch.empty(0, dtype=torch.long)
+    for _ in range(cfg.steps):
+        if len(perm) < cfg.batch_size:
+            perm = torch.cat([perm, torch.randperm(len(labeled), generator=g)])
+        pos, perm = perm[: cfg.batch_size], perm[cfg.batch_size:]
+        idx = labeled[pos]
+        x, y = images[idx].float().div_(255), targets[idx]
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return (time.perf_counter() - t0) / cfg.steps
+
+
+def engine_loop(engine: Engine, data: ImageDataset, cfg: TrainConfig, labeled: torch.Tensor) -> float:
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(), data)
+    fit = engine.fit(model, OBJECTIVES.get("supervised"), cfg, data.train, labeled, data.train.targets[labeled],
+                     hflip=True, seed=0)
+    return fit.seconds / cfg.steps
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--labeled", type=int, default=1000)
+    args = ap.parse_args()
+
+    data = make_data()
+    labeled = torch.arange(args.labeled)
+    base = dict(steps=args.steps, batch_size=args.batch_size)
+    cfg = SimpleNamespace(**{**TrainConfig().__dict__, **base, "augment": "none"})
+    cfg_weak = SimpleNamespace(**{**TrainConfig().__dict__, **base, "augment": "weak"})
+    engine = Engine(progress=False)
+
+    hand_loop(data, cfg, labeled)  # warm-up (allocator, kernels)
+    hand, eng, weak = [], [], []
+    for _ in range(args.repeats):  # interleaved so drift hits both alike
+        hand.append(hand_loop(data, cfg, labeled))
+        eng.append(engine_loop(engine, data, cfg, labeled))
+        weak.append(engine_loop(engine, data, cfg_weak, labeled))
+    h, e, w = statistics.median(hand), statistics.median(eng), statistics.median(weak)
+    print(f"cnn_small, batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"hand-written loop        {1000 * h:7.2f} ms/step")
+    print(f"ssal Engine (no views)   {1000 * e:7.2f} ms/step")
+    print(f"ratio engine / hand      {e / h:7.3f}")
+    print(f"ssal Engine (weak views) {1000 * w:7.2f} ms/step  (views add {100 * (w / e - 1):.1f} %)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Shared fixtures: tiny data sets written in the real on-disk formats, tiny recipes."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
+    """Write ``array`` (uint8) in the idx format used by (Fashion-)MNIST."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        with gzip.open(path, "wb") as f:
+            f.write(payload)
+    else:
+        path.write_bytes(payload)
+    return path
+
+
+def make_fashion_like(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """28x28 grayscale images whose class is learnable: a bright bar whose position is the class."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 10
+    images = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
+    for i, y in enumerate(labels):
+        images[i, 2 + 2 * y: 4 + 2 * y, 4:24] = 230
+    return images, labels.astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def fmnist_root(tmp_path_factory) -> Path:
+    """A folder with the four Fashion-MNIST idx .gz files (200 train / 100 test images)."""
+    root = tmp_path_factory.mktemp("fmnist")
+    for prefix, n, seed in (("train", 200, 0), ("t10k", 100, 1)):
+        images, labels = make_fashion_like(n, seed)
+        write_idx(root / f"{prefix}-images-idx3-ubyte", images)
+        write_idx(root / f"{prefix}-labels-idx1-ubyte", labels)
+    return root
+
+
+def tiny_recipe_dict(out: Path, **sections) -> dict:
+    """A recipe that runs in seconds: digits (8x8), cnn_small, few steps, small budgets."""
+    recipe = {
+        "seed": 0,
+        "output_dir": str(out),
+        "data": {"dataset": "digits", "pool_size": 400, "test_size": 200},
+        "model": {"backbone": "cnn_small"},
+        "train": {"method": "supervised", "steps": 20, "batch_size": 32, "eval_batch_size": 256},
+        "active": {"initial": 20, "budget": 10, "rounds": 2, "strategy": "entropy", "subset": 200},
+    }
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            recipe.setdefault(section, {}).update(values)
+        else:
+            recipe[section] = values
+    return recipe
+
+
+@pytest.fixture
+def write_recipe(tmp_path):
+    """write_recipe(name, **sections) -> path of a tiny recipe YAML in tmp_path."""
+
+    def _write(name: str = "tiny", out: Path | None = None, **sections) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(tiny_recipe_dict(out or tmp_path / "runs" / name, **sections)))
+        return path
+
+    return _write
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe():
+    """``tiny_recipe_dict`` for fixtures of any scope: tiny_recipe(out, **sections) -> dict."""
+    return tiny_recipe_dict

@@ -1,0 +1,134 @@
+"""Selection math against hand computation; every strategy's contract under hypothesis."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ssal.select import INITIAL_STRATEGIES, STRATEGIES, Signals
+from ssal.select import functional as Fn
+from ssal.select.signals import candidates, check_selection
+
+
+def test_entropy_margin_least_confidence_by_hand():
+    p = torch.tensor([[0.5, 0.25, 0.25], [1.0, 0.0, 0.0], [0.2, 0.3, 0.5]])
+    ent = [-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25)), 0.0,
+           -(0.2 * math.log(0.2) + 0.3 * math.log(0.3) + 0.5 * math.log(0.5))]
+    assert torch.allclose(Fn.entropy(p), torch.tensor(ent))
+    assert torch.allclose(Fn.margin(p), torch.tensor([1 - 0.25, 0.0, 1 - 0.2]))
+    assert torch.allclose(Fn.least_confidence(p), torch.tensor([0.5, 0.0, 0.5]))
+
+
+def test_entropy_of_uniform_is_log_c():
+    assert torch.allclose(Fn.entropy(torch.full((4, 10), 0.1)), torch.full((4,), math.log(10)))
+
+
+@pytest.mark.parametrize("fn", [Fn.entropy, Fn.margin, Fn.least_confidence])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_probs_raise(fn, bad):
+    p = torch.full((3, 4), 0.25)
+    p[1, 2] = bad
+    with pytest.raises(ValueError, match="NaN/inf"):
+        fn(p)
+
+
+def test_top_k_breaks_ties_by_lowest_position():
+    s = torch.tensor([0.5, 0.9, 0.5, 0.9, 0.1])
+    assert Fn.top_k(s, 3).tolist() == [1, 3, 0]
+    assert Fn.top_k(s, 10).tolist() == [1, 3, 0, 2, 4]
+
+
+def _signals(n_pool: int, labeled_frac: float, seed: int, num_classes: int = 5) -> Signals:
+    g = torch.Generator().manual_seed(seed)
+    labeled_mask = torch.rand(n_pool, generator=g) < labeled_frac
+    cands = torch.nonzero(~labeled_mask).flatten()
+    probs = torch.softmax(torch.randn(len(cands), num_classes, generator=g) * 3, dim=1)
+    # quantise to create ties, which strategies must break deterministically
+    probs = torch.round(probs * 20) / 20
+    probs = probs / probs.sum(1, keepdim=True)
+    feats = torch.randn(len(cands), 8, generator=g)
+    return Signals(candidates=cands, labeled=torch.nonzero(labeled_mask).flatten(),
+                   values={"probs": probs, "logits": probs.log(), "features": feats})
+
+
+@pytest.mark.parametrize("name", STRATEGIES.names())
+@settings(max_examples=40, deadline=None)
+@given(n_pool=st.integers(1, 300), labeled_frac=st.floats(0.0, 0.95), budget=st.integers(1, 400),
+       seed=st.integers(0, 2**31 - 1))
+def test_strategy_contract(name, n_pool, labeled_frac, budget, seed):
+    sig = _signals(n_pool, labeled_frac, seed)
+    strategy = STRATEGIES.get(name)()
+    picked = strategy.select(sig, budget, torch.Generator().manual_seed(seed))
+    want = min(budget, len(sig.candidates))
+    assert picked.dtype == torch.long and len(picked) == want
+    assert len(torch.unique(picked)) == want  # unique
+    assert torch.isin(picked, sig.candidates).all()  # only previously unlabeled
+    assert not torch.isin(picked, sig.labeled).any()
+    again = strategy.select(sig, budget, torch.Generator().manual_seed(seed))
+    assert torch.equal(picked, again)  # deterministic under a seed
+    check_selection(picked, sig.candidates, budget, name)
+    if budget >= len(sig.candidates):  # budget >= #unlabeled takes all
+        assert set(picked.tolist()) == set(sig.candidates.tolist())
+
+
+@pytest.mark.parametrize("name", ["entropy", "margin", "least_confidence"])
+def test_score_strategies_take_the_top_scores(name):
+    sig = _signals(200, 0.3, 1)
+    fn = getattr(Fn, name)
+    s = fn(sig["probs"])
+    picked = STRATEGIES.get(name)().select(sig, 15, torch.Generator())
+    # brute force: every picked score >= every unpicked score
+    mask = torch.isin(sig.candidates, picked)
+    assert s[mask].min() >= s[~mask].max()
+
+
+def test_random_strategy_depends_on_seed():
+    sig = _signals(500, 0.1, 0)
+    rnd = STRATEGIES.get("random")()
+    a = rnd.select(sig, 20, torch.Generator().manual_seed(1))
+    b = rnd.select(sig, 20, torch.Generator().manual_seed(2))
+    assert not torch.equal(a.sort().values, b.sort().values)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 200), k=st.integers(1, 250), seed=st.integers(0, 1000), n_classes=st.integers(1, 7))
+def test_initial_strategies_contract(n, k, seed, n_classes):
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.randint(0, n_classes, (n,), generator=g)
+    unlabeled = torch.arange(n)
+    for name in INITIAL_STRATEGIES.names():
+        picked = INITIAL_STRATEGIES.get(name)(unlabeled, targets, k, torch.Generator().manual_seed(seed))
+        assert len(picked) == min(k, n) and len(torch.unique(picked)) == len(picked)
+
+
+def test_class_balanced_takes_k_over_c_per_class():
+    targets = torch.arange(1000) % 10
+    picked = INITIAL_STRATEGIES.get("class_balanced")(torch.arange(1000), targets, 100, torch.Generator())
+    assert torch.bincount(targets[picked], minlength=10).tolist() == [10] * 10
+    picked = INITIAL_STRATEGIES.get("class_balanced")(torch.arange(1000), targets, 23, torch.Generator())
+    counts = torch.bincount(targets[picked], minlength=10)
+    assert counts.sum() == 23 and counts.max() - counts.min() <= 1
+
+
+def test_candidates_subset_is_seeded_and_sorted():
+    unl = torch.arange(0, 1000, 3)
+    a = candidates(unl, 50, torch.Generator().manual_seed(0))
+    b = candidates(unl, 50, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and len(a) == 50 and torch.isin(a, unl).all()
+    assert torch.equal(a, a.sort().values)
+    assert torch.equal(candidates(unl, None, torch.Generator()), unl)
+    assert torch.equal(candidates(unl, 10_000, torch.Generator()), unl)
+
+
+def test_check_selection_rejects_broken_results():
+    cands = torch.tensor([1, 4, 7, 9])
+    with pytest.raises(RuntimeError):
+        check_selection(torch.tensor([1, 1]), cands, 2, "x")
+    with pytest.raises(RuntimeError):
+        check_selection(torch.tensor([1, 2]), cands, 2, "x")
+    with pytest.raises(RuntimeError):
+        check_selection(torch.tensor([1]), cands, 2, "x")
