@@ -62,7 +62,7 @@ def cmd_list(args) -> int:
     table = Table(title="ssal components", show_lines=False)
     table.add_column("kind")
     table.add_column("recipe key")
-    table.add_column("names")
+    table.add_column("names", overflow="fold")
     for kind, key, names in (
         ("dataset", "data.dataset", DATASETS.names()),
         ("backbone", "model.backbone", [*SMALL_BACKBONES, "(any timm.list_models() name)"]),

@@ -81,6 +81,8 @@ def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: E
         atomic_write_text(out / "recipe.yaml", to_yaml(cfg))
         if not resume:
             (out / "metrics.jsonl").write_text("")
+        else:  # only the committed rounds (drops a line cut off by a crash while it was written)
+            atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in done))
     engine.accelerator.wait_for_everyone()
 
     oracle = SimulatedOracle(data.train.targets)
@@ -114,7 +116,8 @@ def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: E
         t_eval = time.perf_counter()
         metrics = engine.evaluate(fit.eval_model, data.test, cfg.train.eval_batch_size, desc=f"round {r} evaluate")
         eval_s = time.perf_counter() - t_eval
-        model_state = {k: v.detach().clone() for k, v in fit.model.state_dict().items()}
+        if not cfg.train.reinit:  # the next round continues from these weights
+            model_state = {k: v.detach().clone() for k, v in fit.model.state_dict().items()}
         if main:
             ckpt = {"round": r, "model": fit.model.state_dict()}
             if fit.ema is not None:

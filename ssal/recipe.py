@@ -16,7 +16,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from ssal.errors import ConfigError, did_you_mean
+from ssal.errors import ConfigError, closest, did_you_mean
 
 
 @dataclass
@@ -166,13 +166,37 @@ def _keys(node: Any, prefix: str = "") -> list[str]:
     return out
 
 
+def _missing_leaves(data: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose value is ``???`` (OmegaConf's "must be set"), which a merge would ignore."""
+    if isinstance(data, DictConfig):
+        data = OmegaConf.to_container(data)
+    if not isinstance(data, dict):
+        return []
+    out = []
+    for k, v in data.items():
+        if isinstance(v, dict):
+            out += _missing_leaves(v, f"{prefix}{k}.")
+        elif v == "???":
+            out.append(f"{prefix}{k}")
+    return out
+
+
 def _merge(cfg: DictConfig, data: Any, source: str) -> DictConfig:
     try:
-        return OmegaConf.merge(cfg, data)
+        merged = OmegaConf.merge(cfg, data)
+        for key in _missing_leaves(data):  # merging '???' keeps the old value; mark it as required
+            OmegaConf.update(merged, key, "???", merge=False)
+        return merged
     except ConfigKeyError as e:
         key = e.full_key or str(e.key)
-        hint = did_you_mean(key, _keys(cfg))
-        raise ConfigError(f"{source}: unknown recipe key '{key}'{hint}; 'ssal run --help' shows the recipe sections") from None
+        section = key.rpartition(".")[0]
+        node = OmegaConf.select(cfg, section) if section else cfg
+        children = [str(k) for k in node.keys()] if isinstance(node, DictConfig) else []
+        leaf = closest(key.rpartition(".")[2], children)
+        hint = f" (did you mean '{section + '.' if section else ''}{leaf}'?)" if leaf else did_you_mean(key, _keys(cfg))
+        valid = ", ".join(children)
+        where = f"keys of '{section}'" if section else "top-level keys"
+        raise ConfigError(f"{source}: unknown recipe key '{key}'{hint}; {where}: {valid}") from None
     except ValidationError as e:
         key = e.full_key
         expected = _expected_type(cfg, key)
@@ -238,6 +262,10 @@ def finalize(cfg: DictConfig) -> DictConfig:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:
         raise ConfigError(f"cannot resolve an interpolation in the recipe: {str(e).splitlines()[0]}") from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{', '.join(missing)} must be set (the recipe says ???); "
+                          f"pass it as an override, e.g. {missing[0]}=...")
     if cfg.output_dir is None:
         cfg.output_dir = str(Path("runs") / cfg.name)
     validate(cfg)

@@ -6,12 +6,24 @@ import csv
 import json
 from pathlib import Path
 
+from ssal.errors import DataError
+
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
+    """The committed rounds of a run (a last line cut off by a crash while committing is not one)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i == len(lines) - 1:
+                break
+            raise DataError(f"{path} line {i + 1} is not valid JSON; fix or remove that line") from None
+    return rows
 
 
 def write_curve(run_dir: str | Path, title: str | None = None) -> tuple[Path, Path]:
