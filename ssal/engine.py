@@ -125,12 +125,15 @@ class Engine:
     """Owns the Accelerator; trains, evaluates and runs streamed inference."""
 
     def __init__(self, mixed_precision: str = "no", num_workers: int = 0, progress: bool = True,
-                 accelerator: Accelerator | None = None):
+                 accelerator: Accelerator | None = None, channels_last: bool = True):
         # with no accelerator device, cpu=True lets Accelerate form a gloo process group under
         # torchrun / accelerate launch (DistributedType.MULTI_CPU) instead of staying single-process
         self.accelerator = accelerator or Accelerator(mixed_precision=mixed_precision, cpu=not _has_accelerator())
         self.num_workers = num_workers
         self.show_progress = progress
+        # NHWC convolutions: ~20 % faster per step for cnn_small on CPU (docs/benchmarks.md), and
+        # the layout tensor cores want under AMP
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -192,6 +195,7 @@ class Engine:
                                     weight_decay=train_cfg.weight_decay)
         steps = train_cfg.steps
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(train_cfg.schedule, steps))
+        model.to(memory_format=self.memory_format)
         prepared, optimizer = acc.prepare(model, optimizer)
         objective = objective_cls(prepared, train_cfg)
         ema = None
@@ -256,7 +260,11 @@ class Engine:
             if "labels" in part:
                 batch["y_l" if source == "labeled" else "y_u"] = part.pop("labels")
             batch.update(part)
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        return {k: self._to_device(v) for k, v in batch.items()}
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=self.memory_format) if x.dim() == 4 else x
 
     @staticmethod
     def _close(loaders) -> None:
@@ -281,14 +289,14 @@ class Engine:
         mine = indices[self.rank * per_rank:(self.rank + 1) * per_rank]
         was_training = model.training
         model.eval()
-        model.to(self.device)
+        model.to(self.device, memory_format=self.memory_format)
         chunks: dict[str, list[torch.Tensor]] = {k: [] for k in outputs}
         loader = _loader(PlainBatches(split, mine), ChunkSampler(len(mine), batch_size), self.num_workers)
         bar = self.progress(desc, len(loader)) if desc else contextlib.nullcontext(lambda *a, **k: None)
         with bar as update:
             for x in loader:
                 with self.accelerator.autocast():
-                    logits, feats = model(x.to(self.device, non_blocking=True), return_features=True)
+                    logits, feats = model(self._to_device(x), return_features=True)
                 got = {"logits": logits.float(), "features": feats.float()}
                 if "probs" in outputs:
                     got["probs"] = F.softmax(logits.float(), dim=1)
