@@ -1,4 +1,4 @@
-"""``ssal`` command line: run | list (compare, report, label in later stages)."""
+"""``ssal`` command line: run | pretrain | list (compare, report, label in later stages)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,16 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", metavar="RUN_DIR", help="continue a run after its last completed round")
     r.add_argument("--force", action="store_true", help="overwrite output_dir if it already holds a run")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--no-cache", action="store_true", help="pretrain anew instead of using the cached encoder")
+
+    pt = sub.add_parser("pretrain", help="run the self-supervised pretraining stage alone and fill the cache",
+                        description="Pretrain the encoder of a recipe (pretrain.method) on its whole pool and "
+                                    "store it in the cache (cache_dir/pretrain), where every run with the same "
+                                    "data, backbone, pretrain section and seed picks it up.")
+    pt.add_argument("recipe", help="recipe YAML file")
+    pt.add_argument("overrides", nargs="*", help="key=value recipe overrides")
+    pt.add_argument("--no-cache", action="store_true", help="pretrain anew even if the cache holds the encoder")
+    pt.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     sub.add_parser("list", help="list registered datasets, backbones, objectives and strategies")
     return p
@@ -40,12 +50,27 @@ def cmd_run(args) -> int:
         if args.recipe or args.overrides:
             raise SsalError("--resume takes only the run directory; its recipe.yaml is used as it is")
         cfg = loop.resume_recipe(args.resume)
-        loop.run(cfg, resume=True, progress=not args.no_progress)
+        loop.run(cfg, resume=True, progress=not args.no_progress, use_cache=not args.no_cache)
     else:
         if not args.recipe:
             raise SsalError("give a recipe file (e.g. 'ssal run recipes/quickstart.yaml') or --resume RUN_DIR")
         cfg = load_recipe(args.recipe, args.overrides)
-        loop.run(cfg, force=args.force, progress=not args.no_progress)
+        loop.run(cfg, force=args.force, progress=not args.no_progress, use_cache=not args.no_cache)
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    from ssal.data import load_dataset
+    from ssal.engine import Engine
+    from ssal.pretrain.stage import pretrained_encoder
+    from ssal.recipe import load_recipe
+
+    cfg = load_recipe(args.recipe, args.overrides)
+    if cfg.pretrain.method == "none":
+        raise SsalError(f"{args.recipe} has pretrain.method: none; set it, e.g. pretrain.method=simclr")
+    data = load_dataset(cfg.data, seed=cfg.seed)
+    engine = Engine(cfg.train.mixed_precision, cfg.data.num_workers, progress=not args.no_progress)
+    pretrained_encoder(cfg, data, engine, use_cache=not args.no_cache)
     return 0
 
 
@@ -79,7 +104,7 @@ def cmd_list(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": cmd_run, "list": cmd_list}[args.command](args)
+        return {"run": cmd_run, "pretrain": cmd_pretrain, "list": cmd_list}[args.command](args)
     except SsalError as e:
         sys.stderr.write(f"ssal: error: {e}\n")
         return 2

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -107,6 +108,33 @@ class PlainBatches(Dataset):
         return len(self.indices)
 
 
+class TransformBatches(Dataset):
+    """Item ``(step, positions)`` -> ``{"view0": [B, C, H, W], "view1": ...}``, views made per sample.
+
+    ``transform`` maps one uint8 image to a list of float views (lightly's transforms, which
+    draw from torch's and numpy's global generators): both are seeded from (seed, step) and
+    restored afterwards, so a batch depends only on its seed.
+    """
+
+    def __init__(self, split: Split, indices: torch.Tensor, transform: Callable, seed: int):
+        self.split, self.indices, self.transform, self.seed = split, indices, transform, seed
+
+    def __getitem__(self, item: tuple[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+        step, pos = item
+        images = self.split.load(self.indices[pos])
+        seed = derive_seed(self.seed, step)
+        np_state = np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            views = [self.transform(img) for img in images]
+        np.random.set_state(np_state)
+        return {f"view{v}": torch.stack([s[v] for s in views]) for v in range(len(views[0]))}
+
+    def __len__(self) -> int:  # pragma: no cover
+        return len(self.indices)
+
+
 def _loader(dataset: Dataset, sampler: Sampler, num_workers: int) -> DataLoader:
     return DataLoader(dataset, sampler=sampler, batch_size=None, num_workers=num_workers,
                       persistent_workers=False, prefetch_factor=4 if num_workers else None)
@@ -190,11 +218,9 @@ class Engine:
         t0 = time.perf_counter()
         acc = self.accelerator
         torch.manual_seed(derive_seed(seed, "torch"))  # dropout and other stochastic layers
-        optimizer = torch.optim.SGD(model.parameters(), lr=train_cfg.lr, momentum=train_cfg.momentum,
-                                    nesterov=train_cfg.nesterov and train_cfg.momentum > 0,
-                                    weight_decay=train_cfg.weight_decay)
         steps = train_cfg.steps
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(train_cfg.schedule, steps))
+        optimizer, scheduler = _sgd(model, train_cfg.lr, train_cfg.momentum, train_cfg.nesterov,
+                                    train_cfg.weight_decay, train_cfg.schedule, steps)
         model.to(memory_format=self.memory_format)
         prepared, optimizer = acc.prepare(model, optimizer)
         objective = objective_cls(prepared, train_cfg)
@@ -205,31 +231,83 @@ class Engine:
         for m in objective.modules.values():
             m.to(self.device)
 
+        def after_step(step: int) -> None:
+            objective.after_step(step)
+            if ema is not None:
+                ema.update_parameters(acc.unwrap_model(prepared))
+
         loaders = self._train_loaders(objective, train_cfg, split, labeled, labels, unlabeled, hflip, seed)
-        prepared.train()
-        logs: dict[str, float] = {}
-        with self.progress(desc, steps) as update:
-            for step in range(steps):
-                batch = self._next_batch(loaders)
-                with acc.autocast():
-                    loss, extra = objective.loss(batch)
-                optimizer.zero_grad(set_to_none=True)
-                acc.backward(loss)
-                optimizer.step()
-                scheduler.step()
-                objective.after_step(step)
-                if ema is not None:
-                    ema.update_parameters(acc.unwrap_model(prepared))
-                if step % 20 == 0 or step == steps - 1:
-                    logs = {"loss": float(loss.detach()), **{k: float(v) for k, v in extra.items()}}
-                    update(1, **logs)
-                else:
-                    update(1)
-        self._close(loaders)
+        try:
+            logs = self._optimize(prepared, objective.loss, optimizer, scheduler, steps,
+                                  lambda: self._next_batch(loaders), after_step, desc)
+        finally:
+            self._close(loaders)
         trained = acc.unwrap_model(prepared)
         eval_model = ema.module if ema is not None else trained
         acc.free_memory()
         return FitResult(trained, eval_model, time.perf_counter() - t0, logs, ema.module if ema is not None else None)
+
+    def pretrain(self, method: nn.Module, split: Split, indices: torch.Tensor, cfg: Any, *, seed: int,
+                 on_epoch: Callable[[int], dict[str, float]] | None = None, desc: str = "pretrain") -> FitResult:
+        """Self-supervised training of ``method`` (a :class:`ssal.pretrain.base.Pretrainer`).
+
+        ``cfg.epochs`` passes over ``split[indices]`` in batches of ``cfg.batch_size`` per process,
+        views made per sample by ``method.transform``. SGD with nesterov momentum and cosine decay.
+        ``on_epoch(epoch)`` runs after each epoch; what it returns is shown in the progress bar.
+        """
+        t0 = time.perf_counter()
+        acc = self.accelerator
+        torch.manual_seed(derive_seed(seed, "torch"))
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        per_epoch = max(1, len(indices) // (cfg.batch_size * self.world))
+        steps = cfg.epochs * per_epoch
+        optimizer, scheduler = _sgd(method, cfg.lr, cfg.momentum, True, cfg.weight_decay, "cosine", steps)
+        method.to(memory_format=self.memory_format)
+        prepared, optimizer = acc.prepare(method, optimizer)
+        inner = acc.unwrap_model(prepared)
+        ds = TransformBatches(split, indices, inner.transform, derive_seed(seed, "views"))
+        sampler = InfiniteBatchSampler(len(indices), cfg.batch_size, derive_seed(seed, "order"), self.rank, self.world)
+        loader = iter(_loader(ds, sampler, self.num_workers))
+        shown: dict[str, float] = {}
+
+        def after_step(step: int) -> dict[str, float]:
+            inner.after_step(step, steps)
+            if on_epoch is not None and (step + 1) % per_epoch == 0:
+                shown.update(on_epoch((step + 1) // per_epoch))
+                inner.train()
+            return shown
+
+        try:
+            logs = self._optimize(prepared, prepared, optimizer, scheduler, steps,
+                                  lambda: {k: self._to_device(v) for k, v in next(loader).items()}, after_step, desc)
+        finally:
+            self._close({"views": loader})
+        acc.free_memory()
+        return FitResult(inner, inner, time.perf_counter() - t0, logs)
+
+    def _optimize(self, model: nn.Module, loss_fn: Callable, optimizer, scheduler, steps: int,
+                  next_batch: Callable[[], dict], after_step: Callable[[int], dict | None], desc: str
+                  ) -> dict[str, float]:
+        """The optimisation loop shared by pretraining and fine-tuning. Returns the last logs."""
+        acc = self.accelerator
+        model.train()
+        logs: dict[str, float] = {}
+        with self.progress(desc, steps) as update:
+            for step in range(steps):
+                batch = next_batch()
+                with acc.autocast():
+                    loss, extra = loss_fn(batch)
+                optimizer.zero_grad(set_to_none=True)
+                acc.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                shown = after_step(step) or {}
+                if step % 20 == 0 or step == steps - 1:
+                    logs = {"loss": float(loss.detach()), **{k: float(v) for k, v in extra.items()}}
+                    update(1, **logs, **shown)
+                else:
+                    update(1)
+        return logs
 
     def _train_loaders(self, objective, train_cfg, split, labeled, labels, unlabeled, hflip, seed):
         by_source: dict[str, dict[str, str]] = {}
@@ -274,7 +352,7 @@ class Engine:
                 shutdown()
 
     # ------------------------------------------------------------------ inference
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the model may train again afterwards (pretraining monitor)
     def predict(self, model: nn.Module, split: Split, indices: torch.Tensor,
                 outputs: tuple[str, ...] = ("probs",), batch_size: int = 512,
                 desc: str | None = None) -> dict[str, torch.Tensor]:
@@ -330,6 +408,14 @@ class Engine:
 def _has_accelerator() -> bool:
     probe = getattr(torch, "accelerator", None)
     return bool(probe.is_available()) if probe is not None else torch.cuda.is_available()
+
+
+def _sgd(model: nn.Module, lr: float, momentum: float, nesterov: bool, weight_decay: float,
+         schedule: str, steps: int):
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
+                                weight_decay=weight_decay)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(schedule, steps))
 
 
 def _schedule(name: str, steps: int) -> Callable[[int], float]:

@@ -24,6 +24,7 @@ from ssal.engine import Engine, derive_seed
 from ssal.errors import ConfigError
 from ssal.models import build_model
 from ssal.oracle import SimulatedOracle
+from ssal.pretrain.stage import pretrained_encoder
 from ssal.recipe import load_recipe, to_yaml, validate_pool
 from ssal.report import read_metrics, write_curve
 from ssal.select import INITIAL_STRATEGIES, STRATEGIES
@@ -59,7 +60,7 @@ def resume_recipe(run_dir: str | os.PathLike) -> DictConfig:
 
 
 def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: Engine | None = None,
-        progress: bool = True) -> Path:
+        progress: bool = True, use_cache: bool = True) -> Path:
     """Run (or resume) the active-learning loop of a validated recipe. Returns the run directory."""
     # --- everything that can fail because of the user happens before anything is written
     data = load_dataset(cfg.data, seed=cfg.seed)
@@ -100,13 +101,17 @@ def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: E
     if resume:
         engine.print(f"resuming {out} at round {start} ({pool.n_labeled} labels)")
 
+    encoder = pretrained_encoder(cfg, data, engine, use_cache=use_cache, run_dir=out if main else None)
+
     model_state = None
     if start > 0 and not cfg.train.reinit:
         model_state = torch.load(_ckpt(out, start - 1), map_location="cpu", weights_only=True)["model"]
 
     for r in range(start, R + 1):
         torch.manual_seed(derive_seed(cfg.seed, "init"))  # the same initial weights every round
-        model = build_model(cfg.model, data)
+        model = build_model(cfg.model, data)  # a fresh head every round
+        if encoder is not None:
+            model.backbone.load_state_dict(encoder)
         if model_state is not None:
             model.load_state_dict(model_state)
         labeled = pool.labeled_indices

@@ -38,7 +38,17 @@ class ModelConfig:
 
 @dataclass
 class PretrainConfig:
-    method: str = "none"
+    method: str = "none"  # none | simclr | byol
+    epochs: int = 10  # passes over the whole pool
+    batch_size: int = 256  # images per step (per process)
+    lr: float = 0.06
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    min_scale: float = 0.2  # smallest random-resized-crop area (fraction of the image)
+    cj_strength: float = 0.5  # colour-jitter strength of the views
+    eval_every: int = 5  # kNN-monitor every this many epochs (and at the end); 0: only at the end
+    knn_k: int = 200
+    knn_temperature: float = 0.1
 
 
 @dataclass
@@ -299,6 +309,26 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         _require(value in choices, f"{key}: '{value}' is not one of {', '.join(map(str, choices))}"
                  f"{did_you_mean(value, map(str, choices))}")
+
+    p = cfg.pretrain
+    _require(p.epochs >= 1, f"pretrain.epochs must be >= 1, got {p.epochs}")
+    _require(p.batch_size >= 2, f"pretrain.batch_size must be >= 2 (views of other images are negatives), "
+                                f"got {p.batch_size}")
+    _require(p.lr > 0, f"pretrain.lr must be > 0, got {p.lr}")
+    _require(0 <= p.momentum < 1, f"pretrain.momentum must be in [0, 1), got {p.momentum}")
+    _require(p.weight_decay >= 0, f"pretrain.weight_decay must be >= 0, got {p.weight_decay}")
+    _require(0 < p.min_scale <= 1, f"pretrain.min_scale must be in (0, 1], got {p.min_scale}")
+    _require(p.cj_strength >= 0, f"pretrain.cj_strength must be >= 0, got {p.cj_strength}")
+    _require(p.eval_every >= 0, f"pretrain.eval_every must be >= 0 (0: only at the end), got {p.eval_every}")
+    _require(p.knn_k >= 1, f"pretrain.knn_k must be >= 1, got {p.knn_k}")
+    _require(p.knn_temperature > 0, f"pretrain.knn_temperature must be > 0, got {p.knn_temperature}")
+    if p.method == "simclr":
+        _require(p.simclr.temperature > 0, f"pretrain.simclr.temperature must be > 0, got {p.simclr.temperature}")
+    if p.method == "byol":
+        b = p.byol
+        _require(0 <= b.momentum_start <= b.momentum_end <= 1,
+                 f"pretrain.byol needs 0 <= momentum_start <= momentum_end <= 1, got {b.momentum_start} "
+                 f"and {b.momentum_end}")
 
     t, a, d = cfg.train, cfg.active, cfg.data
     _require(t.steps >= 1, f"train.steps must be >= 1, got {t.steps}")

@@ -146,7 +146,7 @@ def test_predict_under_two_processes_matches_one(tmp_path):
         "assert got['probs'].shape == (151, 10)\n"
         "assert torch.allclose(got['probs'], logits.softmax(1), atol=1e-5)\n"
         "assert torch.allclose(got['features'], feats, atol=1e-5)\n"
-        "print('rank', engine.rank, 'ok')\n"
+        "print(f'rank {engine.rank} ok', flush=True)\n"
     )
     torchrun = Path(sys.executable).with_name("torchrun")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

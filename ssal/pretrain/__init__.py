@@ -1,15 +1,6 @@
 """Self-supervised pretraining methods, registered by name, chosen with ``pretrain.method``."""
 
-from ssal.registry import Registry
+from ssal.pretrain import byol, simclr  # noqa: F401  (register the methods)
+from ssal.pretrain.base import PRETRAINERS, Pretrainer
 
-PRETRAINERS = Registry("pretraining method")
-
-
-@PRETRAINERS.register("none")
-class NoPretraining:
-    """Start fine-tuning from random initialisation."""
-
-    Config = None
-
-
-__all__ = ["PRETRAINERS"]
+__all__ = ["PRETRAINERS", "Pretrainer"]

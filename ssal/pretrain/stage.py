@@ -1,0 +1,172 @@
+"""The pretraining stage: the encoder every round starts from, trained once and cached.
+
+A cache entry lives at ``<cache_dir>/pretrain/<key>.pt`` where the key hashes everything that
+determines the encoder's weights: the data section and a fingerprint of the pool, the backbone,
+the pretraining section (the chosen method's options only, monitor settings excluded) and the
+seed. So every run of a comparison grid that shares them pretrains once. An entry is written
+atomically and carries a checksum of its tensors; one that cannot be read, belongs to another
+key or fails the checksum is reported and rebuilt, never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ssal.data.pool import atomic_write_text
+from ssal.engine import Engine, derive_seed
+from ssal.models import build_model
+from ssal.pretrain.base import PRETRAINERS
+from ssal.pretrain.knn import knn_accuracy, pixels
+
+FORMAT = 1
+MONITOR_KEYS = ("method", "eval_every", "knn_k", "knn_temperature")  # do not change the weights
+DATA_KEYS_IGNORED = ("num_workers", "test_size")
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def key_fields(cfg: DictConfig, data: Any) -> dict:
+    """What determines the pretrained weights (hashed into the cache key)."""
+    p = OmegaConf.to_container(cfg.pretrain)
+    section = {k: v for k, v in p.items() if k not in MONITOR_KEYS and not isinstance(v, dict)}
+    section["method"] = cfg.pretrain.method
+    if isinstance(p.get(cfg.pretrain.method), dict):
+        section[cfg.pretrain.method] = p[cfg.pretrain.method]
+    d = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if k not in DATA_KEYS_IGNORED}
+    pool = {"n": len(data.train), "targets": _digest(data.train.targets.numpy().tobytes()),
+            "first_image": _digest(data.train.load(torch.arange(1)).numpy().tobytes())}
+    return {"format": FORMAT, "data": d, "pool": pool, "backbone": cfg.model.backbone,
+            "pretrain": section, "seed": cfg.seed}
+
+
+def cache_key(fields: dict) -> str:
+    return _digest(json.dumps(fields, sort_keys=True).encode())
+
+
+def cache_path(cfg: DictConfig, key: str) -> Path:
+    return Path(os.path.expanduser(cfg.cache_dir)) / "pretrain" / f"{key}.pt"
+
+
+def checksum(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
+    return h.hexdigest()
+
+
+def load_entry(path: Path, key: str) -> tuple[dict | None, str | None]:
+    """(entry, None) for a valid cache entry, (None, reason) otherwise (None, None: no entry)."""
+    if not path.exists():
+        return None, None
+    try:
+        entry = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, garbage bytes, pickle errors: all mean "rebuild"
+        return None, f"unreadable: {type(e).__name__}"
+    if not isinstance(entry, dict) or not {"format", "key", "backbone", "checksum", "log"} <= entry.keys():
+        return None, "not an ssal pretraining cache entry"
+    if entry["format"] != FORMAT or entry["key"] != key:
+        return None, "written for another key or format"
+    if checksum(entry["backbone"]) != entry["checksum"]:
+        return None, "checksum mismatch"
+    return entry, None
+
+
+def save_entry(path: Path, key: str, fields: dict, state: dict, log: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    entry = {"format": FORMAT, "key": key, "fields": json.dumps(fields, sort_keys=True), "backbone": state,
+             "checksum": checksum(state), "log": log}
+    with open(tmp, "wb") as f:
+        torch.save(entry, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    atomic_write_text(path.with_suffix(".jsonl"), "".join(json.dumps(line) + "\n" for line in log))
+
+
+def pretrained_encoder(cfg: DictConfig, data: Any, engine: Engine, *, use_cache: bool = True,
+                       run_dir: Path | None = None) -> dict[str, torch.Tensor] | None:
+    """The pretrained backbone's state dict (from the cache or trained now), or None for
+    ``pretrain.method: none``. Writes the monitor log to ``run_dir/pretrain.jsonl``."""
+    if cfg.pretrain.method == "none":
+        return None
+    fields = key_fields(cfg, data)
+    key = cache_key(fields)
+    path = cache_path(cfg, key)
+    entry, problem = load_entry(path, key) if use_cache else (None, None)
+    if entry is not None:
+        last = entry["log"][-1] if entry["log"] else {}
+        engine.print(f"pretrain: used the cached {cfg.pretrain.method} encoder {path} "
+                     f"(kNN accuracy {100 * last.get('knn_acc', float('nan')):.2f} %); --no-cache trains a new one")
+        state, log = entry["backbone"], entry["log"]
+    else:
+        if problem:
+            engine.print(f"[yellow]pretrain: cache entry {path} is {problem}; pretraining again")
+        state, log = train_encoder(cfg, data, engine)
+        if engine.is_main:
+            save_entry(path, key, fields, state, log)
+            engine.print(f"pretrain: cached the encoder at {path}")
+        engine.accelerator.wait_for_everyone()
+    if run_dir is not None and engine.is_main:
+        atomic_write_text(run_dir / "pretrain.jsonl", "".join(json.dumps({**line, "cache": str(path)}) + "\n"
+                                                              for line in log))
+    return state
+
+
+def train_encoder(cfg: DictConfig, data: Any, engine: Engine) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Pretrain a fresh backbone on the whole pool; kNN-monitor it on the test split."""
+    p = cfg.pretrain
+    torch.manual_seed(derive_seed(cfg.seed, "pretrain", "init"))
+    encoder = build_model(cfg.model, data)
+    method = PRETRAINERS.get(p.method)(encoder, p, data)
+    pool = torch.arange(len(data.train))
+    test = torch.arange(len(data.test))
+    log: list[dict] = []
+    t0 = time.perf_counter()
+
+    def knn(bank: torch.Tensor, queries: torch.Tensor) -> float:
+        return knn_accuracy(bank, data.train.targets, queries, data.test.targets, data.num_classes,
+                            p.knn_k, p.knn_temperature)
+
+    def monitor(epoch: int) -> dict[str, float]:
+        bs = cfg.train.eval_batch_size
+        bank = engine.predict(encoder, data.train, pool, ("features",), bs)["features"]
+        queries = engine.predict(encoder, data.test, test, ("features",), bs)["features"]
+        line = {"epoch": epoch, "knn_acc": round(knn(bank, queries), 5),
+                "elapsed_s": round(time.perf_counter() - t0, 2)}
+        if epoch == 0:  # references: random initialisation (this line) and raw pixels
+            px_bank, px_test = pixels(data.train), pixels(data.test)
+            line["knn_pixels_acc"] = None if px_bank is None else round(knn(px_bank, px_test), 5)
+        log.append(line)
+        return {"knn": line["knn_acc"]}
+
+    monitor(0)
+    engine.print(f"pretrain {p.method}: kNN accuracy at random init {100 * log[0]['knn_acc']:.2f} %, "
+                 f"raw pixels {100 * (log[0]['knn_pixels_acc'] or float('nan')):.2f} %")
+
+    def on_epoch(epoch: int) -> dict[str, float]:
+        if epoch == p.epochs or (p.eval_every > 0 and epoch % p.eval_every == 0):
+            return monitor(epoch)
+        return {}
+
+    fit = engine.pretrain(method, data.train, pool, p, seed=derive_seed(cfg.seed, "pretrain"), on_epoch=on_epoch,
+                          desc=f"pretrain {p.method}")
+    log[-1].update({f"train_{k}": round(v, 5) for k, v in fit.logs.items()}, train_s=round(fit.seconds, 2))
+    engine.print(f"pretrain {p.method}: {p.epochs} epochs in {fit.seconds:.0f} s, "
+                 f"kNN accuracy {100 * log[-1]['knn_acc']:.2f} %")
+    state = {k: v.detach().cpu().contiguous() for k, v in encoder.backbone.state_dict().items()}
+    return state, log
