@@ -202,9 +202,9 @@ class Engine:
 
     def print(self, *args, **kwargs) -> None:
         if self.is_main:
-            from rich import print as rprint
+            from rich.console import Console
 
-            rprint(*args, **kwargs)
+            Console(soft_wrap=True).print(*args, **kwargs)  # long paths stay on one line
 
     # ------------------------------------------------------------------ training
     def fit(self, model: nn.Module, objective_cls: type, train_cfg: Any, split: Split,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,19 @@ import pytest
 import yaml
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_two_processes(script: Path, port: int) -> None:
+    """Run ``script`` under ``torchrun --nproc_per_node 2`` (a gloo group on CPU); each rank must
+    print ``rank <r> ok``."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(port), str(script)],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rank 0 ok" in proc.stdout and "rank 1 ok" in proc.stdout, proc.stdout
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:

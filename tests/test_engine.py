@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from conftest import run_two_processes
 
 from ssal.data import load_dataset
 from ssal.engine import Engine, InfiniteBatchSampler, derive_seed
@@ -148,9 +146,4 @@ def test_predict_under_two_processes_matches_one(tmp_path):
         "assert torch.allclose(got['features'], feats, atol=1e-5)\n"
         "print(f'rank {engine.rank} ok', flush=True)\n"
     )
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", str(script)],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "rank 0 ok" in proc.stdout and "rank 1 ok" in proc.stdout
+    run_two_processes(script, port=29533)

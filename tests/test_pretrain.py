@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_two_processes
 from torchvision.transforms import v2 as T
 
 from ssal import loop
@@ -351,9 +349,4 @@ def test_pretraining_under_two_processes_keeps_replicas_in_sync(tmp_path):
         "assert torch.equal(both[0], both[1])\n"
         "print(f'rank {engine.rank} ok', flush=True)\n"
     )
-    torchrun = Path(sys.executable).with_name("torchrun")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29541", str(script)],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "rank 0 ok" in proc.stdout and "rank 1 ok" in proc.stdout
+    run_two_processes(script, port=29541)
