@@ -206,3 +206,15 @@ def test_empty_existing_output_dir_is_used(write_recipe, tmp_path):
     recipe = write_recipe("tiny", out=out_dir, train={"steps": 3}, active={"rounds": 0})
     assert main(["run", str(recipe), "--no-progress"]) == 0
     assert (out_dir / "metrics.jsonl").read_text().count("\n") == 1
+
+
+def test_overrides_may_follow_options(write_recipe, tmp_path, capsys):
+    recipe = write_recipe("late", train={"steps": 5}, active={"rounds": 0})
+    out_dir = tmp_path / "runs" / "late"
+    assert main(["run", str(recipe), "--no-progress", "train.steps=3", "--force", "seed=7"]) == 0
+    saved = (out_dir / "recipe.yaml").read_text()
+    assert "steps: 3" in saved and "seed: 7" in saved
+    with pytest.raises(SystemExit) as e:  # a stray word after an option is still a usage error
+        main(["run", str(recipe), "--force", "stray"])
+    assert e.value.code == 2
+    assert_one_error_line(capsys.readouterr().err, "stray")
