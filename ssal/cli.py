@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("ssal: interrupted\n")
         return 130
+    finally:
+        if "ssal.engine" in sys.modules:  # only if a command used the engine (and maybe a process group)
+            sys.modules["ssal.engine"].shutdown_distributed()
 
 
 if __name__ == "__main__":

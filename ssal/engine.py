@@ -163,6 +163,12 @@ class Engine:
         # the layout tensor cores want under AMP
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
 
+    def close(self) -> None:
+        """Leave the process group (if any) cleanly."""
+        if _distributed():
+            self.accelerator.wait_for_everyone()
+        shutdown_distributed()
+
     # ------------------------------------------------------------------ helpers
     @property
     def device(self) -> torch.device:
@@ -403,6 +409,17 @@ class Engine:
         probs = self.predict(model, split, torch.arange(len(split)), ("probs",), batch_size, desc)["probs"]
         correct = (probs.argmax(1) == split.targets).float()
         return {"test_acc": float(correct.mean())}
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group if one is up: a process that exits inside a gloo group can
+    abort at teardown ("terminate called without an active exception")."""
+    if _distributed():
+        torch.distributed.destroy_process_group()
 
 
 def _has_accelerator() -> bool:

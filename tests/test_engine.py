@@ -145,5 +145,6 @@ def test_predict_under_two_processes_matches_one(tmp_path):
         "assert torch.allclose(got['probs'], logits.softmax(1), atol=1e-5)\n"
         "assert torch.allclose(got['features'], feats, atol=1e-5)\n"
         "print(f'rank {engine.rank} ok', flush=True)\n"
+        "engine.close()\n"
     )
     run_two_processes(script, port=29533)

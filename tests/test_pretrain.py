@@ -348,5 +348,6 @@ def test_pretraining_under_two_processes_keeps_replicas_in_sync(tmp_path):
         "dist.all_gather(both, flat)\n"
         "assert torch.equal(both[0], both[1])\n"
         "print(f'rank {engine.rank} ok', flush=True)\n"
+        "engine.close()\n"
     )
     run_two_processes(script, port=29541)
