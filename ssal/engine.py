@@ -279,8 +279,7 @@ class Engine:
         def after_step(step: int) -> dict[str, float]:
             inner.after_step(step, steps)
             if on_epoch is not None and (step + 1) % per_epoch == 0:
-                shown.update(on_epoch((step + 1) // per_epoch))
-                inner.train()
+                shown.update(on_epoch((step + 1) // per_epoch))  # predict() restores train mode
             return shown
 
         try:
