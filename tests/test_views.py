@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from ssal.data.views import VIEWS, random_hflip, random_translate, to_float, weak
+from ssal.data.views import (
+    RAND_AUGMENT_OPS,
+    VIEWS,
+    cutout,
+    rand_augment,
+    random_hflip,
+    random_translate,
+    strong,
+    to_float,
+    weak,
+)
 
 
 def gen(seed: int) -> torch.Generator:
@@ -157,3 +167,107 @@ def test_to_float_and_views_table():
     assert torch.equal(VIEWS["none"](x, gen(0), True), f)
     assert torch.equal(VIEWS["weak"](x.expand(3, 1, 2, 2), gen(4), False),
                        ref_weak(x.expand(3, 1, 2, 2), gen(4), False))
+
+
+# ----------------------------------------------------------------------------- strong view
+
+DETERMINISTIC_OPS = ("identity", "autocontrast", "equalize", "posterize", "solarize")  # no random sign
+
+
+def test_solarize_posterize_autocontrast_by_hand():
+    x = torch.tensor([0.0, 0.2, 0.5, 0.7, 0.9, 1.0]).view(1, 1, 2, 3)
+    m = torch.tensor([0.4])  # solarize threshold 0.6: 0.7, 0.9, 1.0 are inverted
+    assert torch.allclose(RAND_AUGMENT_OPS["solarize"](x, m, gen(0)),
+                          torch.tensor([0.0, 0.2, 0.5, 0.3, 0.1, 0.0]).view(1, 1, 2, 3))
+    px = torch.tensor([0, 15, 16, 200, 255], dtype=torch.float32).view(1, 1, 1, 5) / 255
+    out = RAND_AUGMENT_OPS["posterize"](px, torch.tensor([1.0]), gen(0)) * 255  # drop 4 bits: multiples of 16
+    assert torch.allclose(out, torch.tensor([0.0, 0.0, 16.0, 192.0, 240.0]).view(1, 1, 1, 5), atol=1e-4)
+    y = torch.tensor([0.2, 0.3, 0.6]).view(1, 1, 1, 3)
+    assert torch.allclose(RAND_AUGMENT_OPS["autocontrast"](y, torch.tensor([0.5]), gen(0)),
+                          torch.tensor([0.0, 0.25, 1.0]).view(1, 1, 1, 3))
+    flat = torch.full((1, 1, 2, 2), 0.4)  # a constant image is left alone
+    assert torch.equal(RAND_AUGMENT_OPS["autocontrast"](flat, torch.tensor([0.5]), gen(0)), flat)
+
+
+def test_brightness_and_translate_follow_the_drawn_sign():
+    x = to_float(random_images(6, 1, 28, 28, seed=2))
+    m = torch.full((6,), 0.5)
+    sign = torch.randint(0, 2, (6,), generator=gen(4)) * 2 - 1
+    out = RAND_AUGMENT_OPS["brightness"](x, m, gen(4))
+    factor = 1 + 0.45 * sign.float()
+    assert torch.allclose(out, (x * factor.view(-1, 1, 1, 1)).clamp(0, 1), atol=1e-6)
+    # a translation by exactly 4 px: 0.6 * m normalised units = 4 px of 28 -> m = 4 / 8.4
+    m = torch.full((6,), 4 / 8.4)
+    out = RAND_AUGMENT_OPS["translate_x"](x, m, gen(4))
+    for i in range(6):
+        if sign[i] > 0:  # output(x) = input(x + 4)
+            assert torch.allclose(out[i, :, :, :-4], x[i, :, :, 4:], atol=1e-5)
+            assert float(out[i, :, :, -4:].abs().max()) < 1e-4  # zero fill
+        else:
+            assert torch.allclose(out[i, :, :, 4:], x[i, :, :, :-4], atol=1e-5)
+    assert (sign > 0).any() and (sign < 0).any()
+
+
+@pytest.mark.parametrize("name", sorted(RAND_AUGMENT_OPS))
+def test_every_op_keeps_shape_and_range_and_zero_magnitude_geometry_is_identity(name):
+    x = to_float(random_images(5, 3, 16, 16, seed=1))
+    out = RAND_AUGMENT_OPS[name](x, torch.rand(5, generator=gen(0)), gen(1))
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    if name in ("rotate", "shear_x", "shear_y", "translate_x", "translate_y", "brightness", "contrast", "color",
+                "sharpness", "identity"):
+        assert torch.allclose(RAND_AUGMENT_OPS[name](x, torch.zeros(5), gen(1)), x, atol=1e-5)
+
+
+def test_rand_augment_applies_each_samples_own_op():
+    x = to_float(asymmetric_batch(64)) * 0.8 + 0.1  # identical images: any difference comes from the draws
+    g = gen(12)
+    out = rand_augment(x, g, num_ops=1)
+    g = gen(12)
+    choice = torch.randint(0, len(RAND_AUGMENT_OPS), (64,), generator=g)
+    magnitude = torch.rand(64, generator=g)
+    names = list(RAND_AUGMENT_OPS)
+    checked = 0
+    for i in range(64):
+        name = names[int(choice[i])]
+        if name in DETERMINISTIC_OPS:  # the reference: that op alone on that sample alone
+            ref = RAND_AUGMENT_OPS[name](x[i:i + 1], magnitude[i:i + 1], gen(0))
+            assert torch.allclose(out[i:i + 1], ref, atol=1e-6), name
+            checked += 1
+    assert checked >= 5
+    assert len({int(c) for c in choice}) >= 10  # the batch mixes many ops
+    assert len({o.numpy().tobytes() for o in out}) >= 40
+
+
+def ref_cutout(x: torch.Tensor, g: torch.Generator, max_size: float = 0.5, fill: float = 0.5) -> torch.Tensor:
+    b, _, h, w = x.shape
+    side = torch.rand(b, generator=g) * max_size * min(h, w)
+    cy, cx = torch.rand(b, generator=g) * h, torch.rand(b, generator=g) * w
+    out = x.clone()
+    for i in range(b):
+        for r in range(h):
+            for c in range(w):
+                if abs(r + 0.5 - cy[i]) <= side[i] / 2 and abs(c + 0.5 - cx[i]) <= side[i] / 2:
+                    out[i, :, r, c] = fill
+    return out
+
+
+def test_cutout_matches_per_pixel_reference_and_is_at_most_half_the_side():
+    x = to_float(random_images(20, 2, 12, 10, seed=5))
+    out = cutout(x, gen(8))
+    assert torch.equal(out, ref_cutout(x, gen(8)))
+    filled = (out != x).any(1).flatten(1).sum(1)
+    assert int(filled.max()) <= (0.5 * 10 + 1) ** 2
+    assert int((filled > 0).sum()) >= 10
+
+
+def test_strong_view_is_seeded_per_sample_and_stronger_than_weak():
+    x = asymmetric_batch(32)
+    a, b, c = strong(x, gen(0), True), strong(x, gen(0), True), strong(x, gen(1), True)
+    assert a.shape == x.shape and a.dtype == torch.float32
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert len({img.numpy().tobytes() for img in a}) == 32  # every sample its own draws
+    assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+    w = weak(x, gen(0), True)
+    assert float((a - to_float(x)).abs().mean()) > float((w - to_float(x)).abs().mean())
+    assert torch.equal(VIEWS["strong"](x, gen(3), True), strong(x, gen(3), True))

@@ -7,8 +7,11 @@ DataLoader worker made them.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
@@ -46,7 +49,155 @@ def weak(x: torch.Tensor, generator: torch.Generator, hflip: bool, translate: fl
     return to_float(random_translate(x, shift, generator))
 
 
+# ----------------------------------------------------------------------------- strong view
+# RandAugment with a random magnitude per sample and op (as in FixMatch) + Cutout, vectorised:
+# each op runs once on the sub-batch of samples that drew it, with per-sample magnitudes.
+# Hand-written because torchvision's RandAugment draws one op and magnitude per call, so
+# per-sample draws would mean a Python loop over images (measured: ~0.35 ms per image with
+# Cutout, about 20x this; scripts/bench_engine.py).
+
+
+def _blend(a: torch.Tensor, b: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """b + factor * (a - b) per sample (PIL's ImageEnhance), clamped to [0, 1]."""
+    return (b + factor.view(-1, 1, 1, 1) * (a - b)).clamp_(0.0, 1.0)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
+
+
+def _signed(m: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    sign = torch.randint(0, 2, m.shape, generator=generator).to(m.dtype).mul_(2).sub_(1)
+    return m * sign
+
+
+def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Per-sample affine warp (theta [B, 2, 3] in normalised coordinates), zero fill."""
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def _identity_theta(n: int) -> torch.Tensor:
+    return torch.eye(2, 3).repeat(n, 1, 1)
+
+
+def _rotate(x, m, g):
+    a = _signed(m, g) * math.radians(30.0)
+    theta = torch.zeros(len(x), 2, 3)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = a.cos(), -a.sin(), a.sin(), a.cos()
+    return _affine(x, theta)
+
+
+def _shear(axis: int):
+    def op(x, m, g):
+        theta = _identity_theta(len(x))
+        theta[:, axis, 1 - axis] = _signed(m, g) * 0.3
+        return _affine(x, theta)
+    return op
+
+
+def _translate(axis: int):
+    def op(x, m, g):
+        theta = _identity_theta(len(x))
+        theta[:, axis, 2] = _signed(m, g) * 0.3 * 2.0  # up to 30 % of the side (normalised coords span 2)
+        return _affine(x, theta)
+    return op
+
+
+def _autocontrast(x, m, g):
+    lo = x.amin(dim=(2, 3), keepdim=True)
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    scale = torch.where(hi > lo, 1.0 / (hi - lo).clamp_min(1e-8), torch.ones_like(hi))
+    return torch.where(hi > lo, (x - lo) * scale, x).clamp_(0.0, 1.0)
+
+
+def _equalize(x, m, g):
+    u8 = x.mul(255.0).round_().to(torch.uint8)
+    return TF.equalize(u8).float().div_(255.0)
+
+
+def _posterize(x, m, g):
+    shift = (m * 4).round().to(torch.int64).view(-1, 1, 1, 1)  # drop 0..4 low bits
+    step = (2 ** shift).float()
+    return torch.floor(x.mul(255.0).round_() / step) * step / 255.0
+
+
+def _solarize(x, m, g):
+    threshold = (1.0 - m).view(-1, 1, 1, 1)
+    return torch.where(x >= threshold, 1.0 - x, x)
+
+
+_SMOOTH = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
+
+
+def _sharpness(x, m, g):
+    c = x.shape[1]
+    k = _SMOOTH.to(x).view(1, 1, 3, 3).repeat(c, 1, 1, 1)
+    blurred = x.clone()
+    blurred[..., 1:-1, 1:-1] = F.conv2d(x, k, groups=c)  # border pixels unchanged (as PIL)
+    return _blend(x, blurred, 1.0 + _signed(m, g) * 0.9)
+
+
+RAND_AUGMENT_OPS = {
+    "identity": lambda x, m, g: x,
+    "autocontrast": _autocontrast,
+    "brightness": lambda x, m, g: _blend(x, torch.zeros_like(x), 1.0 + _signed(m, g) * 0.9),
+    "color": lambda x, m, g: _blend(x, _gray(x).expand_as(x), 1.0 + _signed(m, g) * 0.9),
+    "contrast": lambda x, m, g: _blend(x, _gray(x).mean(dim=(1, 2, 3), keepdim=True).expand_as(x),
+                                       1.0 + _signed(m, g) * 0.9),
+    "equalize": _equalize,
+    "posterize": _posterize,
+    "rotate": _rotate,
+    "sharpness": _sharpness,
+    "shear_x": _shear(0),
+    "shear_y": _shear(1),
+    "solarize": _solarize,
+    "translate_x": _translate(0),
+    "translate_y": _translate(1),
+}
+
+
+def rand_augment(x: torch.Tensor, generator: torch.Generator, num_ops: int = 2) -> torch.Tensor:
+    """RandAugment on float images in [0, 1]: each sample draws ``num_ops`` ops uniformly and a
+    magnitude uniformly in [0, 1] for each (the op maps it to its own range)."""
+    ops = list(RAND_AUGMENT_OPS.values())
+    b = x.shape[0]
+    for _ in range(num_ops):
+        choice = torch.randint(0, len(ops), (b,), generator=generator)
+        magnitude = torch.rand(b, generator=generator)
+        out = x.clone()
+        for i, op in enumerate(ops):
+            idx = (choice == i).nonzero().flatten()
+            if len(idx):
+                out[idx] = op(x[idx], magnitude[idx], generator)
+        x = out
+    return x
+
+
+def cutout(x: torch.Tensor, generator: torch.Generator, max_size: float = 0.5, fill: float = 0.5) -> torch.Tensor:
+    """Fill one square per sample, side drawn in (0, max_size] of the image side, centre anywhere
+    in the image (the square may cross the border)."""
+    b, _, h, w = x.shape
+    side = torch.rand(b, generator=generator) * max_size * min(h, w)
+    cy = torch.rand(b, generator=generator) * h
+    cx = torch.rand(b, generator=generator) * w
+    rows = torch.arange(h).view(1, h, 1) + 0.5
+    cols = torch.arange(w).view(1, 1, w) + 0.5
+    half = (side / 2).view(b, 1, 1)
+    box = ((rows - cy.view(b, 1, 1)).abs() <= half) & ((cols - cx.view(b, 1, 1)).abs() <= half)
+    return x.masked_fill(box.unsqueeze(1), fill)
+
+
+def strong(x: torch.Tensor, generator: torch.Generator, hflip: bool) -> torch.Tensor:
+    """The strong view: the weak view + RandAugment (2 ops, random magnitudes) + Cutout, per sample."""
+    return cutout(rand_augment(weak(x, generator, hflip), generator), generator)
+
+
 VIEWS = {
     "none": lambda x, generator, hflip: to_float(x),
     "weak": weak,
+    "strong": strong,
 }
