@@ -1,4 +1,6 @@
-"""Engine overhead: time per training step of ssal's Engine vs a minimal hand-written torch loop.
+"""Engine overhead: time per training step of ssal's Engine vs a minimal hand-written torch loop,
+and, per semi-supervised objective, the time of one step and the share of it spent waiting for
+data (loading + views not hidden behind compute).
 
 Same model (cnn_small), same data (Fashion-MNIST-sized uint8 images in memory), same batch size,
 optimizer (SGD, nesterov momentum, weight decay) and cosine schedule. The engine runs with
@@ -6,6 +8,7 @@ optimizer (SGD, nesterov momentum, weight decay) and cosine schedule. The engine
 ``channels_last``, the engine's default); the weak-view cost and the layout gain are printed apart.
 
     .venv/bin/python scripts/bench_engine.py [--steps 200] [--repeats 3] [--batch-size 64]
+    .venv/bin/python scripts/bench_engine.py --objectives [--steps 30] [--workers 0 2]
 """
 
 from __future__ import annotations
@@ -68,15 +71,43 @@ def engine_loop(engine: Engine, data: ImageDataset, cfg: TrainConfig, labeled: t
     return fit.seconds / cfg.steps
 
 
+def objective_steps(data: ImageDataset, steps: int, workers: list[int], batch_size: int) -> None:
+    """Per objective (recipe defaults, Fashion-MNIST-sized images, 100 labels): ms per step and
+    the share of the step spent waiting for the batch, for each DataLoader worker count."""
+    labeled, unlabeled = torch.arange(100), torch.arange(100, len(data.train))
+    print(f"objective steps: batch {batch_size} labeled (+ mu x unlabeled), {steps} steps after 3 warm-up, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"{'objective':<12} {'workers':>7} {'ms/step':>9} {'waiting for data':>17}")
+    for name in ("supervised", "fixmatch", "consistency", "tod", "contrastive"):
+        cls = OBJECTIVES.get(name)
+        for w in workers:
+            engine = Engine(progress=False, num_workers=w)
+            cfg = SimpleNamespace(**{**TrainConfig().__dict__, "steps": steps, "batch_size": batch_size,
+                                     name: cls.Config() if cls.Config else None})
+            torch.manual_seed(0)
+            warm = SimpleNamespace(**{**cfg.__dict__, "steps": 3})
+            engine.fit(build_model(ModelConfig(), data), cls, warm, data.train, labeled, data.train.targets[labeled],
+                       unlabeled, hflip=True, seed=0)
+            fit = engine.fit(build_model(ModelConfig(), data), cls, cfg, data.train, labeled,
+                             data.train.targets[labeled], unlabeled, hflip=True, seed=0)
+            share = 100 * fit.data_seconds / fit.seconds
+            print(f"{name:<12} {w:>7} {1000 * fit.seconds / steps:>9.1f} {share:>16.1f}%")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--labeled", type=int, default=1000)
+    ap.add_argument("--objectives", action="store_true", help="time one step of each semi-supervised objective")
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers (--objectives)")
     args = ap.parse_args()
 
     data = make_data()
+    if args.objectives:
+        objective_steps(data, args.steps, args.workers, args.batch_size)
+        return
     labeled = torch.arange(args.labeled)
     base = dict(steps=args.steps, batch_size=args.batch_size)
     cfg = SimpleNamespace(**{**TrainConfig().__dict__, **base, "augment": "none"})

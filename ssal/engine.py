@@ -22,11 +22,11 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ssal.data.datasets import Split
 from ssal.data.views import VIEWS, to_float
+from ssal.models.ema import ema_model
 
 
 def derive_seed(*parts: Any) -> int:
@@ -147,6 +147,9 @@ class FitResult:
     seconds: float
     logs: dict[str, float] = field(default_factory=dict)
     ema: nn.Module | None = None
+    objective: nn.Module | None = None  # the trained objective (its teacher, auxiliary heads)
+    objective_state: dict[str, torch.Tensor] = field(default_factory=dict)  # its extra modules' state
+    data_seconds: float = 0.0  # of ``seconds``, the time the loop waited for batches
 
 
 class Engine:
@@ -215,43 +218,50 @@ class Engine:
     # ------------------------------------------------------------------ training
     def fit(self, model: nn.Module, objective_cls: type, train_cfg: Any, split: Split,
             labeled: torch.Tensor, labels: torch.Tensor, unlabeled: torch.Tensor | None = None, *,
-            hflip: bool, seed: int, desc: str = "train") -> FitResult:
-        """Train ``model`` for ``train_cfg.steps`` optimizer steps with an objective.
+            hflip: bool, seed: int, unlabeled_labels: torch.Tensor | None = None,
+            objective_state: dict[str, torch.Tensor] | None = None, desc: str = "train") -> FitResult:
+        """Train ``model`` for ``train_cfg.steps`` optimizer steps with an objective
+        (a :class:`ssal.semi.base.Objective` subclass, built here around ``model``).
 
         ``labeled``/``unlabeled`` are indices into ``split``; ``labels`` the observed labels of
-        ``labeled``. Seeded: the same arguments give the same weights on the same machine.
+        ``labeled``; ``unlabeled_labels`` (simulation only) the hidden labels of ``unlabeled``, passed
+        to the objective as ``y_u`` for diagnostics. ``objective_state`` restores the objective's
+        extra modules (a teacher) from an earlier :attr:`FitResult.objective_state`. Seeded: the
+        same arguments give the same weights on the same machine.
         """
         t0 = time.perf_counter()
         acc = self.accelerator
         torch.manual_seed(derive_seed(seed, "torch"))  # dropout and other stochastic layers
         steps = train_cfg.steps
-        optimizer, scheduler = _sgd(model, train_cfg.lr, train_cfg.momentum, train_cfg.nesterov,
-                                    train_cfg.weight_decay, train_cfg.schedule, steps)
         model.to(memory_format=self.memory_format)
-        prepared, optimizer = acc.prepare(model, optimizer)
-        objective = objective_cls(prepared, train_cfg)
-        ema = None
-        if train_cfg.ema > 0:
-            ema = AveragedModel(acc.unwrap_model(prepared), multi_avg_fn=get_ema_multi_avg_fn(train_cfg.ema),
-                                use_buffers=True)
-        for m in objective.modules.values():
-            m.to(self.device)
+        objective = objective_cls(model, train_cfg)
+        if objective_state is not None:
+            objective.load_extra_state(objective_state)
+        optimizer, scheduler = _sgd(objective, train_cfg.lr, train_cfg.momentum, train_cfg.nesterov,
+                                    train_cfg.weight_decay, train_cfg.schedule, steps,
+                                    {"model.backbone.": train_cfg.backbone_lr_scale})
+        prepared, optimizer = acc.prepare(objective, optimizer)
+        inner = acc.unwrap_model(prepared)
+        ema = ema_model(inner.model, train_cfg.ema) if train_cfg.ema > 0 else None
 
         def after_step(step: int) -> None:
-            objective.after_step(step)
+            inner.after_step(step)
+            inner.step = step + 1
             if ema is not None:
-                ema.update_parameters(acc.unwrap_model(prepared))
+                ema.update_parameters(inner.model)
 
-        loaders = self._train_loaders(objective, train_cfg, split, labeled, labels, unlabeled, hflip, seed)
+        loaders = self._train_loaders(inner, train_cfg, split, labeled, labels, unlabeled, unlabeled_labels,
+                                      hflip, seed)
         try:
-            logs = self._optimize(prepared, objective.loss, optimizer, scheduler, steps,
-                                  lambda: self._next_batch(loaders), after_step, desc)
+            logs, waited = self._optimize(prepared, prepared, optimizer, scheduler, steps,
+                                          lambda: self._next_batch(loaders), after_step, desc)
         finally:
             self._close(loaders)
-        trained = acc.unwrap_model(prepared)
-        eval_model = ema.module if ema is not None else trained
+        inner.eval()
         acc.free_memory()
-        return FitResult(trained, eval_model, time.perf_counter() - t0, logs, ema.module if ema is not None else None)
+        eval_model = ema.module if ema is not None else inner.model
+        return FitResult(inner.model, eval_model, time.perf_counter() - t0, logs,
+                         ema.module if ema is not None else None, inner, inner.extra_state(), waited)
 
     def pretrain(self, method: nn.Module, split: Split, indices: torch.Tensor, cfg: Any, *, seed: int,
                  on_epoch: Callable[[int], dict[str, float]] | None = None, desc: str = "pretrain") -> FitResult:
@@ -283,23 +293,28 @@ class Engine:
             return shown
 
         try:
-            logs = self._optimize(prepared, prepared, optimizer, scheduler, steps,
-                                  lambda: {k: self._to_device(v) for k, v in next(loader).items()}, after_step, desc)
+            logs, waited = self._optimize(prepared, prepared, optimizer, scheduler, steps,
+                                          lambda: {k: self._to_device(v) for k, v in next(loader).items()},
+                                          after_step, desc)
         finally:
             self._close({"views": loader})
         acc.free_memory()
-        return FitResult(inner, inner, time.perf_counter() - t0, logs)
+        return FitResult(inner, inner, time.perf_counter() - t0, logs, data_seconds=waited)
 
     def _optimize(self, model: nn.Module, loss_fn: Callable, optimizer, scheduler, steps: int,
                   next_batch: Callable[[], dict], after_step: Callable[[int], dict | None], desc: str
-                  ) -> dict[str, float]:
-        """The optimisation loop shared by pretraining and fine-tuning. Returns the last logs."""
+                  ) -> tuple[dict[str, float], float]:
+        """The optimisation loop shared by pretraining and fine-tuning. Returns the last logs and
+        the seconds spent waiting for batches (loading and views not hidden behind compute)."""
         acc = self.accelerator
         model.train()
         logs: dict[str, float] = {}
+        waited = 0.0
         with self.progress(desc, steps) as update:
             for step in range(steps):
+                t = time.perf_counter()
                 batch = next_batch()
+                waited += time.perf_counter() - t
                 with acc.autocast():
                     loss, extra = loss_fn(batch)
                 optimizer.zero_grad(set_to_none=True)
@@ -312,13 +327,13 @@ class Engine:
                     update(1, **logs, **shown)
                 else:
                     update(1)
-        return logs
+        return logs, waited
 
-    def _train_loaders(self, objective, train_cfg, split, labeled, labels, unlabeled, hflip, seed):
+    def _train_loaders(self, objective, train_cfg, split, labeled, labels, unlabeled, unlabeled_labels, hflip, seed):
         by_source: dict[str, dict[str, str]] = {}
         for key, (source, view) in objective.views.items():
-            if view == "weak" and train_cfg.augment == "none":
-                view = "none"
+            if view == "weak" and train_cfg.augment != "weak":  # the recipe's choice for the base view
+                view = train_cfg.augment
             by_source.setdefault(source, {})[key] = view
         loaders = {}
         for source, views in by_source.items():
@@ -327,7 +342,7 @@ class Engine:
             elif source == "unlabeled":
                 if unlabeled is None or len(unlabeled) == 0:
                     raise ValueError(f"{type(objective).__name__} needs unlabeled samples")
-                indices, lab, bs = unlabeled, None, train_cfg.batch_size * getattr(objective, "unlabeled_ratio", 1)
+                indices, lab, bs = unlabeled, unlabeled_labels, train_cfg.batch_size * objective.unlabeled_ratio
             else:
                 raise ValueError(f"unknown view source '{source}'")
             src_seed = derive_seed(seed, source)
@@ -427,16 +442,24 @@ def _has_accelerator() -> bool:
 
 
 def _sgd(model: nn.Module, lr: float, momentum: float, nesterov: bool, weight_decay: float,
-         schedule: str, steps: int):
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov and momentum > 0,
-                                weight_decay=weight_decay)
+         schedule: str, steps: int, lr_scales: dict[str, float] | None = None):
+    """SGD over the trainable parameters; ``lr_scales`` maps a parameter-name prefix to a factor on
+    ``lr`` for the parameters under it (e.g. a gentler rate for a pretrained backbone)."""
+    groups: dict[float, list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            scale = next((f for prefix, f in (lr_scales or {}).items() if name.startswith(prefix)), 1.0)
+            groups.setdefault(scale, []).append(p)
+    optimizer = torch.optim.SGD([{"params": ps, "lr": lr * f} for f, ps in groups.items()], lr=lr,
+                                momentum=momentum, nesterov=nesterov and momentum > 0, weight_decay=weight_decay)
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(schedule, steps))
 
 
 def _schedule(name: str, steps: int) -> Callable[[int], float]:
     if name == "cosine":
         return lambda k: 0.5 * (1.0 + math.cos(math.pi * min(k, steps) / steps))
+    if name == "fixmatch_cosine":  # cos(7 pi k / 16 K): ends at ~0.2 of the base rate (Sohn et al. 2020)
+        return lambda k: math.cos(7.0 * math.pi * min(k, steps) / (16.0 * steps))
     if name == "constant":
         return lambda k: 1.0
     raise ValueError(f"unknown schedule '{name}'")

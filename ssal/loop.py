@@ -103,9 +103,10 @@ def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: E
 
     encoder = pretrained_encoder(cfg, data, engine, use_cache=use_cache, run_dir=out if main else None)
 
-    model_state = None
+    model_state = objective_state = None
     if start > 0 and not cfg.train.reinit:
-        model_state = torch.load(_ckpt(out, start - 1), map_location="cpu", weights_only=True)["model"]
+        last = torch.load(_ckpt(out, start - 1), map_location="cpu", weights_only=True)
+        model_state, objective_state = last["model"], last.get("objective")
 
     for r in range(start, R + 1):
         torch.manual_seed(derive_seed(cfg.seed, "init"))  # the same initial weights every round
@@ -114,17 +115,19 @@ def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: E
             model.backbone.load_state_dict(encoder)
         if model_state is not None:
             model.load_state_dict(model_state)
-        labeled = pool.labeled_indices
-        fit = engine.fit(model, objective_cls, cfg.train, data.train, labeled, pool.labels,
-                         pool.unlabeled_indices, hflip=data.hflip, seed=derive_seed(cfg.seed, "train", r),
+        labeled, unlabeled = pool.labeled_indices, pool.unlabeled_indices
+        fit = engine.fit(model, objective_cls, cfg.train, data.train, labeled, pool.labels, unlabeled,
+                         hflip=data.hflip, seed=derive_seed(cfg.seed, "train", r),
+                         unlabeled_labels=oracle.hidden(unlabeled), objective_state=objective_state,
                          desc=f"round {r} train ({len(labeled)} labels)")
         t_eval = time.perf_counter()
         metrics = engine.evaluate(fit.eval_model, data.test, cfg.train.eval_batch_size, desc=f"round {r} evaluate")
         eval_s = time.perf_counter() - t_eval
-        if not cfg.train.reinit:  # the next round continues from these weights
+        if not cfg.train.reinit:  # the next round continues from these weights (and teacher)
             model_state = {k: v.detach().clone() for k, v in fit.model.state_dict().items()}
+            objective_state = {k: v.detach().clone() for k, v in fit.objective_state.items()}
         if main:
-            ckpt = {"round": r, "model": fit.model.state_dict()}
+            ckpt = {"round": r, "model": fit.model.state_dict(), "objective": fit.objective_state}
             if fit.ema is not None:
                 ckpt["ema"] = fit.ema.state_dict()
             torch.save(ckpt, _ckpt(out, r))
@@ -150,6 +153,7 @@ def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: E
                 pool.save(out / "pool.json")
 
         line = {"round": r, "n_labeled": len(labeled), **metrics, "train_s": round(fit.seconds, 3),
+                "train_data_s": round(fit.data_seconds, 3),  # of train_s, waiting for batches
                 "select_s": round(select_s, 3), "eval_s": round(eval_s, 3),
                 **{f"train_{k}": round(v, 5) for k, v in fit.logs.items()}}
         if main:

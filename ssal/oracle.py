@@ -13,3 +13,8 @@ class SimulatedOracle:
 
     def query(self, indices: torch.Tensor) -> torch.Tensor:
         return self.targets[indices]
+
+    def hidden(self, indices: torch.Tensor) -> torch.Tensor:
+        """The labels of samples not (yet) bought: for diagnostics only (pseudo-label accuracy), never
+        for training or selection."""
+        return self.targets[indices]

@@ -57,12 +57,13 @@ class TrainConfig:
     steps: int = 1000  # optimizer steps per round
     batch_size: int = 64  # labeled samples per step
     lr: float = 0.03
+    backbone_lr_scale: float = 1.0  # the backbone's lr = lr * this (e.g. 0.1 fine-tunes a pretrained one gently)
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine | constant
+    schedule: str = "cosine"  # cosine (to 0) | fixmatch_cosine (cos 7 pi k / 16 K) | constant
     ema: float = 0.0  # EMA decay of the weights used for evaluation; 0 turns EMA off
-    augment: str = "weak"  # weak (flip where allowed + translation) | none
+    augment: str = "weak"  # the objectives' weak view: weak (flip + shift) | strong (+ RandAugment, Cutout) | none
     reinit: bool = True  # each round trains from the initial weights (else continues)
     eval_batch_size: int = 512
     mixed_precision: str = "no"  # no | fp16 | bf16 (accelerate)
@@ -92,8 +93,8 @@ class Recipe:
 
 
 CHOICES = {
-    "train.schedule": ("cosine", "constant"),
-    "train.augment": ("weak", "none"),
+    "train.schedule": ("cosine", "fixmatch_cosine", "constant"),
+    "train.augment": ("weak", "strong", "none"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "data.channels": (1, 3),
 }
@@ -149,17 +150,26 @@ def _read_yaml(path: Path) -> dict:
 
 
 def _chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
-    """The recipe and the recipes it extends, base first."""
+    """The recipe and the recipes it extends, bases first. ``extends`` names one recipe or a list
+    of them (merged in order, later ones winning); a recipe reached twice (two parents that extend
+    the same base) is merged once, at its first place."""
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"recipe '{path}' extends itself (cycle: {' -> '.join(p.name for p in seen + (path,))})")
     data = _read_yaml(path)
-    parent = data.pop("extends", None)
-    if parent is None:
+    parents = data.pop("extends", None)
+    if parents is None:
         return [(path, data)]
-    if not isinstance(parent, str):
-        raise ConfigError(f"'extends' in '{path}' must be a path to another recipe, relative to it")
-    return _chain(path.parent / parent, seen + (path,)) + [(path, data)]
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not parents or not all(isinstance(p, str) for p in parents):
+        raise ConfigError(f"'extends' in '{path}' must be a path to another recipe (or a list of them), relative to it")
+    chain: list[tuple[Path, dict]] = []
+    for parent in parents:
+        for p, d in _chain(path.parent / parent, seen + (path,)):
+            if all(p != q for q, _ in chain):
+                chain.append((p, d))
+    return chain + [(path, data)]
 
 
 def _keys(node: Any, prefix: str = "") -> list[str]:
@@ -338,6 +348,9 @@ def validate(cfg: DictConfig) -> None:
     _require(0 <= t.momentum < 1, f"train.momentum must be in [0, 1), got {t.momentum}")
     _require(t.weight_decay >= 0, f"train.weight_decay must be >= 0, got {t.weight_decay}")
     _require(0 <= t.ema < 1, f"train.ema must be in [0, 1) (0 turns EMA off), got {t.ema}")
+    _require(t.backbone_lr_scale >= 0, f"train.backbone_lr_scale must be >= 0 (0 freezes the backbone), "
+             f"got {t.backbone_lr_scale}")
+    _validate_objective(t)
     _require(0 <= cfg.model.drop_rate < 1, f"model.drop_rate must be in [0, 1), got {cfg.model.drop_rate}")
     _require(a.initial >= 1, f"active.initial must be >= 1 (round 0 trains on it), got {a.initial}")
     _require(a.budget >= 1, f"active.budget must be >= 1, got {a.budget}")
@@ -355,13 +368,41 @@ def validate(cfg: DictConfig) -> None:
                  f"{d.pool_size}; lower the budget or rounds, or enlarge the pool")
 
 
+def _validate_objective(t: DictConfig) -> None:
+    """The options of the chosen ``train.method`` (its own sub-section)."""
+    o, m = OmegaConf.select(t, t.method), f"train.{t.method}"
+    if o is None:
+        return
+    if "mu" in o:
+        _require(o.mu >= 1, f"{m}.mu (unlabeled per labeled sample) must be >= 1, got {o.mu}")
+    for key in ("weight", "lambda_u", "supcon_weight", "ntxent_weight"):
+        if key in o:
+            _require(o[key] >= 0, f"{m}.{key} must be >= 0, got {o[key]}")
+    for key in ("teacher_decay", "ema_decay"):
+        if key in o:
+            _require(0 <= o[key] < 1, f"{m}.{key} must be in [0, 1), got {o[key]}")
+    if "threshold" in o:
+        _require(0 <= o.threshold <= 1, f"{m}.threshold must be in [0, 1], got {o.threshold}")
+    if "rampup" in o:
+        _require(0 <= o.rampup <= 1, f"{m}.rampup must be in [0, 1] (a fraction of train.steps), got {o.rampup}")
+    if "temperature" in o:
+        _require(o.temperature > 0, f"{m}.temperature must be > 0, got {o.temperature}")
+    if "proj_dim" in o:
+        _require(o.proj_dim >= 1, f"{m}.proj_dim must be >= 1, got {o.proj_dim}")
+
+
 def validate_pool(cfg: DictConfig, pool_size: int) -> None:
     """Checks that need the size of the pool (known once the data set is found)."""
+    from ssal.semi import OBJECTIVES
+
     a = cfg.active
     needed = a.initial + a.rounds * a.budget
     _require(needed <= pool_size,
              f"active.initial + active.rounds * active.budget = {needed} labels, more than the "
              f"{pool_size} images in the pool; lower active.budget or active.rounds")
+    _require(not OBJECTIVES.get(cfg.train.method).uses_unlabeled() or needed < pool_size,
+             f"train.method={cfg.train.method} trains on unlabeled images, but the last round would have none "
+             f"({needed} labels, {pool_size} images in the pool); lower active.budget or active.rounds")
 
 
 def to_yaml(cfg: DictConfig) -> str:

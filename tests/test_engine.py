@@ -148,3 +148,26 @@ def test_predict_under_two_processes_matches_one(tmp_path):
         "engine.close()\n"
     )
     run_two_processes(script, port=29533)
+
+
+def test_backbone_lr_scale_sets_the_backbone_rate():
+    data = digits()
+    labeled = torch.arange(64)
+    engine = Engine(progress=False)
+
+    def run(scale):
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(), data)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        cfg = train_cfg(steps=3, batch_size=16, backbone_lr_scale=scale, weight_decay=0.0)
+        fit = engine.fit(model, OBJECTIVES.get("supervised"), cfg, data.train, labeled,
+                         data.train.targets[labeled], hflip=False, seed=5)
+        return before, fit.model.state_dict()
+
+    before, after = run(0.0)  # a frozen backbone: only the head (and BatchNorm statistics) change
+    for k, v in after.items():
+        if k.startswith("backbone.") and "running" not in k and "num_batches" not in k:
+            assert torch.equal(v, before[k]), k
+    assert not torch.equal(after["head.weight"], before["head.weight"])
+    _, full = run(1.0)
+    assert any(not torch.equal(full[k], before[k]) for k in full if k.startswith("backbone.") and "weight" in k)

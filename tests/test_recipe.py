@@ -53,6 +53,23 @@ def test_extends_is_relative_to_the_recipe_file_multi_level_child_wins(tmp_path,
     assert mid.active.strategy == "margin" and mid.name == "mid"
 
 
+def test_extends_a_list_merges_in_order_and_a_shared_base_once(tmp_path, tiny_recipe):
+    base = tiny_recipe(tmp_path / "out")
+    _dump(tmp_path / "base.yaml", base)
+    _dump(tmp_path / "pre.yaml", {"extends": "base.yaml", "pretrain": {"method": "simclr", "epochs": 3},
+                                  "train": {"steps": 11}})
+    _dump(tmp_path / "semi.yaml", {"extends": "base.yaml", "train": {"method": "fixmatch", "lr": 0.5}})
+    both = _dump(tmp_path / "both.yaml", {"extends": ["pre.yaml", "semi.yaml"], "seed": 4})
+    cfg = load_recipe(both)
+    # base is merged once, first: semi.yaml's copy of it does not reset pre.yaml's pretrain section
+    assert cfg.pretrain.method == "simclr" and cfg.pretrain.epochs == 3
+    assert cfg.train.method == "fixmatch" and cfg.train.lr == 0.5 and cfg.train.steps == 11
+    assert cfg.seed == 4 and cfg.data.dataset == "digits"
+    _dump(tmp_path / "bad.yaml", {"extends": ["base.yaml", 3]})
+    with pytest.raises(ConfigError, match="list of them"):
+        load_recipe(tmp_path / "bad.yaml")
+
+
 def test_extends_cycle_is_a_config_error(tmp_path, tiny_recipe):
     _dump(tmp_path / "a.yaml", {"extends": "b.yaml", **tiny_recipe(tmp_path / "out")})
     _dump(tmp_path / "b.yaml", {"extends": "sub/c.yaml"})
@@ -198,6 +215,17 @@ def test_unknown_name_in_the_recipe_file(write_recipe):
     (["train.momentum=1"], r"train\.momentum"),
     (["train.schedule=cosin"], r"train\.schedule.*did you mean 'cosine'"),
     (["data.channels=2"], r"data\.channels"),
+    (["train.backbone_lr_scale=-1"], r"train\.backbone_lr_scale"),
+    (["train.method=fixmatch", "train.fixmatch.threshold=1.5"], r"train\.fixmatch\.threshold"),
+    (["train.method=fixmatch", "train.fixmatch.mu=0"], r"train\.fixmatch\.mu"),
+    (["train.method=fixmatch", "train.fixmatch.lambda_u=-1"], r"train\.fixmatch\.lambda_u"),
+    (["train.method=consistency", "train.consistency.teacher_decay=1"], r"train\.consistency\.teacher_decay"),
+    (["train.method=consistency", "train.consistency.rampup=2"], r"train\.consistency\.rampup"),
+    (["train.method=tod", "train.tod.ema_decay=-0.5"], r"train\.tod\.ema_decay"),
+    (["train.method=tod", "train.tod.weight=-1"], r"train\.tod\.weight"),
+    (["train.method=contrastive", "train.contrastive.temperature=0"], r"train\.contrastive\.temperature"),
+    (["train.method=contrastive", "train.contrastive.proj_dim=0"], r"train\.contrastive\.proj_dim"),
+    (["train.method=fixmatch", "train.fixmatch.tau=0.9"], r"train\.fixmatch\.tau"),  # unknown key
 ])
 def test_impossible_values_are_config_errors(write_recipe, overrides, pattern):
     with pytest.raises(ConfigError, match=pattern):
@@ -209,6 +237,17 @@ def test_the_largest_possible_budget_is_accepted(write_recipe):
     assert cfg.data.pool_size == 40
     cfg = load_recipe(write_recipe(), ["active.rounds=0", "active.subset=10"])  # subset == budget
     assert cfg.active.rounds == 0
+
+
+def test_a_semi_supervised_objective_needs_unlabeled_images_in_the_last_round(write_recipe):
+    from ssal.recipe import validate_pool
+
+    supervised = load_recipe(write_recipe(), ["data.pool_size=40", "active.subset=null"])
+    validate_pool(supervised, 40)  # every image labeled by the end: fine for supervised training
+    semi = load_recipe(write_recipe(), ["data.pool_size=40", "active.subset=null", "train.method=fixmatch"])
+    with pytest.raises(ConfigError, match="train.method=fixmatch trains on unlabeled images"):
+        validate_pool(semi, 40)
+    validate_pool(semi, 41)
 
 
 # ----------------------------------------------------------------------------- files
@@ -281,14 +320,12 @@ def test_resolved_recipe_is_read_only(write_recipe):
 # ----------------------------------------------------------------------------- shipped recipes
 
 def _needs_root(path: Path) -> bool:
-    """Whether the recipe or one of the recipes it extends leaves data.root as ``???``."""
-    while True:
-        data = yaml.safe_load(path.read_text()) or {}
-        if (data.get("data") or {}).get("root") == "???":
-            return True
-        if (data.get("data") or {}).get("root") is not None or "extends" not in data:
-            return False
-        path = path.parent / data["extends"]
+    """Whether the recipe (after the recipes it extends) leaves data.root as ``???``."""
+    from ssal.recipe import _chain
+
+    roots = [(d.get("data") or {}).get("root") for _, d in _chain(path)]
+    roots = [r for r in roots if r is not None]
+    return bool(roots) and roots[-1] == "???"
 
 
 def test_shipped_recipes_are_found():

@@ -1,3 +1,6 @@
+"""What a fine-tuning objective is: a module that owns the model being trained, any extra
+modules of its method (an EMA teacher, an auxiliary head) and the loss."""
+
 from __future__ import annotations
 
 from typing import Any, ClassVar
@@ -10,28 +13,57 @@ from ssal.registry import Registry
 OBJECTIVES = Registry("objective")
 
 
-class Objective:
-    """The loss of one fine-tuning method.
+class Objective(nn.Module):
+    """A fine-tuning method. ``forward(batch) -> (loss, logs)``; the engine optimises the whole
+    module (so trainable extra modules train and shard with the model) and checkpoints it.
 
-    ``views`` declares what a batch holds: name -> (source, view), source ``labeled`` or
-    ``unlabeled``, view a name of ``ssal.data.views.VIEWS``. The engine builds that batch (plus
-    ``y_l``, the labels of the labeled samples) and calls ``loss(batch)``. ``self.model`` is the
-    model being trained (as prepared by the engine). Extra modules (an EMA teacher, a second
-    head) go in ``modules``; the engine checkpoints them.
+    ``views`` declares what a batch holds: key -> (source, view), source ``labeled`` or
+    ``unlabeled``, view a name of :data:`ssal.data.views.VIEWS`. The engine builds that batch plus
+    ``y_l`` (labels of the labeled samples) and, in simulation, ``y_u`` (the hidden labels of the
+    unlabeled samples: for diagnostics such as pseudo-label accuracy, never for the loss).
+    An unlabeled batch holds ``unlabeled_ratio`` times as many samples as a labeled one.
+
+    Extra modules are submodules; frozen ones (EMA teachers) have ``requires_grad`` off and stay
+    in eval mode. ``model`` is what is evaluated and kept after training (unless ``train.ema``).
     """
 
     Config: ClassVar[type | None] = None  # the method's own recipe sub-section (train.<name>)
     views: ClassVar[dict[str, tuple[str, str]]] = {"x_l": ("labeled", "weak")}
-    uses_unlabeled: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, train_cfg: Any):
+        super().__init__()
         self.model = model
         self.train_cfg = train_cfg
         self.cfg = getattr(train_cfg, type(self).registry_name, None)
-        self.modules: dict[str, nn.Module] = {}
+        self.step = 0  # optimizer steps taken so far in this fit (kept up to date by the engine)
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    @classmethod
+    def uses_unlabeled(cls) -> bool:
+        return any(source == "unlabeled" for source, _ in cls.views.values())
+
+    @property
+    def unlabeled_ratio(self) -> int:
+        """Unlabeled samples per labeled sample in a batch (the method's ``mu``; 1 if it has none)."""
+        return int(getattr(self.cfg, "mu", 1)) if self.uses_unlabeled() else 0
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """(loss, logs): logs are detached scalars, read only every few steps."""
         raise NotImplementedError
 
     def after_step(self, step: int) -> None:
         """Called after each optimizer step (EMA teachers update here)."""
+
+    def train(self, mode: bool = True) -> Objective:
+        super().train(mode)
+        for m in self.children():
+            if m is not self.model and not any(p.requires_grad for p in m.parameters()):
+                m.eval()  # frozen extra modules (teachers) always predict with their running statistics
+        return self
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """The state of everything but ``model`` (teachers, auxiliary heads, counters): checkpointed."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("model.")}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        own = {k: v for k, v in self.state_dict().items() if k.startswith("model.")}
+        self.load_state_dict({**own, **state})

@@ -10,6 +10,6 @@ from ssal.semi.base import OBJECTIVES, Objective
 class Supervised(Objective):
     """Cross-entropy on the weak view of the labeled samples: the baseline."""
 
-    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         logits = self.model(batch["x_l"])
         return F.cross_entropy(logits, batch["y_l"]), {}

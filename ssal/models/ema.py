@@ -1,0 +1,27 @@
+"""Exponential moving averages of a model's weights: evaluation EMA, mean teachers, TOD."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+
+def ema_model(model: nn.Module, decay: float, warmup: bool = False) -> AveragedModel:
+    """An exponential moving average of ``model`` (parameters and BatchNorm buffers), frozen.
+
+    The first ``update_parameters(model)`` copies the weights; the k-th later one (k = 1, 2, ...)
+    does ``ema <- a * ema + (1 - a) * model`` with ``a = decay``, or with ``warmup``
+    ``a = min(1 - 1/(k+1), decay)`` (the plain mean of the weights seen so far until that reaches
+    ``decay``). Before any update it holds a copy of ``model``.
+    """
+    def average(ema_params: list[torch.Tensor], params: list[torch.Tensor], k: torch.Tensor) -> None:
+        if not ema_params[0].is_floating_point():  # integer buffers (BatchNorm's batch counter)
+            torch._foreach_copy_(ema_params, params)
+            return
+        a = min(1.0 - 1.0 / (int(k) + 1), decay) if warmup else decay
+        torch._foreach_lerp_(ema_params, params, 1.0 - a)  # ema + (1 - a) (p - ema), one fused op
+
+    ema = AveragedModel(model, multi_avg_fn=average, use_buffers=True)
+    ema.requires_grad_(False)
+    return ema

@@ -1,0 +1,74 @@
+"""Contrastive fine-tuning: cross-entropy on labeled weak views, a supervised contrastive loss on
+two views of each labeled sample (same-class samples are positives) and lightly's NT-Xent on two
+strong views of each unlabeled sample, through one projection head. Its normalised projections
+(``embed``) are the contrastive features selection strategies can read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from lightly.loss import NTXentLoss
+from lightly.models.modules import SimCLRProjectionHead
+
+from ssal.semi.base import OBJECTIVES, Objective
+
+
+def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020, the L_out form) of L2-normalised ``z`` [N, D].
+
+    For anchor i with positives P(i) = {p != i : y_p = y_i}:
+    -1/|P(i)| sum_p log( exp(z_i.z_p / t) / sum_{a != i} exp(z_i.z_a / t) ), averaged over the
+    anchors that have a positive. Written here because lightly has no supervised contrastive loss.
+    """
+    n = len(z)
+    sim = (z @ z.T).float() / temperature
+    self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
+    sim = sim.masked_fill(self_mask, float("-inf"))
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    positives = (labels[:, None] == labels[None, :]) & ~self_mask
+    n_pos = positives.sum(1)
+    has = n_pos > 0
+    if not has.any():
+        return z.sum() * 0.0  # no anchor has a positive: nothing to pull together
+    mean_log_prob = log_prob.masked_fill(~positives, 0.0).sum(1)[has] / n_pos[has]
+    return -mean_log_prob.mean()
+
+
+@OBJECTIVES.register("contrastive")
+class Contrastive(Objective):
+    @dataclass
+    class Config:
+        temperature: float = 0.5  # of both contrastive losses
+        supcon_weight: float = 1.0
+        ntxent_weight: float = 1.0
+        proj_dim: int = 128
+        mu: int = 1  # unlabeled samples per labeled sample in a batch
+
+    views = {"x_l": ("labeled", "weak"), "x_l2": ("labeled", "strong"),
+             "u_a": ("unlabeled", "strong"), "u_b": ("unlabeled", "strong")}
+
+    def __init__(self, model, train_cfg):
+        super().__init__(model, train_cfg)
+        d = model.num_features
+        self.projection = SimCLRProjectionHead(d, d, self.cfg.proj_dim)
+        self.ntxent = NTXentLoss(temperature=self.cfg.temperature, gather_distributed=True)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalised projection features of images in [0, 1]."""
+        return F.normalize(self.projection(self.model.features(x)), dim=1)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        b, n_u = len(batch["x_l"]), len(batch["u_a"])
+        x = torch.cat([batch["x_l"], batch["x_l2"], batch["u_a"], batch["u_b"]])
+        logits, h = self.model(x, return_features=True)
+        z = F.normalize(self.projection(h), dim=1)
+        ce = F.cross_entropy(logits[:b], batch["y_l"])
+        z_l = z[:2 * b]
+        supcon = supcon_loss(z_l, torch.cat([batch["y_l"], batch["y_l"]]), self.cfg.temperature)
+        z_u = rearrange(z[2 * b:], "(v n) d -> v n d", v=2, n=n_u)
+        ntxent = self.ntxent(z_u[0], z_u[1])
+        loss = ce + self.cfg.supcon_weight * supcon + self.cfg.ntxent_weight * ntxent
+        return loss, {"ce": ce.detach(), "supcon": supcon.detach(), "ntxent": ntxent.detach()}
