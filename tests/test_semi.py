@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import run_two_processes
 from torch import nn
 
 from ssal import loop
@@ -343,3 +344,55 @@ def test_resume_restores_the_teacher(write_recipe, monkeypatch):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert [m["test_acc"] for m in read_metrics(cut)] == [m["test_acc"] for m in read_metrics(full)]
+
+
+def test_the_readme_objective_example_trains(write_recipe, monkeypatch):
+    """The objective written in README's 'Extending ssal' runs end to end as shown."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "@OBJECTIVES.register" in b)
+    monkeypatch.setattr(OBJECTIVES, "_items", dict(OBJECTIVES._items))  # registered for this test only
+    exec(compile(block, "README.md", "exec"), {})
+    path = write_recipe("readme", train={"method": "entropy_min", "steps": 4, "batch_size": 8},
+                        active={"rounds": 0})
+    rows = read_metrics(loop.run(load_recipe(path), progress=False))
+    assert len(rows) == 1 and math.isfinite(rows[0]["train_entropy"])
+
+
+def test_objectives_with_extra_modules_under_two_processes(tmp_path):
+    """torchrun, 2 CPU processes: the objective module is what DDP wraps, so TOD's trainable
+    auxiliary head and contrastive's projection head train in sync on both replicas, and the EMA
+    teachers' weights (no gradients) stay identical too. (BatchNorm running statistics are per
+    process between DDP's broadcasts, as in any DDP training.)"""
+    script = tmp_path / "dist_semi.py"
+    script.write_text(
+        "import torch, torch.distributed as dist\n"
+        "from ssal.data import load_dataset\n"
+        "from ssal.engine import Engine\n"
+        "from ssal.models import build_model\n"
+        "from ssal.recipe import from_dict\n"
+        "from ssal.semi import OBJECTIVES\n"
+        "engine = Engine(progress=False)\n"
+        "assert engine.world == 2\n"
+        "for method in ('tod', 'contrastive', 'consistency'):\n"
+        "    cfg = from_dict({'data': {'dataset': 'digits', 'pool_size': 300},\n"
+        "                     'train': {'method': method, 'steps': 3, 'batch_size': 8},\n"
+        "                     'active': {'initial': 20, 'rounds': 0}})\n"
+        "    data = load_dataset(cfg.data)\n"
+        "    torch.manual_seed(0)\n"
+        "    lab, unl = torch.arange(20), torch.arange(20, 300)\n"
+        "    fit = engine.fit(build_model(cfg.model, data), OBJECTIVES.get(method), cfg.train, data.train, lab,\n"
+        "                     data.train.targets[lab], unl, hflip=False, seed=1)\n"
+        "    obj = fit.objective\n"
+        "    flat = torch.cat([t.detach().flatten() for t in obj.parameters()])  # teachers' too\n"
+        "    both = [torch.zeros_like(flat) for _ in range(2)]\n"
+        "    dist.all_gather(both, flat)\n"
+        "    assert torch.equal(both[0], both[1]), method\n"
+        "    extra = [p for n, p in obj.named_parameters() if p.requires_grad and not n.startswith('model.')]\n"
+        "    assert (len(extra) > 0) == (method != 'consistency'), method\n"
+        "print(f'rank {engine.rank} ok', flush=True)\n"
+        "engine.close()\n"
+    )
+    run_two_processes(script, port=29547)
