@@ -243,6 +243,10 @@ class Engine:
         prepared, optimizer = acc.prepare(objective, optimizer)
         inner = acc.unwrap_model(prepared)
         ema = ema_model(inner.model, train_cfg.ema) if train_cfg.ema > 0 else None
+        if ema is not None and train_cfg.ema ** steps > 0.05:
+            self.print(f"[yellow]warning: with train.ema={train_cfg.ema} and train.steps={steps} the averaged "
+                       f"weights keep {100 * train_cfg.ema ** steps:.0f} % of the initial ones; lower train.ema "
+                       f"(e.g. {1 - 5 / steps:.3g}) or train longer")
 
         def after_step(step: int) -> None:
             inner.after_step(step)

@@ -171,3 +171,15 @@ def test_backbone_lr_scale_sets_the_backbone_rate():
     assert not torch.equal(after["head.weight"], before["head.weight"])
     _, full = run(1.0)
     assert any(not torch.equal(full[k], before[k]) for k in full if k.startswith("backbone.") and "weight" in k)
+
+
+def test_an_ema_too_slow_for_the_schedule_is_warned_about(capsys):
+    data = digits()
+    labeled = torch.arange(32)
+    for ema, warned in ((0.99, True), (0.5, False)):
+        torch.manual_seed(0)
+        Engine(progress=False).fit(build_model(ModelConfig(), data), OBJECTIVES.get("supervised"),
+                                   train_cfg(steps=10, batch_size=8, ema=ema), data.train, labeled,
+                                   data.train.targets[labeled], hflip=False, seed=0)
+        out = capsys.readouterr().out
+        assert ("keep 90 % of the initial ones" in out) == warned, out  # 0.99 ** 10 = 0.904

@@ -12,7 +12,7 @@ from conftest import run_two_processes
 from torch import nn
 
 from ssal import loop
-from ssal.models.ema import ema_model
+from ssal.models.ema import batch_statistics, ema_model
 from ssal.recipe import load_recipe
 from ssal.report import read_metrics
 from ssal.semi import OBJECTIVES
@@ -157,6 +157,24 @@ def test_ema_model_math_with_and_without_warmup():
     assert torch.allclose(ema.module[0].weight, (weights[0] + weights[1]) / 2, atol=1e-6)
 
 
+def test_batch_statistics_normalises_by_the_batch_and_leaves_running_stats_alone():
+    g = torch.Generator().manual_seed(2)
+    net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Dropout(0.5)).eval()
+    with torch.no_grad():
+        net[1].running_mean.fill_(5.0)
+        net[1].running_var.fill_(9.0)
+    x = torch.randn(16, 4, generator=g)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad(), batch_statistics(net):
+        got = net(x)
+    h = net[0](x)
+    expected = (h - h.mean(0)) / torch.sqrt(h.var(0, unbiased=False) + net[1].eps) * net[1].weight + net[1].bias
+    assert torch.allclose(got, expected, atol=1e-5)  # batch statistics, and dropout stayed off
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not net.training and not net[1].training and net[1].momentum == 0.1
+
+
 # ----------------------------------------------------------------------------- the objectives as modules
 
 class Tiny(nn.Module):
@@ -225,7 +243,7 @@ def test_consistency_objective_uses_the_teacher_and_the_ramped_weight():
     loss, logs = obj(batch)
     obj.model.load_state_dict(snapshot)
     logits = obj.model(torch.cat([batch["x_l"], batch["u_student"]]))
-    with torch.no_grad():
+    with torch.no_grad(), batch_statistics(obj.teacher):
         t = obj.teacher(batch["u_teacher"])
     w = 10.0 * math.exp(-5 * (1 - 2 / 5) ** 2)
     expected = F.cross_entropy(logits[:4], batch["y_l"]) + w * consistency_loss(logits[4:], t)
@@ -251,7 +269,7 @@ def test_tod_objective(aux):
     obj.model.load_state_dict(snapshot)
     x = torch.cat([batch["x_l"], batch["u"]])
     logits, h = obj.model(x, return_features=True)
-    with torch.no_grad():
+    with torch.no_grad(), batch_statistics(obj.ema):
         e = obj.ema(x)
     a = obj.aux(h) if aux else None
     disc = sum(output_discrepancy_loss(logits[s], e[s], None if a is None else a[s])

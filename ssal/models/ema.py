@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
@@ -25,3 +28,27 @@ def ema_model(model: nn.Module, decay: float, warmup: bool = False) -> AveragedM
     ema = AveragedModel(model, multi_avg_fn=average, use_buffers=True)
     ema.requires_grad_(False)
     return ema
+
+
+@contextlib.contextmanager
+def batch_statistics(module: nn.Module) -> Iterator[nn.Module]:
+    """Run ``module`` with its BatchNorm layers normalising by the statistics of the batch (as in
+    training) while leaving their running statistics untouched; dropout stays as it is.
+
+    Teachers predict like this (Mean Teacher, TOD): averaged weights with averaged running
+    statistics do not match each other early in training, batch statistics always do.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.training, m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+             for m in norms]
+    for m in norms:
+        m.train()
+        m.momentum = 0.0  # running <- (1 - 0) * running + 0 * batch: unchanged
+    try:
+        yield module
+    finally:
+        for m, (training, momentum, tracked) in zip(norms, saved, strict=True):
+            m.train(training)
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)

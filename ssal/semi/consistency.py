@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ssal.models.ema import ema_model
+from ssal.models.ema import batch_statistics, ema_model
 from ssal.semi.base import OBJECTIVES, Objective
 
 
@@ -50,7 +50,7 @@ class Consistency(Objective):
         b = len(batch["x_l"])
         logits = self.model(torch.cat([batch["x_l"], batch["u_student"]]))
         supervised = F.cross_entropy(logits[:b], batch["y_l"])
-        with torch.no_grad():
+        with torch.no_grad(), batch_statistics(self.teacher):
             teacher_logits = self.teacher(batch["u_teacher"])
         cons = consistency_loss(logits[b:], teacher_logits)
         w = self.weight(self.step)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssal.models.ema import ema_model
+from ssal.models.ema import batch_statistics, ema_model
 from ssal.semi.base import OBJECTIVES, Objective
 
 
@@ -48,7 +48,7 @@ class TOD(Objective):
         x = torch.cat([batch["x_l"], batch["u"]])
         logits, h = self.model(x, return_features=True)
         aux = self.aux(h) if self.aux is not None else None
-        with torch.no_grad():
+        with torch.no_grad(), batch_statistics(self.ema):
             ema_logits = self.ema(x)
         supervised = F.cross_entropy(logits[:b], batch["y_l"])
         # the labeled and the unlabeled parts each contribute their own mean, as in the paper
