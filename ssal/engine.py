@@ -257,7 +257,7 @@ class Engine:
         loaders = self._train_loaders(inner, train_cfg, split, labeled, labels, unlabeled, unlabeled_labels,
                                       hflip, seed)
         try:
-            logs, waited = self._optimize(prepared, prepared, optimizer, scheduler, steps,
+            logs, waited = self._optimize(prepared, optimizer, scheduler, steps,
                                           lambda: self._next_batch(loaders), after_step, desc)
         finally:
             self._close(loaders)
@@ -297,7 +297,7 @@ class Engine:
             return shown
 
         try:
-            logs, waited = self._optimize(prepared, prepared, optimizer, scheduler, steps,
+            logs, waited = self._optimize(prepared, optimizer, scheduler, steps,
                                           lambda: {k: self._to_device(v) for k, v in next(loader).items()},
                                           after_step, desc)
         finally:
@@ -305,11 +305,12 @@ class Engine:
         acc.free_memory()
         return FitResult(inner, inner, time.perf_counter() - t0, logs, data_seconds=waited)
 
-    def _optimize(self, model: nn.Module, loss_fn: Callable, optimizer, scheduler, steps: int,
+    def _optimize(self, model: nn.Module, optimizer, scheduler, steps: int,
                   next_batch: Callable[[], dict], after_step: Callable[[int], dict | None], desc: str
                   ) -> tuple[dict[str, float], float]:
-        """The optimisation loop shared by pretraining and fine-tuning. Returns the last logs and
-        the seconds spent waiting for batches (loading and views not hidden behind compute)."""
+        """The optimisation loop shared by pretraining and fine-tuning: ``model(batch) -> (loss, logs)``
+        (a Pretrainer or an Objective, as prepared). Returns the last logs and the seconds spent
+        waiting for batches (loading and views not hidden behind compute)."""
         acc = self.accelerator
         model.train()
         logs: dict[str, float] = {}
@@ -320,7 +321,7 @@ class Engine:
                 batch = next_batch()
                 waited += time.perf_counter() - t
                 with acc.autocast():
-                    loss, extra = loss_fn(batch)
+                    loss, extra = model(batch)
                 optimizer.zero_grad(set_to_none=True)
                 acc.backward(loss)
                 optimizer.step()
