@@ -386,32 +386,50 @@ class Engine:
         ``outputs`` picks among ``probs`` (softmax, float32), ``logits`` and ``features`` (the
         penultimate layer). Work is sharded across processes and gathered once per index.
         """
+
+        def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
+            logits, feats = model(x, return_features=True)
+            got = {"logits": logits.float(), "features": feats.float()}
+            if "probs" in outputs:
+                got["probs"] = F.softmax(logits.float(), dim=1)
+            return {k: got[k] for k in outputs}
+
+        got = self.infer(forward, [model], split, indices, batch_size, desc)
+        return {k: got.get(k, torch.empty(0)) for k in outputs}
+
+    def infer(self, fn: Callable[[torch.Tensor], dict[str, torch.Tensor]], modules: list[nn.Module],
+              split: Split, indices: torch.Tensor, batch_size: int = 512,
+              desc: str | None = None) -> dict[str, torch.Tensor]:
+        """``fn`` over ``split[indices]`` in chunks, under ``torch.inference_mode`` and autocast,
+        with ``modules`` in eval mode on the device: ``fn(x)`` (images in [0, 1], [B, C, H, W])
+        returns per-sample tensors (first dimension B); they come back concatenated on the CPU,
+        aligned with ``indices``. Sharded across processes and gathered once per index.
+        """
         indices = torch.as_tensor(indices, dtype=torch.long)
         n = len(indices)
         per_rank = math.ceil(n / self.world) if n else 0
         mine = indices[self.rank * per_rank:(self.rank + 1) * per_rank]
-        was_training = model.training
-        model.eval()
-        model.to(self.device, memory_format=self.memory_format)
-        chunks: dict[str, list[torch.Tensor]] = {k: [] for k in outputs}
+        modes = [m.training for m in modules]
+        for m in modules:
+            m.eval()
+            m.to(self.device, memory_format=self.memory_format)
+        chunks: dict[str, list[torch.Tensor]] = {}
         loader = _loader(PlainBatches(split, mine), ChunkSampler(len(mine), batch_size), self.num_workers)
         bar = self.progress(desc, len(loader)) if desc else contextlib.nullcontext(lambda *a, **k: None)
-        with bar as update:
+        with bar as update, torch.inference_mode():
             for x in loader:
                 with self.accelerator.autocast():
-                    logits, feats = model(self._to_device(x), return_features=True)
-                got = {"logits": logits.float(), "features": feats.float()}
-                if "probs" in outputs:
-                    got["probs"] = F.softmax(logits.float(), dim=1)
-                for k in outputs:
-                    chunks[k].append(got[k])
+                    got = fn(self._to_device(x))
+                for k, v in got.items():
+                    chunks.setdefault(k, []).append(v.float() if v.is_floating_point() else v)
                 update(1)
-        model.train(was_training)
-        result = {}
-        for k, parts in chunks.items():
-            local = torch.cat(parts) if parts else torch.empty(0)
-            result[k] = self._gather(local, per_rank, n)
-        return result
+        for m, mode in zip(modules, modes, strict=True):
+            m.train(mode)
+        if not chunks and n:  # no local samples (more processes than samples): learn the output shapes
+            with torch.inference_mode(), self.accelerator.autocast():
+                got = fn(self._to_device(to_float(split.load(indices[:1]))))
+            chunks = {k: [v[:0].float() if v.is_floating_point() else v[:0]] for k, v in got.items()}
+        return {k: self._gather(torch.cat(parts), per_rank, n) for k, parts in chunks.items()}
 
     def _gather(self, local: torch.Tensor, per_rank: int, n: int) -> torch.Tensor:
         if self.world == 1:

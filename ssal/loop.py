@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ssal.data import ActivePool, load_dataset
 from ssal.data.pool import atomic_write_text
@@ -28,7 +28,7 @@ from ssal.pretrain.stage import pretrained_encoder
 from ssal.recipe import load_recipe, to_yaml, validate_pool
 from ssal.report import read_metrics, write_curve
 from ssal.select import INITIAL_STRATEGIES, STRATEGIES
-from ssal.select.signals import candidates, check_selection, compute_signals
+from ssal.select.signals import MC_SIGNALS, SelectionContext, candidates, check_selection, compute_signals
 from ssal.semi import OBJECTIVES
 
 
@@ -68,6 +68,9 @@ def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: E
     strategy = STRATEGIES.get(cfg.active.strategy)(getattr(cfg.active, cfg.active.strategy, None))
     objective_cls = OBJECTIVES.get(cfg.train.method)
     initial_strategy = INITIAL_STRATEGIES.get(cfg.active.initial_strategy)
+    model_cfg = cfg.model
+    if strategy.needs & MC_SIGNALS and cfg.model.drop_rate == 0:  # MC dropout needs a dropout to sample
+        model_cfg = OmegaConf.merge(cfg.model, {"drop_rate": strategy.cfg.dropout})
     out = Path(cfg.output_dir) if resume else prepare_run_dir(cfg, force)
     engine = engine or Engine(cfg.train.mixed_precision, cfg.data.num_workers, progress=progress)
     main = engine.is_main
@@ -92,27 +95,39 @@ def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: E
     if resume and (out / "pool.json").is_file():
         pool = ActivePool.load(out / "pool.json")
         pool.truncate(start)  # drop labels bought by a round that did not commit
+    encoder = pretrained_encoder(cfg, data, engine, use_cache=use_cache, run_dir=out if main else None)
+
+    def fresh_model() -> torch.nn.Module:
+        torch.manual_seed(derive_seed(cfg.seed, "init"))  # the same initial weights every round
+        model = build_model(model_cfg, data)  # a fresh head every round
+        if encoder is not None:
+            model.backbone.load_state_dict(encoder)
+        return model
+
     if pool.n_labeled == 0:
+        def embed(indices: torch.Tensor) -> torch.Tensor:  # the pool's features, for a cold-start strategy
+            return engine.predict(fresh_model(), data.train, indices, ("features",), cfg.train.eval_batch_size,
+                                  desc="initial features")["features"]
+
         first = initial_strategy(pool.unlabeled_indices, data.train.targets, cfg.active.initial,
-                                 _generator(cfg.seed, "initial"))
+                                 _generator(cfg.seed, "initial"), embed=embed)
         pool.label(first, oracle.query(first), 0)
         if main:
             pool.save(out / "pool.json")
     if resume:
         engine.print(f"resuming {out} at round {start} ({pool.n_labeled} labels)")
 
-    encoder = pretrained_encoder(cfg, data, engine, use_cache=use_cache, run_dir=out if main else None)
-
-    model_state = objective_state = None
-    if start > 0 and not cfg.train.reinit:
+    model_state = objective_state = prev_model = None
+    if start > 0:
         last = torch.load(_ckpt(out, start - 1), map_location="cpu", weights_only=True)
-        model_state, objective_state = last["model"], last.get("objective")
+        if not cfg.train.reinit:
+            model_state, objective_state = last["model"], last.get("objective")
+        if "prev_probs" in strategy.needs:  # the previous round's evaluation model
+            prev_model = fresh_model()
+            prev_model.load_state_dict(last["ema"] if "ema" in last else last["model"])
 
     for r in range(start, R + 1):
-        torch.manual_seed(derive_seed(cfg.seed, "init"))  # the same initial weights every round
-        model = build_model(cfg.model, data)  # a fresh head every round
-        if encoder is not None:
-            model.backbone.load_state_dict(encoder)
+        model = fresh_model()
         if model_state is not None:
             model.load_state_dict(model_state)
         labeled, unlabeled = pool.labeled_indices, pool.unlabeled_indices
@@ -136,8 +151,13 @@ def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: E
         if r < R:
             t_sel = time.perf_counter()
             cands = candidates(pool.unlabeled_indices, cfg.active.subset, _generator(cfg.seed, "subset", r))
-            signals = compute_signals(engine, strategy, fit.eval_model, data.train, labeled, cands,
-                                      cfg.train.eval_batch_size)
+            if r == 0 and "prev_probs" in strategy.needs:  # no previous round: the EMA of this one
+                prev_model = fit.objective.teacher_model() if fit.ema is None else fit.ema
+                if prev_model is fit.eval_model:  # train.ema evaluates with the EMA: compare it with the weights
+                    prev_model = fit.model
+            ctx = SelectionContext(fit.eval_model, labeled, pool.labels, fit.objective, prev_model, data.hflip,
+                                   derive_seed(cfg.seed, "signals", r), cfg.train.eval_batch_size)
+            signals = compute_signals(engine, strategy, ctx, data.train, cands)
             picked = strategy.select(signals, cfg.active.budget, _generator(cfg.seed, "select", r))
             picked = check_selection(picked, cands, cfg.active.budget, cfg.active.strategy)
             scores = strategy.scores(signals)
@@ -152,6 +172,8 @@ def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: E
                     "scores": None if scores is None else scores[pos].tolist()}))
                 pool.save(out / "pool.json")
 
+        if "prev_probs" in strategy.needs:  # next round compares with this one
+            prev_model = fit.eval_model
         line = {"round": r, "n_labeled": len(labeled), **metrics, "train_s": round(fit.seconds, 3),
                 "train_data_s": round(fit.data_seconds, 3),  # of train_s, waiting for batches
                 "select_s": round(select_s, 3), "eval_s": round(eval_s, 3),

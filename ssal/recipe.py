@@ -95,6 +95,9 @@ class Recipe:
 CHOICES = {
     "train.schedule": ("cosine", "fixmatch_cosine", "constant"),
     "train.augment": ("weak", "strong", "none"),
+    "train.consistency.student_view": ("weak", "strong"),
+    "train.tod.student_view": ("weak", "strong"),
+    "active.consistency.view": ("weak", "strong"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "data.channels": (1, 3),
 }
@@ -351,6 +354,7 @@ def validate(cfg: DictConfig) -> None:
     _require(t.backbone_lr_scale >= 0, f"train.backbone_lr_scale must be >= 0 (0 freezes the backbone), "
              f"got {t.backbone_lr_scale}")
     _validate_objective(t)
+    _validate_strategy(cfg)
     _require(0 <= cfg.model.drop_rate < 1, f"model.drop_rate must be in [0, 1), got {cfg.model.drop_rate}")
     _require(a.initial >= 1, f"active.initial must be >= 1 (round 0 trains on it), got {a.initial}")
     _require(a.budget >= 1, f"active.budget must be >= 1, got {a.budget}")
@@ -366,6 +370,27 @@ def validate(cfg: DictConfig) -> None:
         _require(needed <= d.pool_size,
                  f"active.initial + active.rounds * active.budget = {needed} labels, more than data.pool_size="
                  f"{d.pool_size}; lower the budget or rounds, or enlarge the pool")
+
+
+def _validate_strategy(cfg: DictConfig) -> None:
+    """The chosen ``active.strategy``: its options, and that the training provides its signals."""
+    from ssal.select import STRATEGIES
+    from ssal.semi import OBJECTIVES
+
+    a, name = cfg.active, cfg.active.strategy
+    o, m = OmegaConf.select(a, name), f"active.{name}"
+    if o is not None:
+        for key in ("samples", "views", "neighbors", "num_samples", "max_candidates", "max_clusters"):
+            if key in o:
+                _require(o[key] >= 1, f"{m}.{key} must be >= 1, got {o[key]}")
+        if "dropout" in o:
+            _require(0 <= o.dropout < 1, f"{m}.dropout must be in [0, 1), got {o.dropout}")
+    needs = STRATEGIES.get(name).needs
+    if "prev_probs" in needs and cfg.active.rounds > 0:
+        _require(OBJECTIVES.get(cfg.train.method).has_teacher or cfg.train.ema > 0,
+                 f"active.strategy={name} compares the round-0 model with its EMA, and train.method="
+                 f"{cfg.train.method} keeps none; set train.ema (e.g. train.ema=0.99) or use train.method "
+                 f"consistency or tod")
 
 
 def _validate_objective(t: DictConfig) -> None:

@@ -43,16 +43,35 @@ def test_top_k_breaks_ties_by_lowest_position():
 
 
 def _signals(n_pool: int, labeled_frac: float, seed: int, num_classes: int = 5) -> Signals:
+    """Random values of every signal any strategy reads (at least one labeled sample, as in a run)."""
     g = torch.Generator().manual_seed(seed)
     labeled_mask = torch.rand(n_pool, generator=g) < labeled_frac
+    labeled_mask[0] = True
     cands = torch.nonzero(~labeled_mask).flatten()
-    probs = torch.softmax(torch.randn(len(cands), num_classes, generator=g) * 3, dim=1)
-    # quantise to create ties, which strategies must break deterministically
-    probs = torch.round(probs * 20) / 20
-    probs = probs / probs.sum(1, keepdim=True)
-    feats = torch.randn(len(cands), 8, generator=g)
-    return Signals(candidates=cands, labeled=torch.nonzero(labeled_mask).flatten(),
-                   values={"probs": probs, "logits": probs.log(), "features": feats})
+    labeled = torch.nonzero(labeled_mask).flatten()
+
+    def probs(*shape):
+        p = torch.softmax(torch.randn(*shape, num_classes, generator=g) * 3, dim=-1)
+        # quantise to create ties, which strategies must break deterministically
+        p = torch.round(p * 20) / 20 + 1e-3
+        return p / p.sum(-1, keepdim=True)
+
+    n, t = len(cands), 4
+    mc = probs(n, t)
+    values = {"probs": probs(n), "features": torch.randn(n, 8, generator=g),
+              "embeddings": torch.randn(n, 6, generator=g), "mc_probs": mc, "bald": Fn.bald(mc.transpose(0, 1)),
+              "aug_probs": probs(n, 3), "prev_probs": probs(n)}
+    values["logits"] = values["probs"].log()
+    m = len(labeled)
+    lab = {"labeled_probs": probs(m), "labeled_features": torch.randn(m, 8, generator=g),
+           "labeled_embeddings": torch.randn(m, 6, generator=g),
+           "labeled_labels": torch.randint(0, num_classes, (m,), generator=g)}
+    return Signals(candidates=cands, labeled=labeled, values=values, labeled_values=lab)
+
+
+def _default_cfg(name: str):
+    cls = STRATEGIES.get(name)
+    return cls.Config() if cls.Config is not None else None
 
 
 @pytest.mark.parametrize("name", STRATEGIES.names())
@@ -61,7 +80,7 @@ def _signals(n_pool: int, labeled_frac: float, seed: int, num_classes: int = 5) 
        seed=st.integers(0, 2**31 - 1))
 def test_strategy_contract(name, n_pool, labeled_frac, budget, seed):
     sig = _signals(n_pool, labeled_frac, seed)
-    strategy = STRATEGIES.get(name)()
+    strategy = STRATEGIES.get(name)(_default_cfg(name))
     picked = strategy.select(sig, budget, torch.Generator().manual_seed(seed))
     want = min(budget, len(sig.candidates))
     assert picked.dtype == torch.long and len(picked) == want
@@ -100,8 +119,10 @@ def test_initial_strategies_contract(n, k, seed, n_classes):
     g = torch.Generator().manual_seed(seed)
     targets = torch.randint(0, n_classes, (n,), generator=g)
     unlabeled = torch.arange(n)
+    feats = torch.randn(n, 4, generator=g)
     for name in INITIAL_STRATEGIES.names():
-        picked = INITIAL_STRATEGIES.get(name)(unlabeled, targets, k, torch.Generator().manual_seed(seed))
+        picked = INITIAL_STRATEGIES.get(name)(unlabeled, targets, k, torch.Generator().manual_seed(seed),
+                                              embed=lambda idx: feats[idx])
         assert len(picked) == min(k, n) and len(torch.unique(picked)) == len(picked)
 
 

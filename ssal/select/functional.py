@@ -47,3 +47,349 @@ def top_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     scores = check_finite(scores, "scores")
     order = torch.sort(scores, descending=True, stable=True).indices
     return order[: min(k, len(scores))]
+
+
+def _check_stack(x: torch.Tensor, name: str) -> torch.Tensor:
+    if x.ndim != 3:
+        raise ValueError(f"{name} must be [K, N, C], got shape {tuple(x.shape)}")
+    return check_finite(x, name)
+
+
+def bald(mc_probs: torch.Tensor) -> torch.Tensor:
+    """Mutual information between the label and the weights (Houlsby et al. 2011), in nats:
+    H(mean_t p_t) - mean_t H(p_t) over T stochastic passes ``mc_probs[t]`` ([T, N, C]).
+
+    Accumulated over t, so besides the input it holds O(N*C) (use :class:`BALDStream` when the T
+    passes are produced one at a time and should not be kept). Identical passes (dropout p = 0)
+    score 0, not NaN.
+    """
+    if mc_probs.ndim != 3:
+        raise ValueError(f"mc_probs must be [T, N, C], got shape {tuple(mc_probs.shape)}")
+    stream = BALDStream()
+    for p in mc_probs:
+        stream.update(p)
+    return stream.score()
+
+
+class BALDStream:
+    """BALD accumulated one pass at a time: running sum of p and of H(p), O(N*C) memory."""
+
+    def __init__(self) -> None:
+        self.sum_probs: torch.Tensor | None = None
+        self.sum_entropy: torch.Tensor | None = None
+        self.passes = 0
+
+    def update(self, probs: torch.Tensor) -> None:
+        if probs.ndim != 2:
+            raise ValueError(f"probs must be [N, C], got shape {tuple(probs.shape)}")
+        p = probs.float()
+        h = torch.special.entr(p).sum(dim=1)  # -sum_c p log p
+        if self.sum_probs is None:  # float64 sums of float32 passes: T identical passes average back exactly
+            self.sum_probs, self.sum_entropy = p.double(), h.double()
+        else:
+            self.sum_probs.add_(p)
+            self.sum_entropy.add_(h)
+        self.passes += 1
+
+    def score(self) -> torch.Tensor:
+        if self.passes == 0:
+            raise ValueError("BALD needs at least one stochastic pass")
+        mean = (self.sum_probs / self.passes).float()  # the same float32 ops as each pass's entropy
+        mi = (torch.special.entr(mean).sum(dim=1).double() - self.sum_entropy / self.passes).float()
+        # a NaN/inf anywhere in the passes reaches the score: one check at the end instead of one per pass
+        return check_finite(mi, "mc_probs").clamp_min_(0)  # >= 0 exactly; rounding can leave -1e-7
+
+
+def consistency(aug_probs: torch.Tensor) -> torch.Tensor:
+    """Inconsistency under augmentation (Gao et al. 2020): sum over classes of the variance over
+    the K views (population variance, divisor K) of p_c(view_k(x)); ``aug_probs`` is [K, N, C]."""
+    aug_probs = _check_stack(aug_probs, "aug_probs")
+    return (aug_probs - aug_probs.mean(dim=0)).pow(2).mean(dim=0).sum(dim=1)
+
+
+def output_discrepancy(probs_a: torch.Tensor, probs_b: torch.Tensor) -> torch.Tensor:
+    """Output discrepancy (Huang et al. 2021): 1/2 ||p_a - p_b||^2 per sample."""
+    probs_a, probs_b = _check_probs(probs_a), _check_probs(probs_b)
+    if probs_a.shape != probs_b.shape:
+        raise ValueError(f"output_discrepancy needs equal shapes, got {tuple(probs_a.shape)} "
+                         f"and {tuple(probs_b.shape)}")
+    return 0.5 * (probs_a - probs_b).pow(2).sum(dim=1)
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x.float(), dim=1)
+
+
+def cal(cand_features: torch.Tensor, cand_probs: torch.Tensor, lab_features: torch.Tensor,
+        lab_probs: torch.Tensor, k: int = 10, chunk: int = 4096) -> torch.Tensor:
+    """Contrastive active learning (Margatina et al. 2021): for each candidate, the mean over its
+    ``k`` nearest labeled samples (cosine similarity of the features) of KL(p_l || p_candidate).
+    High when the model predicts differently for a sample than for labeled samples that look
+    alike. Candidates are processed in chunks (never the whole N x L similarity matrix)."""
+    check_finite(cand_features, "cand_features"), check_finite(lab_features, "lab_features")
+    cand_probs, lab_probs = _check_probs(cand_probs), _check_probs(lab_probs)
+    if len(lab_features) == 0:
+        raise ValueError("cal needs at least one labeled sample")
+    k = min(k, len(lab_features))
+    lab = _normalize(lab_features)
+    log_lab = torch.log(lab_probs.clamp_min(1e-12))
+    lab_neg_entropy = (lab_probs * log_lab).sum(dim=1)  # sum_c p_l log p_l
+    out = []
+    for start in range(0, len(cand_features), chunk):
+        sim = _normalize(cand_features[start:start + chunk]) @ lab.T
+        nn_idx = sim.topk(k, dim=1).indices  # [n, k]
+        log_cand = torch.log(cand_probs[start:start + chunk].clamp_min(1e-12))  # [n, C]
+        # KL(p_l || p_c) = sum_c p_l log p_l - sum_c p_l log p_c, for each (candidate, neighbour)
+        cross = torch.einsum("nkc,nc->nk", lab_probs[nn_idx], log_cand)
+        out.append((lab_neg_entropy[nn_idx] - cross).mean(dim=1))
+    return torch.cat(out) if out else cand_probs.new_zeros(0)
+
+
+def class_prototypes(features: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None) -> torch.Tensor:
+    """Unit-norm mean of the unit-norm features of each class ([C, D]; a class with no sample is a zero row)."""
+    z = _normalize(check_finite(features, "features"))
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    sums = torch.zeros(num_classes, z.shape[1], dtype=z.dtype).index_add_(0, labels.long(), z)
+    return torch.nn.functional.normalize(sums, dim=1)
+
+
+def feature_similarity(cand_features: torch.Tensor, lab_features: torch.Tensor,
+                       lab_labels: torch.Tensor) -> torch.Tensor:
+    """Contrastive-feature novelty (Krishnan et al. 2021): minus the highest cosine similarity of a
+    candidate to any labeled class prototype; high for samples unlike every labeled class."""
+    if len(lab_features) == 0:
+        raise ValueError("feature_similarity needs at least one labeled sample")
+    protos = class_prototypes(lab_features, lab_labels)
+    protos = protos[protos.norm(dim=1) > 0]
+    return -(_normalize(check_finite(cand_features, "cand_features")) @ protos.T).max(dim=1).values
+
+
+def kcenter_greedy(features: torch.Tensor, labeled: torch.Tensor, budget: int,
+                   chunk: int | None = None) -> torch.Tensor:
+    """Euclidean k-center greedy (Sener & Savarese 2018): repeatedly take the unlabeled point
+    farthest from the labeled points and those already taken; with no labeled point, start from
+    the point farthest from the mean. Ties go to the lowest index.
+
+    Memory: a running vector of squared distances to the nearest center (N), the labeled set is
+    folded in chunks of ``chunk`` columns (an N x chunk block, by default at most half the size
+    of the feature matrix), each pick costs one matrix-vector product. Squared distances from
+    ||x||^2 + ||c||^2 - 2<x, c> are clamped at 0 (no square root is needed to rank them).
+    """
+    x = check_finite(features, "features")
+    if x.ndim != 2:
+        raise ValueError(f"features must be [N, D], got shape {tuple(x.shape)}")
+    if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
+        x = x.float()
+    labeled = torch.as_tensor(labeled, dtype=torch.bool, device=x.device)
+    n, d = x.shape
+    if labeled.shape != (n,):
+        raise ValueError(f"labeled must be a bool mask of length {n}, got shape {tuple(labeled.shape)}")
+    budget = min(int(budget), int((~labeled).sum()))
+    picks = torch.empty(max(budget, 0), dtype=torch.long, device=x.device)
+    if budget <= 0:
+        return picks
+    sq = (x * x).sum(dim=1)
+    min_d = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
+    lab_idx = labeled.nonzero().squeeze(1)
+    chunk = chunk or max(1, d // 2)
+    for cols in lab_idx.split(chunk) if len(lab_idx) else ():
+        block = torch.addmm(sq[cols].unsqueeze(0), x, x[cols].T, alpha=-2.0)  # ||c||^2 - 2<x, c>
+        block += sq.unsqueeze(1)
+        torch.minimum(min_d, block.clamp_min_(0).min(dim=1).values, out=min_d)
+        del block
+    min_d[labeled] = -1.0  # never picked
+    start = 0
+    if len(lab_idx) == 0:
+        mean = x.mean(dim=0)
+        dist = (sq - 2.0 * (x @ mean)).masked_fill_(labeled, -float("inf"))  # + ||mean||^2, same for all
+        i = int(torch.argmax(dist))
+        picks[0] = i
+        _fold_center(min_d, x, sq, i)
+        start = 1
+    for j in range(start, budget):
+        i = int(torch.argmax(min_d))  # the first maximum: ties go to the lowest index
+        picks[j] = i
+        _fold_center(min_d, x, sq, i)
+    return picks
+
+
+def _fold_center(min_d: torch.Tensor, x: torch.Tensor, sq: torch.Tensor, i: int) -> None:
+    """min_d <- min(min_d, ||x - x_i||^2), and x_i is never picked again."""
+    dist = torch.mv(x, x[i]).mul_(-2.0).add_(sq).add_(sq[i]).clamp_min_(0)
+    torch.minimum(min_d, dist, out=min_d)
+    min_d[i] = -1.0
+
+
+def _gradient_factors(probs: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    probs = _check_probs(probs).float()
+    h = check_finite(features, "features").float()
+    if h.ndim != 2 or len(h) != len(probs):
+        raise ValueError(f"features must be [N, D] with N = {len(probs)}, got shape {tuple(h.shape)}")
+    a = probs.clone()
+    a[torch.arange(len(a)), probs.argmax(dim=1)] -= 1.0  # dCE/dlogits at the predicted label
+    return a, h
+
+
+def gradient_embedding_sq_dist(probs: torch.Tensor, features: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """Squared distance of each sample's gradient embedding g = (p - onehot(argmax p)) (x) h to the
+    nearest of ``centers`` (indices), using <a (x) h, a' (x) h'> = <a, a'><h, h'>: never builds the
+    N x (C*D) embeddings. These are BADGE's D^2 sampling weights (up to normalisation)."""
+    a, h = _gradient_factors(probs, features)
+    norm2 = (a * a).sum(dim=1) * (h * h).sum(dim=1)
+    out = torch.full_like(norm2, float("inf"))
+    for i in torch.as_tensor(centers, dtype=torch.long).tolist():
+        out = torch.minimum(out, _gradient_sq_dist_to(a, h, norm2, i))
+    return out
+
+
+def _gradient_sq_dist_to(a: torch.Tensor, h: torch.Tensor, norm2: torch.Tensor, i: int) -> torch.Tensor:
+    dot = torch.mv(a, a[i]).mul_(torch.mv(h, h[i]))
+    return dot.mul_(-2.0).add_(norm2).add_(norm2[i]).clamp_min_(0)
+
+
+def badge(probs: torch.Tensor, features: torch.Tensor, budget: int,
+          generator: torch.Generator | None = None) -> torch.Tensor:
+    """BADGE (Ash et al. 2020): k-means++ seeding on the gradient embeddings
+    g = (p - onehot(argmax p)) (x) h. The first center is the largest ||g|| (lowest index on
+    ties); each next one is drawn with probability proportional to its squared distance to the
+    nearest center (D^2 sampling). Distances come from the factors (:func:`gradient_embedding_sq_dist`),
+    so memory is O(N (C + D)), never the N x (C*D) matrix; each pick costs two matrix-vector products.
+    When every remaining distance is 0 (duplicates), the lowest-index remaining samples are taken."""
+    a, h = _gradient_factors(probs, features)
+    n = len(a)
+    budget = min(int(budget), n)
+    picks = torch.empty(max(budget, 0), dtype=torch.long)
+    if budget <= 0:
+        return picks
+    norm2 = (a * a).sum(dim=1) * (h * h).sum(dim=1)
+    taken = torch.zeros(n, dtype=torch.bool)
+    min_d = torch.full_like(norm2, float("inf"))
+    i = int(torch.argmax(norm2))
+    for j in range(budget):
+        if j > 0:
+            weights = min_d.masked_fill(taken, 0.0).double()
+            total = float(weights.sum())
+            if total > 0 and torch.isfinite(torch.tensor(total)):
+                i = int(torch.multinomial(weights / total, 1, generator=generator))
+            else:
+                i = int((~taken).nonzero()[0])
+        picks[j] = i
+        taken[i] = True
+        min_d = torch.minimum(min_d, _gradient_sq_dist_to(a, h, norm2, i))
+    return picks
+
+
+def batchbald(mc_probs: torch.Tensor, budget: int, num_samples: int = 1000,
+              generator: torch.Generator | None = None, chunk: int = 256) -> torch.Tensor:
+    """BatchBALD (Kirsch et al. 2019): greedily add the sample that most increases the mutual
+    information between the labels of the whole batch and the weights,
+    I(y_1..n; w) = H(y_1..n) - sum_i E_w H(y_i | w), over T stochastic passes ``mc_probs`` [T, N, C].
+
+    The joint entropy H(y_1..n) is exact while the batch's label configurations number at most
+    ``num_samples`` (C^n of them); beyond that ``num_samples`` configurations are drawn from the
+    model's joint predictive (ancestral sampling, one label per new batch member) and the entropy
+    is importance-estimated from them (each configuration's per-pass probabilities are rescaled,
+    which shifts every candidate's score by the same constant). Cost per pick:
+    O(num_samples * T * N * C); memory O(num_samples * chunk * C) besides the input.
+    Returns positions into N in the order picked; ties to the lowest position.
+    """
+    if mc_probs.ndim != 3:
+        raise ValueError(f"mc_probs must be [T, N, C], got shape {tuple(mc_probs.shape)}")
+    p = check_finite(mc_probs, "mc_probs").double().permute(1, 0, 2).contiguous()  # [N, T, C]
+    n, t, c = p.shape
+    budget = min(int(budget), n)
+    picks = torch.empty(max(budget, 0), dtype=torch.long)
+    if budget <= 0:
+        return picks
+    cond = torch.special.entr(p).sum(dim=2).mean(dim=1)  # E_w H(y_i | w), [N]
+    configs = torch.ones(1, t, dtype=torch.float64)  # [S, T]: P_t(configuration s) (or rescaled)
+    exact = True
+    taken = torch.zeros(n, dtype=torch.bool)
+    for j in range(budget):
+        joint = torch.empty(n, dtype=torch.float64)
+        for start in range(0, n, chunk):
+            pc = p[start:start + chunk]  # [b, T, C]
+            q = torch.einsum("st,btc->bsc", configs, pc) / t  # P(config s, y = c) for each candidate
+            if exact:
+                joint[start:start + chunk] = torch.special.entr(q).sum(dim=(1, 2))
+            else:  # configurations drawn from P(s): H ~ -1/S sum_s sum_c P(s, c) / P(s) log P(s, c)
+                ps = configs.mean(dim=1)  # [S]
+                joint[start:start + chunk] = (torch.special.entr(q) / ps[None, :, None]).sum(dim=(1, 2)) / len(ps)
+        score = (joint - cond).masked_fill(taken, -float("inf"))
+        i = int(torch.argmax(score))
+        picks[j] = i
+        taken[i] = True
+        if j == budget - 1:
+            break
+        new = configs[:, None, :] * p[i].T[None, :, :]  # [S, C, T]: extend every configuration by y_i = c
+        if exact and configs.shape[0] * c <= num_samples:
+            configs = new.reshape(-1, t)
+            continue
+        # ancestral sampling: a configuration s (by its probability when exact, else each sample once),
+        # then y_i ~ P(y_i = c | s)
+        weights = new.mean(dim=2)  # [S, C]: P(s, y_i = c)
+        if exact:
+            rows = torch.multinomial(weights.sum(dim=1), num_samples, replacement=True, generator=generator)
+        else:
+            rows = torch.arange(configs.shape[0])
+        cols = torch.multinomial(weights[rows], 1, generator=generator).squeeze(1)
+        configs = new[rows, cols]
+        configs = configs / configs.max(dim=1, keepdim=True).values.clamp_min(1e-300)  # no underflow
+        exact = False
+    return picks
+
+
+def typicality(features: torch.Tensor, k: int = 20, chunk: int = 2048) -> torch.Tensor:
+    """Inverse of the mean Euclidean distance to the ``k`` nearest other points (Hacohen et al. 2022)."""
+    x = features.float()
+    k = min(k, len(x) - 1)
+    if k <= 0:
+        return torch.ones(len(x))
+    out = []
+    for start in range(0, len(x), chunk):
+        d = torch.cdist(x[start:start + chunk], x)
+        d[torch.arange(len(d)), torch.arange(start, start + len(d))] = float("inf")  # not itself
+        out.append(1.0 / d.topk(k, dim=1, largest=False).values.mean(dim=1).clamp_min(1e-12))
+    return torch.cat(out)
+
+
+def typiclust(features: torch.Tensor, labeled: torch.Tensor, budget: int,
+              generator: torch.Generator | None = None, k: int = 20, min_cluster_size: int = 5,
+              max_clusters: int = 500) -> torch.Tensor:
+    """TypiClust (Hacohen et al. 2022), for low budgets and the cold start: k-means of the
+    (self-supervised) features into #labeled + budget clusters (at most ``max_clusters``); then,
+    ``budget`` times, the cluster with the fewest labeled points (the largest on ties, clusters
+    smaller than ``min_cluster_size`` last) gives its most typical unlabeled point."""
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    x = check_finite(features, "features").float()
+    labeled = torch.as_tensor(labeled, dtype=torch.bool)
+    budget = min(int(budget), int((~labeled).sum()))
+    if budget <= 0:
+        return torch.empty(0, dtype=torch.long)
+    n_clusters = max(1, min(int(labeled.sum()) + budget, max_clusters, len(x)))
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+    algo = KMeans if n_clusters <= 50 else MiniBatchKMeans
+    km = algo(n_clusters=n_clusters, n_init=1, random_state=seed)
+    assign = torch.as_tensor(km.fit_predict(torch.nn.functional.normalize(x, dim=1).numpy()), dtype=torch.long)
+    sizes = torch.bincount(assign, minlength=n_clusters)
+    covered = torch.bincount(assign[labeled], minlength=n_clusters)
+    free = ~labeled.clone()
+    typ = torch.zeros(len(x))
+    for cl in assign.unique().tolist():
+        members = (assign == cl).nonzero().squeeze(1)
+        typ[members] = typicality(x[members], k)
+    picks = []
+    for _ in range(budget):
+        open_ = torch.bincount(assign[free], minlength=n_clusters) > 0
+        small = sizes < min_cluster_size
+        # order: fewest labeled, then not small, then largest, then lowest cluster id
+        key = covered.double() * 4 * (len(x) + 1) + small.double() * 2 * (len(x) + 1) - sizes.double()
+        key[~open_] = float("inf")
+        cl = int(torch.argmin(key))
+        members = (free & (assign == cl)).nonzero().squeeze(1)
+        i = int(members[torch.argmax(typ[members])])
+        picks.append(i)
+        free[i] = False
+        covered[cl] += 1
+    return torch.tensor(picks, dtype=torch.long)

@@ -17,13 +17,14 @@ class Random(Strategy):
 
 
 @INITIAL_STRATEGIES.register("random")
-def initial_random(unlabeled: torch.Tensor, targets: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+def initial_random(unlabeled: torch.Tensor, targets: torch.Tensor, k: int, generator: torch.Generator,
+                   embed=None) -> torch.Tensor:
     return unlabeled[torch.randperm(len(unlabeled), generator=generator)[:k]]
 
 
 @INITIAL_STRATEGIES.register("class_balanced")
 def initial_class_balanced(unlabeled: torch.Tensor, targets: torch.Tensor, k: int,
-                           generator: torch.Generator) -> torch.Tensor:
+                           generator: torch.Generator, embed=None) -> torch.Tensor:
     """``k // C`` random samples of each class (the first ``k % C`` classes get one more).
 
     It reads the ground-truth labels of the pool, so it is for simulations that need a

@@ -53,6 +53,18 @@ class Objective(nn.Module):
     def after_step(self, step: int) -> None:
         """Called after each optimizer step (EMA teachers update here)."""
 
+    has_teacher: ClassVar[bool] = False  # whether teacher_model() returns a model (checked at validation)
+
+    def teacher_model(self) -> nn.Module | None:
+        """The method's EMA teacher, a model with ``model``'s interface, or None. Selection reads it
+        (consistency scores, the round-0 output discrepancy)."""
+        return None
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The representation selection compares samples in (kNN, prototypes, clusters): the
+        model's penultimate features here; a method with its own feature space overrides it."""
+        return self.model.features(x)
+
     def train(self, mode: bool = True) -> Objective:
         super().train(mode)
         for m in self.children():

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ssal.models.ema import batch_statistics, ema_model
 from ssal.semi.base import OBJECTIVES, Objective
@@ -36,11 +37,13 @@ class Consistency(Objective):
         rampup: float = 0.3  # fraction of train.steps over which the weight ramps up
         teacher_decay: float = 0.999  # EMA decay of the teacher (a plain mean of the weights until then)
         mu: int = 1  # unlabeled samples per labeled sample in a batch
+        student_view: str = "weak"  # the student's view of an unlabeled sample: weak | strong (the teacher's is weak)
 
     views = {"x_l": ("labeled", "weak"), "u_student": ("unlabeled", "weak"), "u_teacher": ("unlabeled", "weak")}
 
     def __init__(self, model, train_cfg):
         super().__init__(model, train_cfg)
+        self.views = {**type(self).views, "u_student": ("unlabeled", self.cfg.student_view)}
         self.teacher = ema_model(model, self.cfg.teacher_decay, warmup=True)
 
     def weight(self, step: int) -> float:
@@ -55,6 +58,11 @@ class Consistency(Objective):
         cons = consistency_loss(logits[b:], teacher_logits)
         w = self.weight(self.step)
         return supervised + w * cons, {"cons": cons.detach(), "w": w}
+
+    has_teacher = True
+
+    def teacher_model(self) -> nn.Module:
+        return self.teacher.module
 
     def after_step(self, step: int) -> None:
         self.teacher.update_parameters(self.model)

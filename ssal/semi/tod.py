@@ -34,11 +34,14 @@ class TOD(Objective):
         ema_decay: float = 0.999  # alpha = min(1 - 1/(step + 1), ema_decay)
         aux_head: bool = True  # a second linear head takes the discrepancy terms (as in the paper)
         mu: int = 1  # unlabeled samples per labeled sample in a batch
+        student_view: str = "weak"  # the model's view of an unlabeled sample: weak | strong (the EMA's is weak)
 
     views = {"x_l": ("labeled", "weak"), "u": ("unlabeled", "weak")}
 
     def __init__(self, model, train_cfg):
         super().__init__(model, train_cfg)
+        if self.cfg.student_view != "weak":
+            self.views = {**type(self).views, "u_student": ("unlabeled", self.cfg.student_view)}
         self.ema = ema_model(model, self.cfg.ema_decay, warmup=True)
         head = model.head
         self.aux = nn.Linear(head.in_features, head.out_features) if self.cfg.aux_head else None
@@ -46,7 +49,8 @@ class TOD(Objective):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         b = len(batch["x_l"])
         x = torch.cat([batch["x_l"], batch["u"]])
-        logits, h = self.model(x, return_features=True)
+        x_model = torch.cat([batch["x_l"], batch["u_student"]]) if "u_student" in batch else x
+        logits, h = self.model(x_model, return_features=True)
         aux = self.aux(h) if self.aux is not None else None
         with torch.no_grad(), batch_statistics(self.ema):
             ema_logits = self.ema(x)
@@ -55,6 +59,11 @@ class TOD(Objective):
         parts = [slice(0, b), slice(b, None)]
         disc = sum(output_discrepancy_loss(logits[p], ema_logits[p], None if aux is None else aux[p]) for p in parts)
         return supervised + self.cfg.weight * disc, {"disc": disc.detach()}
+
+    has_teacher = True
+
+    def teacher_model(self) -> nn.Module:
+        return self.ema.module
 
     def after_step(self, step: int) -> None:
         self.ema.update_parameters(self.model)

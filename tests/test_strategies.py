@@ -1,0 +1,192 @@
+"""Strategies end to end: every strategy with every objective, the signals they read, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ssal import loop
+from ssal.cli import main
+from ssal.data import load_dataset
+from ssal.engine import Engine
+from ssal.models import build_model
+from ssal.recipe import load_recipe
+from ssal.report import read_metrics
+from ssal.select import STRATEGIES, Strategy
+from ssal.select import functional as Fn
+from ssal.select.signals import SelectionContext, compute_signals
+from ssal.semi import OBJECTIVES
+
+OBJECTIVE_NAMES = ["supervised", "fixmatch", "consistency", "tod", "contrastive"]
+
+
+def _recipe(tmp_path: Path, tiny_recipe, name: str, **sections) -> Path:
+    base = {"train": {"steps": 3, "batch_size": 8}, "data": {"pool_size": 160, "test_size": 60},
+            "active": {"initial": 20, "budget": 7, "rounds": 1, "subset": 60}}
+    for k, v in sections.items():
+        base.setdefault(k, {}).update(v)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(tiny_recipe(tmp_path / name, **base)))
+    return path
+
+
+@pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
+@pytest.mark.parametrize("strategy", STRATEGIES.names())
+def test_every_strategy_runs_with_every_objective(tmp_path, tiny_recipe, strategy, objective):
+    needs_ema = "prev_probs" in STRATEGIES.get(strategy).needs and not OBJECTIVES.get(objective).has_teacher
+    train = {"method": objective, **({"ema": 0.5} if needs_ema else {})}
+    path = _recipe(tmp_path, tiny_recipe, "run", train=train, active={"strategy": strategy})
+    assert main(["run", str(path), "--no-progress"]) == 0
+    out = tmp_path / "run"
+    rows = read_metrics(out)
+    assert [r["n_labeled"] for r in rows] == [20, 27] and all("select_s" in r for r in rows)
+    sel = json.loads((out / "rounds" / "r00" / "selected.json").read_text())
+    assert sel["strategy"] == strategy and len(set(sel["indices"])) == 7
+    first = [i for i, _, r in json.loads((out / "pool.json").read_text())["labeled"] if r == 0]
+    assert not set(first) & set(sel["indices"])
+
+
+def test_tod_strategy_without_an_ema_is_rejected_at_validation(tmp_path, tiny_recipe, capsys):
+    path = _recipe(tmp_path, tiny_recipe, "run", active={"strategy": "tod"})
+    assert main(["run", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ssal: error: active.strategy=tod") and "train.ema" in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("active.consistency.view=strnog", "active.consistency.view"),
+    ("active.bald.samples=0", "active.bald.samples must be >= 1"),
+    ("active.bald.dropout=1.5", "active.bald.dropout must be in [0, 1)"),
+    ("active.cal.neighbors=0", "active.cal.neighbors must be >= 1"),
+])
+def test_strategy_options_are_validated(tmp_path, tiny_recipe, capsys, override, message):
+    path = _recipe(tmp_path, tiny_recipe, "run", active={"strategy": override.split(".")[1]})
+    assert main(["run", str(path), override, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ssal: error: ") and message in err and err.count("\n") == 1
+
+
+def test_bald_scores_come_from_a_dropout_added_before_the_head(tmp_path, tiny_recipe):
+    # model.drop_rate is 0 in the recipe: BALD adds its dropout, so the passes disagree (scores > 0) ...
+    path = _recipe(tmp_path, tiny_recipe, "run", active={"strategy": "bald"})
+    out = loop.run(load_recipe(path), progress=False)
+    scores = json.loads((out / "rounds" / "r00" / "selected.json").read_text())["scores"]
+    assert min(scores) > 0
+    # ... and with dropout 0 every pass is the same network: BALD is exactly 0, not NaN
+    out = loop.run(load_recipe(path, ["active.bald.dropout=0", f"output_dir={tmp_path / 'p0'}"]), progress=False)
+    scores = json.loads((out / "rounds" / "r00" / "selected.json").read_text())["scores"]
+    assert scores == [0.0] * 7
+
+
+class _Needs(Strategy):
+    def __init__(self, needs, **cfg):
+        super().__init__(type("Cfg", (), cfg) if cfg else None)
+        self.needs = frozenset(needs)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_recipe, tmp_path_factory):
+    """A consistency-trained tiny model (it has an EMA teacher), its data and an engine."""
+    root = tmp_path_factory.mktemp("sig")
+    cfg = load_recipe(_recipe(root, tiny_recipe, "x", train={"method": "consistency", "steps": 5}))
+    data = load_dataset(cfg.data, seed=0)
+    engine = Engine(progress=False)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, data)
+    labeled = torch.arange(20)
+    fit = engine.fit(model, OBJECTIVES.get("consistency"), cfg.train, data.train, labeled, data.train.targets[:20],
+                     torch.arange(20, 160), hflip=data.hflip, seed=0)
+    return engine, data, fit, labeled
+
+
+def _ctx(fit, labeled, data, prev=None, seed=3):
+    return SelectionContext(fit.eval_model, labeled, data.train.targets[labeled], fit.objective, prev, data.hflip,
+                            seed, batch_size=32)
+
+
+def test_mc_signals_bald_equals_the_passes_and_is_streamed_per_chunk(trained):
+    engine, data, fit, labeled = trained
+    fit.eval_model.dropout.p = 0.5
+    cands = torch.arange(20, 120)
+    sig = compute_signals(engine, _Needs({"bald", "mc_probs", "probs"}, samples=6), _ctx(fit, labeled, data),
+                          data.train, cands)
+    mc = sig["mc_probs"]
+    assert mc.shape == (100, 6, 10)
+    assert torch.allclose(sig["bald"], Fn.bald(mc.transpose(0, 1)), atol=1e-6)
+    assert sig["bald"].min() > 0  # the passes differ
+    again = compute_signals(engine, _Needs({"mc_probs"}, samples=6), _ctx(fit, labeled, data), data.train, cands)
+    assert torch.equal(again["mc_probs"], mc)  # seeded
+    fit.eval_model.dropout.p = 0.0
+    sig = compute_signals(engine, _Needs({"bald", "probs"}, samples=6), _ctx(fit, labeled, data), data.train, cands)
+    assert torch.equal(sig["bald"], torch.zeros(100))
+
+
+def test_aug_probs_come_from_the_teacher_and_views_differ(trained):
+    engine, data, fit, labeled = trained
+    cands = torch.arange(20, 60)
+    sig = compute_signals(engine, _Needs({"aug_probs"}, views=4, view="strong"), _ctx(fit, labeled, data),
+                          data.train, cands)
+    aug = sig["aug_probs"]
+    assert aug.shape == (40, 4, 10) and torch.allclose(aug.sum(2), torch.ones(40, 4))
+    assert (aug[:, 0] - aug[:, 1]).abs().max() > 1e-4  # different random views
+    # the same views through the teacher by hand: chunks of 32, K views each, one generator
+    from ssal.data.views import VIEWS, to_float
+
+    teacher = fit.objective.teacher_model().eval()
+    g = torch.Generator().manual_seed(3)
+    want = []
+    for chunk in cands.split(32):
+        x = to_float(data.train.load(chunk))
+        with torch.no_grad():
+            want.append(torch.stack([torch.softmax(teacher(VIEWS["strong"](x, generator=g, hflip=data.hflip)), 1)
+                                     for _ in range(4)], dim=1))
+    assert torch.allclose(aug, torch.cat(want), atol=1e-5)
+
+
+def test_prev_probs_embeddings_and_labeled_signals(trained):
+    engine, data, fit, labeled = trained
+    cands = torch.arange(30, 50)
+    prev = fit.objective.teacher_model()
+    sig = compute_signals(engine, _Needs({"probs", "prev_probs", "embeddings", "labeled_embeddings",
+                                         "labeled_labels"}), _ctx(fit, labeled, data, prev), data.train, cands)
+    from ssal.data.views import to_float
+
+    x = to_float(data.train.load(cands))
+    with torch.no_grad():
+        assert torch.allclose(sig["prev_probs"], torch.softmax(prev.eval()(x), 1), atol=1e-5)
+        assert torch.allclose(sig["embeddings"], fit.eval_model.eval().features(x), atol=1e-5)
+        lab_x = to_float(data.train.load(labeled))
+        assert torch.allclose(sig.labeled_values["labeled_embeddings"], fit.eval_model.features(lab_x), atol=1e-5)
+    assert torch.equal(sig.labeled_values["labeled_labels"], data.train.targets[labeled])
+    assert set(sig.values) == {"probs", "prev_probs", "embeddings"}  # nothing it did not ask for
+
+
+def test_resume_of_a_tod_run_reloads_the_previous_round_model(tmp_path, tiny_recipe, monkeypatch):
+    path = _recipe(tmp_path, tiny_recipe, "a", train={"method": "tod"}, active={"strategy": "tod", "rounds": 3})
+    full = loop.run(load_recipe(path), progress=False)
+    # crash right after round 1 commits: its checkpoint (the model round 2 compares with) stays
+    calls = {"n": 0}
+    real = loop.write_curve
+
+    def crash_on_second(*a, **k):
+        calls["n"] += 1
+        real(*a, **k)
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop, "write_curve", crash_on_second)
+    b = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(load_recipe(path, [f"output_dir={b}"]), progress=False)
+    monkeypatch.setattr(loop, "write_curve", real)
+    assert len(read_metrics(b)) == 2
+    assert main(["run", "--resume", str(b), "--no-progress"]) == 0
+    assert json.loads((b / "pool.json").read_text()) == json.loads((full / "pool.json").read_text())
+    for r in range(3):
+        f = Path("rounds") / f"r{r:02d}" / "selected.json"
+        assert json.loads((b / f).read_text()) == json.loads((full / f).read_text())
