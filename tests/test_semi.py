@@ -278,6 +278,25 @@ def test_tod_objective(aux):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_student_view_option_asks_for_a_strong_student_view():
+    cons = OBJECTIVES.get("consistency")(Tiny(), cfg_for("consistency", student_view="strong"))
+    assert cons.views["u_student"] == ("unlabeled", "strong") and cons.views["u_teacher"] == ("unlabeled", "weak")
+    assert OBJECTIVES.get("consistency").views["u_student"] == ("unlabeled", "weak")  # the class default is intact
+    tod = OBJECTIVES.get("tod")(Tiny(), cfg_for("tod", student_view="strong", aux_head=False)).train()
+    assert tod.views["u_student"] == ("unlabeled", "strong") and tod.views["u"] == ("unlabeled", "weak")
+    batch = batch_for(tod)
+    snapshot = {k: v.clone() for k, v in tod.model.state_dict().items()}
+    loss, _ = tod(batch)
+    tod.model.load_state_dict(snapshot)
+    # the model sees the strong view of the unlabeled samples, the EMA the weak one
+    logits = tod.model(torch.cat([batch["x_l"], batch["u_student"]]))
+    with torch.no_grad(), batch_statistics(tod.ema):
+        e = tod.ema(torch.cat([batch["x_l"], batch["u"]]))
+    disc = sum(output_discrepancy_loss(logits[s], e[s]) for s in (slice(0, 4), slice(4, None)))
+    expected = F.cross_entropy(logits[:4], batch["y_l"]) + tod.cfg.weight * disc
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_contrastive_objective_is_the_sum_of_its_losses():
     from lightly.loss import NTXentLoss
 

@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import run_two_processes
 
 from ssal import loop
 from ssal.cli import main
 from ssal.data import load_dataset
-from ssal.engine import Engine
+from ssal.data.views import to_float
+from ssal.engine import Engine, derive_seed
 from ssal.models import build_model
 from ssal.recipe import load_recipe
 from ssal.report import read_metrics
@@ -135,7 +137,7 @@ def test_aug_probs_come_from_the_teacher_and_views_differ(trained):
     assert aug.shape == (40, 4, 10) and torch.allclose(aug.sum(2), torch.ones(40, 4))
     assert (aug[:, 0] - aug[:, 1]).abs().max() > 1e-4  # different random views
     # the same views through the teacher by hand: chunks of 32, K views each, one generator
-    from ssal.data.views import VIEWS, to_float
+    from ssal.data.views import VIEWS
 
     teacher = fit.objective.teacher_model().eval()
     g = torch.Generator().manual_seed(3)
@@ -154,8 +156,6 @@ def test_prev_probs_embeddings_and_labeled_signals(trained):
     prev = fit.objective.teacher_model()
     sig = compute_signals(engine, _Needs({"probs", "prev_probs", "embeddings", "labeled_embeddings",
                                          "labeled_labels"}), _ctx(fit, labeled, data, prev), data.train, cands)
-    from ssal.data.views import to_float
-
     x = to_float(data.train.load(cands))
     with torch.no_grad():
         assert torch.allclose(sig["prev_probs"], torch.softmax(prev.eval()(x), 1), atol=1e-5)
@@ -190,3 +190,61 @@ def test_resume_of_a_tod_run_reloads_the_previous_round_model(tmp_path, tiny_rec
     for r in range(3):
         f = Path("rounds") / f"r{r:02d}" / "selected.json"
         assert json.loads((b / f).read_text()) == json.loads((full / f).read_text())
+
+
+def test_signals_under_two_processes_match_one(tmp_path):
+    """torchrun, 2 CPU processes: signals are sharded and gathered once per index, so a selection
+    made from them on each rank is the one a single process makes."""
+    script = tmp_path / "dist_signals.py"
+    script.write_text(
+        "import torch\n"
+        "from ssal.data import load_dataset\n"
+        "from ssal.data.views import to_float\n"
+        "from ssal.engine import Engine\n"
+        "from ssal.models import build_model\n"
+        "from ssal.recipe import DataConfig, ModelConfig\n"
+        "from ssal.select import STRATEGIES\n"
+        "from ssal.select import functional as Fn\n"
+        "from ssal.select.signals import SelectionContext, compute_signals\n"
+        "data = load_dataset(DataConfig(dataset='digits'))\n"
+        "torch.manual_seed(0)\n"
+        "model = build_model(ModelConfig(drop_rate=0.5), data).eval()\n"
+        "engine = Engine(progress=False)\n"
+        "assert engine.world == 2\n"
+        "labeled, cands = torch.arange(0, 40), torch.arange(41, 300, 2)  # 130 candidates: uneven chunks\n"
+        "ctx = SelectionContext(model, labeled, data.train.targets[labeled], None, None, True, 0, batch_size=16)\n"
+        "coreset = STRATEGIES.get('coreset')()\n"
+        "sig = compute_signals(engine, coreset, ctx, data.train, cands)\n"
+        "with torch.no_grad():\n"
+        "    feats = model.features(to_float(data.train.load(cands)))\n"
+        "    lab = model.features(to_float(data.train.load(labeled)))\n"
+        "assert torch.allclose(sig['features'], feats, atol=1e-5)\n"
+        "assert torch.allclose(sig.labeled_values['labeled_features'], lab, atol=1e-5)\n"
+        "picked = coreset.select(sig, 10, torch.Generator())\n"
+        "mask = torch.cat([torch.ones(40, dtype=torch.bool), torch.zeros(130, dtype=torch.bool)])\n"
+        "want = cands[Fn.kcenter_greedy(torch.cat([lab, feats]), mask, 10) - 40]\n"
+        "assert torch.equal(picked, want), (picked, want)\n"
+        "bald = compute_signals(engine, STRATEGIES.get('bald')(STRATEGIES.get('bald').Config(samples=5)), ctx,\n"
+        "                       data.train, cands)['bald']\n"
+        "assert bald.shape == (130,) and torch.isfinite(bald).all() and (bald > 0).all()\n"
+        "print(f'rank {engine.rank} ok', flush=True)\n"
+        "engine.close()\n"
+    )
+    run_two_processes(script, port=29553)
+
+
+def test_typiclust_cold_start_picks_typical_points_of_the_encoder_features(tmp_path, tiny_recipe):
+    path = _recipe(tmp_path, tiny_recipe, "run", active={"initial_strategy": "typiclust", "rounds": 0})
+    out = loop.run(load_recipe(path), progress=False)
+    first = [i for i, _, r in json.loads((out / "pool.json").read_text())["labeled"] if r == 0]
+    assert len(set(first)) == 20
+    # the same picks as TypiClust on the features of the initial model, computed here by hand
+    cfg = load_recipe(path)
+    data = load_dataset(cfg.data, seed=cfg.seed)
+    torch.manual_seed(derive_seed(cfg.seed, "init"))
+    model = build_model(cfg.model, data).eval()
+    with torch.no_grad():
+        feats = model.features(to_float(data.train.load(torch.arange(len(data.train)))))
+    want = Fn.typiclust(feats, torch.zeros(len(feats), dtype=torch.bool), 20,
+                        torch.Generator().manual_seed(derive_seed(cfg.seed, "initial")))
+    assert first == want.tolist()
