@@ -17,16 +17,20 @@ import argparse
 import math
 import statistics
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 from ssal.data.datasets import ImageDataset, TensorSplit
 from ssal.engine import Engine
 from ssal.models import build_model
-from ssal.recipe import ModelConfig, TrainConfig
+from ssal.recipe import ModelConfig, TrainConfig, load_recipe
 from ssal.semi import OBJECTIVES
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_data(n: int = 10_000) -> ImageDataset:
@@ -72,20 +76,22 @@ def engine_loop(engine: Engine, data: ImageDataset, cfg: TrainConfig, labeled: t
 
 
 def objective_steps(data: ImageDataset, steps: int, workers: list[int], batch_size: int) -> None:
-    """Per objective (recipe defaults, Fashion-MNIST-sized images, 100 labels): ms per step and
-    the share of the step spent waiting for the batch, for each DataLoader worker count."""
+    """Per objective (the train section of recipes/fashion_mnist/<name>.yaml, Fashion-MNIST-sized
+    images, 100 labels): ms per step and the share of the step spent waiting for the batch, for
+    each DataLoader worker count."""
     labeled, unlabeled = torch.arange(100), torch.arange(100, len(data.train))
     print(f"objective steps: batch {batch_size} labeled (+ mu x unlabeled), {steps} steps after 3 warm-up, "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}")
     print(f"{'objective':<12} {'workers':>7} {'ms/step':>9} {'waiting for data':>17}")
     for name in ("supervised", "fixmatch", "consistency", "tod", "contrastive"):
         cls = OBJECTIVES.get(name)
+        recipe = load_recipe(ROOT / "recipes" / "fashion_mnist" / f"{name}.yaml",
+                             [f"train.steps={steps}", f"train.batch_size={batch_size}"])
+        cfg = recipe.train
         for w in workers:
             engine = Engine(progress=False, num_workers=w)
-            cfg = SimpleNamespace(**{**TrainConfig().__dict__, "steps": steps, "batch_size": batch_size,
-                                     name: cls.Config() if cls.Config else None})
             torch.manual_seed(0)
-            warm = SimpleNamespace(**{**cfg.__dict__, "steps": 3})
+            warm = OmegaConf.merge(cfg, {"steps": 3})
             engine.fit(build_model(ModelConfig(), data), cls, warm, data.train, labeled, data.train.targets[labeled],
                        unlabeled, hflip=True, seed=0)
             fit = engine.fit(build_model(ModelConfig(), data), cls, cfg, data.train, labeled,

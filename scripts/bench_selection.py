@@ -30,6 +30,7 @@ CASES = {
     "kcenter_greedy": ("N=100,000 (1,000 labeled), D=512, budget 1,000", 30.0),
     "badge": ("N=50,000, C=10, D=512, budget 1,000", 15.0),
     "bald": ("T=20, N=60,000, C=10", 0.1),
+    "bald_passes": ("the T=20 MC-dropout passes: head of D=128, N=60,000", None),
     "entropy": ("N=60,000, C=10", None),
     "consistency": ("K=10, N=60,000, C=10", None),
     "cal": ("N=10,000 candidates, 1,000 labeled, D=512, k=10", None),
@@ -60,6 +61,18 @@ def run_case(name: str) -> dict:
     elif name == "bald":
         mc = torch.softmax(torch.randn(20, 60_000, 10, generator=g), dim=2)
         main, call = mc, lambda: Fn.bald(mc)
+    elif name == "bald_passes":  # what the signal pass does per chunk: dropout + linear head, T times
+        h = torch.randn(60_000, 128, generator=g)
+        head = torch.nn.Linear(128, 10)
+
+        def passes():
+            with torch.inference_mode():
+                stream = Fn.BALDStream()
+                for _ in range(20):
+                    stream.update(torch.softmax(head(torch.nn.functional.dropout(h, 0.5, training=True)), dim=1))
+                return stream.score()
+
+        main, call = h, passes
     elif name == "entropy":
         p = torch.softmax(torch.randn(60_000, 10, generator=g), dim=1)
         main, call = p, lambda: Fn.entropy(p)
@@ -77,7 +90,7 @@ def run_case(name: str) -> dict:
         main, call = cf, lambda: Fn.feature_similarity(cf, lf, ly)
     else:
         raise SystemExit(f"unknown case {name}; choose from {', '.join(CASES)}")
-    call_small = {"bald": 5, "entropy": 5, "consistency": 5}.get(name, 1)  # fast ones: best of a few
+    call_small = {"bald": 5, "bald_passes": 3, "entropy": 5, "consistency": 5}.get(name, 1)  # fast ones: best of a few
     before = _current_rss_mb()
     times = []
     for _ in range(call_small):

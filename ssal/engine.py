@@ -244,9 +244,9 @@ class Engine:
         inner = acc.unwrap_model(prepared)
         ema = ema_model(inner.model, train_cfg.ema) if train_cfg.ema > 0 else None
         if ema is not None and train_cfg.ema ** steps > 0.05:
+            fix = f"lower train.ema (e.g. {1 - 5 / steps:.3g}) or train longer" if steps > 10 else "set train.ema=0"
             self.print(f"[yellow]warning: with train.ema={train_cfg.ema} and train.steps={steps} the averaged "
-                       f"weights keep {100 * train_cfg.ema ** steps:.0f} % of the initial ones; lower train.ema "
-                       f"(e.g. {1 - 5 / steps:.3g}) or train longer")
+                       f"weights keep {100 * train_cfg.ema ** steps:.0f} % of the initial ones; {fix}")
 
         def after_step(step: int) -> None:
             inner.after_step(step)

@@ -118,7 +118,7 @@ def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: E
         engine.print(f"resuming {out} at round {start} ({pool.n_labeled} labels)")
 
     model_state = objective_state = prev_model = None
-    if start > 0:
+    if start > 0 and (not cfg.train.reinit or "prev_probs" in strategy.needs):
         last = torch.load(_ckpt(out, start - 1), map_location="cpu", weights_only=True)
         if not cfg.train.reinit:
             model_state, objective_state = last["model"], last.get("objective")
