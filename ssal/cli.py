@@ -1,4 +1,4 @@
-"""``ssal`` command line: run | pretrain | list (compare, report, label in later stages)."""
+"""``ssal`` command line: run | pretrain | compare | report | list."""
 
 from __future__ import annotations
 
@@ -38,6 +38,25 @@ def _parser() -> argparse.ArgumentParser:
     pt.add_argument("--no-cache", action="store_true", help="pretrain anew even if the cache holds the encoder")
     pt.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    c = sub.add_parser("compare", help="run a grid of recipes over seeds and report the comparison",
+                       description="Run every cell of a comparison spec (a base recipe, overrides and a grid, see "
+                                   "recipes/compare/*.yaml), skipping complete cells and resuming cut-off ones, then "
+                                   "write results.csv, summary.md, curves.png and aubc.png in its output_dir.")
+    c.add_argument("spec", help="comparison spec YAML file")
+    c.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="cells run at the same time (each gets cpu_count/N threads; default 1)")
+    c.add_argument("--out", metavar="DIR", help="output directory (default: the spec's output_dir)")
+    c.add_argument("--dry-run", action="store_true", help="list the cells and their state; run nothing")
+    c.add_argument("--no-progress", action="store_true", help="print only failures and the summary")
+
+    rp = sub.add_parser("report", help="tables and plots from finished runs",
+                        description="Build results.csv, summary.md, curves.png and aubc.png from run directories "
+                                    "(or the output_dir of 'ssal compare', which stands for its cells).")
+    rp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories or comparison directories")
+    rp.add_argument("--out", metavar="DIR",
+                    help="where to write (default: the comparison directory if one is given alone, else ./report)")
+    rp.add_argument("--title", default=None, help="title of the tables and plots")
+
     sub.add_parser("list", help="list registered datasets, backbones, objectives and strategies")
     return p
 
@@ -71,6 +90,36 @@ def cmd_pretrain(args) -> int:
     data = load_dataset(cfg.data, seed=cfg.seed)
     engine = Engine(cfg.train.mixed_precision, cfg.data.num_workers, progress=not args.no_progress)
     pretrained_encoder(cfg, data, engine, use_cache=not args.no_cache)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from ssal.compare import cell_state, load_spec, run_plan
+
+    if args.jobs < 1:
+        raise SsalError(f"--jobs must be at least 1, got {args.jobs}")
+    plan = load_spec(args.spec, output_dir=args.out)
+    if args.dry_run:
+        for cell in plan.cells:
+            state, rounds = cell_state(cell)
+            print(f"{cell.name}\t{state}\t{rounds}/{cell.rounds} rounds\t{cell.cfg.output_dir}")
+        return 0
+    return 1 if run_plan(plan, jobs=args.jobs, progress=not args.no_progress) else 0
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from ssal.report import collect_rows, write_report
+
+    rows = collect_rows(args.runs)
+    single = Path(args.runs[0])
+    out = Path(args.out) if args.out else single if len(args.runs) == 1 and (single / "cells").is_dir() \
+        else Path("report")
+    if out.exists() and not out.is_dir():
+        raise SsalError(f"--out '{out}' is a file; give a directory")
+    paths = write_report(rows, out, title=args.title or (single.name if len(args.runs) == 1 else "Comparison"))
+    print(f"wrote {paths['results']}, {paths['summary']}, {paths['curves']}, {paths['aubc']}")
     return 0
 
 
@@ -110,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return {"run": cmd_run, "pretrain": cmd_pretrain, "list": cmd_list}[args.command](args)
+        return {"run": cmd_run, "pretrain": cmd_pretrain, "compare": cmd_compare, "report": cmd_report,
+                "list": cmd_list}[args.command](args)
     except SsalError as e:
         sys.stderr.write(f"ssal: error: {e}\n")
         return 2

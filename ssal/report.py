@@ -1,12 +1,37 @@
-"""Curves and plots of finished rounds."""
+"""Curves, seed statistics, AUBC, the comparison with random sampling, and their plots.
+
+The unit of every table is a *result row*: one round of one run, with the labels that say which
+comparison cell it belongs to (``method``, ``strategy``, ``seed``). ``ssal compare`` collects them
+from its cells, ``ssal report`` from any finished runs; both end in :func:`write_report`, which
+writes ``results.csv``, ``summary.md``, ``curves.png`` and ``aubc.png``.
+
+Statistics (all over seeds):
+  - mean and sample standard deviation (ddof = 1) of the test accuracy at every budget;
+  - AUBC, the area under the accuracy-labels curve divided by the labels it spans (trapezoids),
+    i.e. the mean accuracy over the budget range, in [0, 1];
+  - the paired difference to ``random`` under the same method: per seed, strategy minus random
+    (same seed, so the same initial labels and training noise), mean and a 95 % Student-t
+    interval; verdict "better" if the interval lies above 0, "worse" if below, else "no
+    detectable difference" (and "needs >= 2 seeds" with one).
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import yaml
+
 from ssal.errors import DataError
+
+RESULT_FIELDS = ("method", "strategy", "seed", "round", "n_labeled", "test_acc", "train_s", "select_s", "run")
+BASELINE = "random"
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -26,13 +51,18 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return rows
 
 
-def write_curve(run_dir: str | Path, title: str | None = None) -> tuple[Path, Path]:
-    """``curve.csv`` and ``curve.png`` (n_labeled vs test_acc) from ``metrics.jsonl``."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def write_curve(run_dir: str | Path, title: str | None = None) -> tuple[Path, Path]:
+    """``curve.csv`` and ``curve.png`` (n_labeled vs test_acc) from ``metrics.jsonl``."""
+    plt = _pyplot()
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
     csv_path, png_path = run_dir / "curve.csv", run_dir / "curve.png"
@@ -51,3 +81,338 @@ def write_curve(run_dir: str | Path, title: str | None = None) -> tuple[Path, Pa
     fig.savefig(png_path)
     plt.close(fig)
     return csv_path, png_path
+
+
+# ----------------------------------------------------------------------------- labels of a run
+
+def method_label(recipe: dict) -> str:
+    """``train.method``, prefixed by the pretraining method when there is one (``simclr+fixmatch``)."""
+    pre = (recipe.get("pretrain") or {}).get("method", "none")
+    train = (recipe.get("train") or {}).get("method", "supervised")
+    return train if pre in (None, "none") else f"{pre}+{train}"
+
+
+def strategy_label(recipe: dict) -> str:
+    """``active.strategy``, prefixed by the initial strategy when that is a strategy of its own
+    (``typiclust`` for typiclust -> typiclust, ``typiclust>entropy`` for typiclust -> entropy)."""
+    active = recipe.get("active") or {}
+    strategy, initial = active.get("strategy", "random"), active.get("initial_strategy", "class_balanced")
+    return strategy if initial in ("class_balanced", "random", strategy) else f"{initial}>{strategy}"
+
+
+def run_rows(run_dir: str | Path) -> list[dict]:
+    """Result rows of one run directory. Its labels come from ``cell.json`` (written by ``ssal
+    compare``) or else from its ``recipe.yaml``."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise DataError(f"'{run_dir}' is not a run directory (no metrics.jsonl); give the output_dir of a run "
+                        "or of 'ssal compare'")
+    if (run_dir / "cell.json").is_file():
+        labels = json.loads((run_dir / "cell.json").read_text())
+    elif (run_dir / "recipe.yaml").is_file():
+        recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text()) or {}
+        labels = {"method": method_label(recipe), "strategy": strategy_label(recipe), "seed": recipe.get("seed", 0)}
+    else:
+        raise DataError(f"'{run_dir}' has no recipe.yaml; it is not the output_dir of an ssal run")
+    return [{"method": labels["method"], "strategy": labels["strategy"], "seed": int(labels["seed"]),
+             "round": int(m["round"]), "n_labeled": int(m["n_labeled"]), "test_acc": float(m["test_acc"]),
+             "train_s": float(m.get("train_s", 0.0)), "select_s": float(m.get("select_s", 0.0)),
+             "run": str(run_dir)} for m in read_metrics(run_dir)]
+
+
+def collect_rows(paths: Iterable[str | Path]) -> list[dict]:
+    """Rows of run directories; a directory of ``ssal compare`` (with ``cells/``) stands for its cells."""
+    rows: list[dict] = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise DataError(f"'{p}' is not a directory; give run directories or the output_dir of 'ssal compare'")
+        if (p / "metrics.jsonl").is_file():
+            rows += run_rows(p)
+        elif (p / "cells").is_dir():
+            cells = sorted(c for c in (p / "cells").iterdir() if (c / "metrics.jsonl").is_file())
+            for c in cells:
+                rows += run_rows(c)
+        else:
+            raise DataError(f"'{p}' holds neither a run (metrics.jsonl) nor a comparison (cells/)")
+    if not rows:
+        raise DataError("no finished round in the given directories; run them first")
+    return rows
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def aubc(n_labeled: Sequence[float], acc: Sequence[float]) -> float:
+    """Normalised area under the accuracy-labels curve (trapezoids / labels spanned); a curve
+    of one point is that point."""
+    n, a = np.asarray(n_labeled, dtype=float), np.asarray(acc, dtype=float)
+    order = np.argsort(n)
+    n, a = n[order], a[order]
+    if len(n) == 0:
+        raise ValueError("aubc of an empty curve")
+    if len(n) == 1 or n[-1] == n[0]:
+        return float(a.mean())
+    return float(np.sum((a[1:] + a[:-1]) / 2 * np.diff(n)) / (n[-1] - n[0]))
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; NaN for one value)."""
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): Student-t confidence interval of the mean (NaN bounds for n < 2)."""
+    from scipy.stats import t
+
+    v = np.asarray(values, dtype=float)
+    m = float(v.mean())
+    if len(v) < 2:
+        return m, math.nan, math.nan
+    half = float(t.ppf(0.5 + level / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+    return m, m - half, m + half
+
+
+def verdict(low: float, high: float) -> str:
+    if math.isnan(low) or math.isnan(high):
+        return "needs >= 2 seeds"
+    if low > 0:
+        return "better"
+    if high < 0:
+        return "worse"
+    return "no detectable difference"
+
+
+@dataclass
+class Group:
+    """One method x strategy over its seeds."""
+
+    method: str
+    strategy: str
+    acc: dict[int, dict[int, float]] = field(default_factory=lambda: defaultdict(dict))  # n_labeled -> seed -> acc
+    train_s: dict[int, float] = field(default_factory=lambda: defaultdict(float))  # seed -> total over rounds
+    select_s: dict[int, float] = field(default_factory=lambda: defaultdict(float))
+
+    @property
+    def budgets(self) -> list[int]:
+        return sorted(self.acc)
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted({s for per in self.acc.values() for s in per})
+
+    def curve(self, seed: int) -> tuple[list[int], list[float]]:
+        ns = [n for n in self.budgets if seed in self.acc[n]]
+        return ns, [self.acc[n][seed] for n in ns]
+
+    def aubc(self) -> dict[int, float]:
+        return {s: aubc(*self.curve(s)) for s in self.seeds}
+
+    def mean_curve(self) -> tuple[list[int], list[float], list[float]]:
+        stats = [mean_std(list(self.acc[n].values())) for n in self.budgets]
+        return self.budgets, [m for m, _ in stats], [s for _, s in stats]
+
+
+def group_rows(rows: Iterable[dict]) -> dict[tuple[str, str], Group]:
+    groups: dict[tuple[str, str], Group] = {}
+    for r in rows:
+        g = groups.setdefault((r["method"], r["strategy"]), Group(r["method"], r["strategy"]))
+        seed = int(r["seed"])
+        if seed in g.acc[int(r["n_labeled"])]:
+            raise DataError(f"two results for {r['method']} / {r['strategy']} / seed {seed} at {r['n_labeled']} "
+                            f"labels ({r.get('run', '?')}); give each run once")
+        g.acc[int(r["n_labeled"])][seed] = float(r["test_acc"])
+        g.train_s[seed] += float(r["train_s"])
+        g.select_s[seed] += float(r["select_s"])
+    return dict(sorted(groups.items()))
+
+
+@dataclass
+class Paired:
+    """Strategy minus random under one method, paired by seed."""
+
+    method: str
+    strategy: str
+    seeds: list[int]
+    aubc: tuple[float, float, float]  # mean, low, high of the per-seed differences
+    by_budget: dict[int, tuple[float, float, float]]
+
+    @property
+    def verdict(self) -> str:
+        return verdict(self.aubc[1], self.aubc[2])
+
+
+def paired_to_baseline(groups: dict[tuple[str, str], Group], baseline: str = BASELINE) -> list[Paired]:
+    out = []
+    for (method, strategy), g in groups.items():
+        base = groups.get((method, baseline))
+        if strategy == baseline or base is None:
+            continue
+        seeds = sorted(set(g.seeds) & set(base.seeds))
+        if not seeds:
+            continue
+        ga, ba = g.aubc(), base.aubc()
+        by_budget = {}
+        for n in g.budgets:
+            common = [s for s in seeds if s in g.acc[n] and s in base.acc.get(n, {})]
+            if common:
+                by_budget[n] = t_interval([g.acc[n][s] - base.acc[n][s] for s in common])
+        out.append(Paired(method, strategy, seeds, t_interval([ga[s] - ba[s] for s in seeds]), by_budget))
+    return out
+
+
+# ----------------------------------------------------------------------------- writing
+
+def write_results_csv(rows: list[dict], path: str | Path) -> Path:
+    path = Path(path)
+    ordered = sorted(rows, key=lambda r: (r["method"], r["strategy"], int(r["seed"]), int(r["round"])))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=RESULT_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        for r in ordered:
+            w.writerow({**r, "test_acc": f"{float(r['test_acc']):.6f}", "train_s": f"{float(r['train_s']):.3f}",
+                        "select_s": f"{float(r['select_s']):.3f}"})
+    return path
+
+
+def read_results_csv(path: str | Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{**r, "seed": int(r["seed"]), "round": int(r["round"]), "n_labeled": int(r["n_labeled"]),
+                 "test_acc": float(r["test_acc"]), "train_s": float(r["train_s"]),
+                 "select_s": float(r["select_s"])} for r in csv.DictReader(f)]
+
+
+def _pct(m: float, s: float | None = None) -> str:
+    if math.isnan(m):
+        return "—"
+    return f"{100 * m:.2f}" if s is None or math.isnan(s) else f"{100 * m:.2f} ± {100 * s:.2f}"
+
+
+def _diff(m: float, lo: float, hi: float) -> str:
+    if math.isnan(lo):
+        return f"{100 * m:+.2f}"
+    return f"{100 * m:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+
+
+def summary_markdown(rows: list[dict], title: str = "Comparison") -> str:
+    groups = group_rows(rows)
+    budgets = sorted({n for g in groups.values() for n in g.budgets})
+    lines = [f"# {title}", ""]
+    n_seeds = sorted({len(g.seeds) for g in groups.values()})
+    lines += [f"{len(groups)} method × strategy groups, {'/'.join(map(str, n_seeds))} seeds each, "
+              f"{len(budgets)} budgets ({budgets[0]}–{budgets[-1]} labels). Test accuracy in %, mean ± sample "
+              "standard deviation over seeds. AUBC: area under the accuracy–labels curve divided by the labels "
+              "it spans (the mean accuracy over the budget range).", ""]
+
+    lines += ["## Test accuracy", "",
+              "| method | strategy | seeds | " + " | ".join(str(n) for n in budgets) + " | AUBC |",
+              "|---|---|---|" + "---|" * len(budgets) + "---|"]
+    for (method, strategy), g in groups.items():
+        cells = [_pct(*mean_std(list(g.acc[n].values()))) if n in g.acc else "—" for n in budgets]
+        lines.append(f"| {method} | {strategy} | {len(g.seeds)} | " + " | ".join(cells)
+                     + f" | {_pct(*mean_std(list(g.aubc().values())))} |")
+
+    paired = paired_to_baseline(groups)
+    lines += ["", f"## Difference to `{BASELINE}` under the same method", ""]
+    if not paired:
+        lines.append(f"No method has a `{BASELINE}` group (and another strategy) with common seeds, so there is "
+                     "no paired comparison.")
+    else:
+        lines += ["Percentage points, strategy minus random with the same seed (same initial labels), mean and "
+                  "95 % Student-t interval over the paired seeds. The verdict reads the AUBC interval: *better* "
+                  "if it lies above 0, *worse* if below, else *no detectable difference*.", "",
+                  "| method | strategy | seeds | " + " | ".join(str(n) for n in budgets) + " | AUBC | verdict |",
+                  "|---|---|---|" + "---|" * len(budgets) + "---|---|"]
+        for p in paired:
+            cells = [_diff(*p.by_budget[n]) if n in p.by_budget else "—" for n in budgets]
+            lines.append(f"| {p.method} | {p.strategy} | {len(p.seeds)} | " + " | ".join(cells)
+                         + f" | {_diff(*p.aubc)} | **{p.verdict}** |")
+
+    lines += ["", "## Time", "",
+              "Seconds per run (sum over its rounds), mean over seeds: training vs selection (signals + strategy).",
+              "", "| method | strategy | train s | select s | select / train |", "|---|---|---|---|---|"]
+    for (method, strategy), g in groups.items():
+        tr, se = float(np.mean(list(g.train_s.values()))), float(np.mean(list(g.select_s.values())))
+        lines.append(f"| {method} | {strategy} | {tr:.1f} | {se:.1f} | {se / tr if tr else math.nan:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _style(groups: dict[tuple[str, str], Group]) -> dict[tuple[str, str], dict]:
+    methods = sorted({m for m, _ in groups})
+    strategies = sorted({s for _, s in groups})
+    import matplotlib
+
+    palette = matplotlib.colormaps["tab10" if len(strategies) <= 10 else "tab20"]
+    dashes = ["-", "--", ":", "-."]
+    markers = ["o", "s", "^", "D", "v", "P"]
+    return {(m, s): {"color": palette(strategies.index(s) % palette.N),
+                     "linestyle": dashes[methods.index(m) % len(dashes)],
+                     "marker": markers[methods.index(m) % len(markers)]} for m, s in groups}
+
+
+def plot_curves(rows: list[dict], path: str | Path, title: str = "Accuracy vs labels") -> dict:
+    """Mean accuracy (%) vs labels, one line per method x strategy with a ± std band; colour =
+    strategy, line style = method. Returns {label: (x, y)} read back from the drawn lines."""
+    plt = _pyplot()
+    groups = group_rows(rows)
+    style = _style(groups)
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=120)
+    for key, g in groups.items():
+        x, m, s = g.mean_curve()
+        y = 100 * np.asarray(m)
+        ax.plot(x, y, label=f"{key[0]} / {key[1]}", markersize=4, linewidth=1.6, **style[key])
+        sd = 100 * np.nan_to_num(np.asarray(s, dtype=float))
+        ax.fill_between(x, y - sd, y + sd, color=style[key]["color"], alpha=0.12, linewidth=0)
+    ax.set_xlabel("labeled samples")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+    drawn = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines}
+    plt.close(fig)
+    return drawn
+
+
+def plot_aubc(rows: list[dict], path: str | Path, title: str = "AUBC (mean accuracy over the budget range)") -> dict:
+    """Horizontal bars of mean AUBC (%) per method x strategy with ± std error bars and one dot per
+    seed. Returns {label: (bar length, [seed dots])} read back from the drawn bars and dots."""
+    plt = _pyplot()
+    groups = group_rows(rows)
+    style = _style(groups)
+    keys = list(groups)
+    labels = [f"{m} / {s}" for m, s in keys]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(keys) + 1.5), dpi=120)
+    bars, dots = [], []
+    for i, key in enumerate(keys):
+        per_seed = [100 * v for v in groups[key].aubc().values()]
+        m, s = mean_std(per_seed)
+        bars += ax.barh(i, m, xerr=0 if math.isnan(s) else s, color=style[key]["color"], alpha=0.75,
+                        hatch="//" if style[key]["linestyle"] != "-" else None, edgecolor="black", linewidth=0.4)
+        dots += ax.plot(per_seed, [i] * len(per_seed), "k.", markersize=4)
+    ax.set_yticks(range(len(keys)), labels, fontsize=8)
+    ax.invert_yaxis()
+    values = [v for d in dots for v in d.get_xdata()]
+    span = max(values) - min(values) + 1
+    ax.set_xlim(max(0.0, min(values) - 0.15 * span), min(100.0, max(values) + 0.15 * span))
+    ax.set_xlabel("AUBC (%)")
+    ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+    drawn = {label: (bar.get_width(), list(d.get_xdata())) for label, bar, d in zip(labels, bars, dots, strict=True)}
+    plt.close(fig)
+    return drawn
+
+
+def write_report(rows: list[dict], out_dir: str | Path, title: str = "Comparison") -> dict[str, Path]:
+    """results.csv, summary.md, curves.png and aubc.png of these rows in ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"results": out / "results.csv", "summary": out / "summary.md",
+             "curves": out / "curves.png", "aubc": out / "aubc.png"}
+    write_results_csv(rows, paths["results"])
+    paths["summary"].write_text(summary_markdown(rows, title))
+    plot_curves(rows, paths["curves"], title=f"{title}: accuracy vs labels")
+    plot_aubc(rows, paths["aubc"], title=f"{title}: AUBC")
+    return paths

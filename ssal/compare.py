@@ -1,0 +1,336 @@
+"""``ssal compare SPEC.yaml``: a grid of runs (cells), run to completion, resumable, then reported.
+
+A spec names a base recipe, overrides for every cell, and a grid::
+
+    recipe: fashion_mnist/base.yaml      # relative to the spec file
+    output_dir: runs/my-comparison       # default: runs/<spec file stem>
+    overrides:                           # every cell (a mapping, or a list of key=value)
+      active.rounds: 5
+    grid:                                # every combination is one cell
+      train.method: [supervised, fixmatch]          # a recipe key: a list of values
+      active.strategy: [random, entropy, coreset]
+      seed: [0, 1, 2]
+      method:                                       # or a named axis: label -> overrides
+        simclr_fixmatch: {recipe: fashion_mnist/simclr_fixmatch.yaml}
+
+Each cell is labelled (method, strategy, seed): an axis named ``method`` or ``strategy`` gives
+those labels directly; otherwise they come from the cell's recipe (``simclr+fixmatch``,
+``entropy``). The values of any other axis (``train.lr: [0.01, 0.1]``) are appended to the
+method label (``supervised/lr=0.1``): such a variant is compared as a method of its own. Every cell
+recipe is resolved and validated before anything is written, so a cell that makes no sense (a
+strategy whose signal the objective lacks, a typo) stops the comparison with one line.
+
+Layout of ``output_dir``: ``recipes/<cell>.yaml`` (each cell's resolved recipe: ``ssal run`` it to
+redo one cell), ``cells/<cell>/`` (the run, with ``cell.json`` holding its labels),
+``logs/<cell>.log``, and the report (``results.csv``, ``summary.md``, ``curves.png``,
+``aubc.png``). A cell whose ``metrics.jsonl`` has all its rounds is skipped; one that was cut off
+is resumed after its last committed round (``ssal run --resume``); so re-running a killed
+comparison completes only what is missing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from omegaconf import OmegaConf
+
+from ssal.data.pool import atomic_write_text
+from ssal.errors import ConfigError
+from ssal.recipe import load_recipe, to_yaml
+from ssal.report import collect_rows, method_label, read_metrics, strategy_label, write_report
+
+SPEC_KEYS = ("recipe", "output_dir", "overrides", "grid", "title")
+LABEL_AXES = ("method", "strategy")
+# axes whose values the derived method / strategy labels already show
+_SHOWN = {"train.method", "pretrain.method", "active.strategy", "active.initial_strategy", "seed", "recipe"}
+
+
+@dataclass
+class Cell:
+    name: str
+    labels: dict[str, Any]  # method, strategy, seed
+    recipe: Path  # the base recipe file
+    overrides: list[str]  # key=value, the spec's then the cell's
+    cfg: Any = None  # the resolved, validated recipe
+
+    @property
+    def rounds(self) -> int:
+        return self.cfg.active.rounds + 1
+
+
+@dataclass
+class Plan:
+    spec: Path
+    title: str
+    output_dir: Path
+    cells: list[Cell]
+
+
+def _as_overrides(value: Any, where: str) -> dict[str, Any]:
+    """A mapping {key: value} from a mapping or a list of key=value strings."""
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): v for k, v in value.items()}
+    if isinstance(value, list) and all(isinstance(v, str) and "=" in v for v in value):
+        return {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in value)}
+    raise ConfigError(f"{where} must be a mapping of recipe keys to values (or a list of key=value)")
+
+
+def _dotlist(overrides: dict[str, Any]) -> list[str]:
+    return [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.+=-]+", "_", text).strip("_") or "x"
+
+
+def _axes(grid: Any, spec: Path) -> list[tuple[str, list[tuple[str, dict[str, Any]]]]]:
+    """[(axis, [(label, overrides), ...]), ...] from the spec's grid."""
+    if grid is None:
+        return []
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{spec}: 'grid' must be a mapping of axes (e.g. active.strategy: [random, entropy])")
+    axes = []
+    for axis, values in grid.items():
+        axis = str(axis)
+        if isinstance(values, dict):  # a named axis: label -> overrides
+            if not values:
+                raise ConfigError(f"{spec}: grid axis '{axis}' is empty; give it at least one entry")
+            entries = [(str(label), _as_overrides(ov, f"{spec}: grid.{axis}.{label}")) for label, ov in values.items()]
+        elif isinstance(values, list):
+            if not values:
+                raise ConfigError(f"{spec}: grid axis '{axis}' is an empty list; give it at least one value")
+            if axis in LABEL_AXES:
+                raise ConfigError(f"{spec}: grid axis '{axis}' names a label; give it a mapping label -> overrides "
+                                  f"(or use train.method / active.strategy for a list of values)")
+            if any(isinstance(v, (dict, list)) for v in values):
+                raise ConfigError(f"{spec}: grid.{axis} must list plain values (numbers, strings, true/false)")
+            entries = [(str(v), {axis: v}) for v in values]
+        else:
+            raise ConfigError(f"{spec}: grid.{axis} must be a list of values or a mapping label -> overrides, "
+                              f"got {values!r}")
+        if len({label for label, _ in entries}) != len(entries):
+            raise ConfigError(f"{spec}: grid.{axis} lists the same value twice")
+        axes.append((axis, entries))
+    return axes
+
+
+def load_spec(path: str | os.PathLike, output_dir: str | None = None) -> Plan:
+    """Parse a spec and resolve + validate every cell's recipe. Writes nothing."""
+    spec = Path(path)
+    if not spec.is_file():
+        raise ConfigError(f"comparison spec '{spec}' not found; check the path")
+    try:
+        data = yaml.safe_load(spec.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"comparison spec '{spec}' is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"comparison spec '{spec}' must be a mapping with keys {', '.join(SPEC_KEYS)}")
+    unknown = sorted(set(data) - set(SPEC_KEYS))
+    if unknown:
+        raise ConfigError(f"{spec}: unknown key '{unknown[0]}'; a comparison spec has {', '.join(SPEC_KEYS)}")
+    if not isinstance(data.get("recipe"), str):
+        raise ConfigError(f"{spec}: 'recipe' must name the base recipe file (relative to the spec), "
+                          "e.g. recipe: ../recipes/fashion_mnist/base.yaml")
+    base = (spec.parent / data["recipe"]).resolve()
+    common = _as_overrides(data.get("overrides"), f"{spec}: overrides")
+    for key in ("output_dir", "name"):
+        if key in common:
+            raise ConfigError(f"{spec}: overrides may not set '{key}'; each cell gets its own")
+    axes = _axes(data.get("grid"), spec)
+    out = Path(output_dir or data.get("output_dir") or Path("runs") / spec.stem)
+
+    cells: list[Cell] = []
+    for combo in itertools.product(*[entries for _, entries in axes]) if axes else [()]:
+        recipe, merged, extra = base, dict(common), []
+        labels: dict[str, Any] = {}
+        for (axis, _), (label, ov) in zip(axes, combo, strict=True):
+            ov = dict(ov)
+            if "recipe" in ov:
+                recipe = (spec.parent / str(ov.pop("recipe"))).resolve()
+            merged.update(ov)
+            if axis in LABEL_AXES:
+                labels[axis] = label
+            elif axis not in _SHOWN:
+                extra.append(f"{axis.rpartition('.')[2]}={label}")
+        name_hint = "-".join(_slug(label) for label, _ in combo) or "cell"
+        try:
+            cfg = load_recipe(recipe, [*_dotlist(merged), f"output_dir={json.dumps(str(out / 'cells' / 'x'))}"])
+        except ConfigError as e:
+            raise ConfigError(f"{spec}: cell {name_hint}: {e}") from None
+        plain = OmegaConf.to_container(cfg)
+        labels["method"] = "/".join([labels.get("method") or method_label(plain), *extra])
+        labels.setdefault("strategy", strategy_label(plain))
+        labels["seed"] = int(cfg.seed)
+        name = _slug(f"{labels['method']}__{labels['strategy']}__seed{labels['seed']}")
+        cells.append(Cell(name, labels, recipe, [*_dotlist(merged)]))
+    names = [c.name for c in cells]
+    dup = next((n for n in names if names.count(n) > 1), None)
+    if dup:
+        raise ConfigError(f"{spec}: two cells share the labels of '{dup}'; name the axis values apart "
+                          "(a 'method' or 'strategy' axis with distinct labels)")
+    for c in cells:  # the real output_dir of each cell
+        c.cfg = load_recipe(c.recipe, [*c.overrides, f"output_dir={json.dumps(str(out / 'cells' / c.name))}"])
+    return Plan(spec, str(data.get("title") or spec.stem), out, cells)
+
+
+def cell_state(cell: Cell) -> tuple[str, int]:
+    """('done' | 'partial' | 'new', committed rounds). Raises ConfigError if the cell's directory
+    holds a run of a different recipe (the spec changed since)."""
+    d = Path(cell.cfg.output_dir)
+    if not (d / "recipe.yaml").is_file():
+        return "new", 0
+    stored = load_recipe(d / "recipe.yaml", [f"output_dir={json.dumps(str(d))}"])
+    a, b = OmegaConf.to_container(stored), OmegaConf.to_container(cell.cfg)
+    a.pop("name", None), b.pop("name", None)
+    if a != b:
+        diff = _first_difference(a, b)
+        raise ConfigError(f"{d} was run with a different recipe ({diff}); the spec changed since. Remove that "
+                          "cell directory to run it anew, or choose another output_dir")
+    done = len(read_metrics(d))
+    return ("done" if done >= cell.rounds else "partial"), done
+
+
+def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            d = _first_difference(va, vb, f"{prefix}{k}.")
+            if d:
+                return d
+        elif va != vb:
+            return f"{prefix}{k}: {va!r} there, {vb!r} now"
+    return ""
+
+
+def _env(threads: int) -> dict[str, str]:
+    """The environment of a cell: ``threads`` CPU threads (cores / jobs, so parallel cells do not
+    oversubscribe the cores), or the caller's OMP_NUM_THREADS. torch follows MKL_NUM_THREADS over
+    OMP_NUM_THREADS, so both are set. Results on CPU depend slightly on the thread count
+    (reduction order), so a cell is bit-reproducible for the same thread count."""
+    n = os.environ.get("OMP_NUM_THREADS") or str(threads)
+    return {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """A cell's process ends with the comparison, even when that is killed with SIGKILL (Linux)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _pretrain_signature(cell: Cell) -> str | None:
+    """What determines the cell's pretrained encoder (as the cache key does), or None."""
+    c = cell.cfg
+    if c.pretrain.method == "none":
+        return None
+    return json.dumps([OmegaConf.to_container(c.data), c.model.backbone, OmegaConf.to_container(c.pretrain),
+                       c.seed, c.cache_dir], sort_keys=True)
+
+
+def run_plan(plan: Plan, jobs: int = 1, progress: bool = True) -> int:
+    """Run every missing cell, then write the report. Returns the number of failed cells."""
+    from rich.console import Console
+
+    console = Console(stderr=True, soft_wrap=True)
+    states = {c.name: cell_state(c) for c in plan.cells}  # may raise before anything is written
+    out = plan.output_dir
+    for sub in ("recipes", "cells", "logs"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for c in plan.cells:
+        atomic_write_text(out / "recipes" / f"{c.name}.yaml", to_yaml(c.cfg))
+    todo = [c for c in plan.cells if states[c.name][0] != "done"]
+    console.print(f"compare: {len(plan.cells)} cells in {out}: {len(plan.cells) - len(todo)} complete, "
+                  f"{sum(states[c.name][0] == 'partial' for c in todo)} to resume, "
+                  f"{sum(states[c.name][0] == 'new' for c in todo)} to run ({jobs} at a time)")
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // max(1, jobs))
+    failed: list[str] = []
+
+    # pretraining once per distinct encoder, before the cells, so parallel cells never race for it
+    seen: set[str] = set()
+    for c in todo:
+        sig = _pretrain_signature(c)
+        if sig is None or sig in seen:
+            continue
+        seen.add(sig)
+        log = out / "logs" / f"pretrain-{c.name}.log"
+        console.print(f"compare: pretraining for {c.name} (or the cache) -> {log}")
+        cmd = [sys.executable, "-m", "ssal", "pretrain", str(out / "recipes" / f"{c.name}.yaml"), "--no-progress"]
+        with open(log, "w") as f:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(cores)).returncode
+        if rc != 0:
+            raise ConfigError(f"pretraining for cell {c.name} failed (exit {rc}); see {log}")
+
+    def command(c: Cell) -> list[str]:
+        if states[c.name][0] == "partial":
+            return [sys.executable, "-m", "ssal", "run", "--resume", str(c.cfg.output_dir), "--no-progress"]
+        return [sys.executable, "-m", "ssal", "run", str(out / "recipes" / f"{c.name}.yaml"), "--force",
+                "--no-progress"]
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    old_handler = signal.signal(signal.SIGTERM, on_term)
+    running: list[tuple[Cell, subprocess.Popen, float, Any]] = []
+    queue = list(todo)
+    t0 = time.perf_counter()
+    finished = 0
+    try:
+        while queue or running:
+            while queue and len(running) < max(1, jobs):
+                c = queue.pop(0)
+                log = open(out / "logs" / f"{c.name}.log", "a")
+                proc = subprocess.Popen(command(c), stdout=log, stderr=subprocess.STDOUT, env=_env(threads),
+                                        preexec_fn=_die_with_parent)
+                running.append((c, proc, time.perf_counter(), log))
+            time.sleep(0.2)
+            for item in list(running):
+                c, proc, start, log = item
+                if proc.poll() is None:
+                    continue
+                running.remove(item)
+                log.close()
+                finished += 1
+                rows = read_metrics(c.cfg.output_dir)
+                if proc.returncode != 0 or len(rows) < c.rounds:
+                    failed.append(c.name)
+                    status = f"[red]failed (exit {proc.returncode}); see {out / 'logs' / (c.name + '.log')}"
+                else:
+                    status = f"test acc {100 * rows[-1]['test_acc']:.2f} % at {rows[-1]['n_labeled']} labels"
+                if progress or status.startswith("[red]"):
+                    console.print(f"compare: [{finished}/{len(todo)}] {c.name}: {status} "
+                                  f"({time.perf_counter() - start:.0f} s; {time.perf_counter() - t0:.0f} s so far)")
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop the cells too; their committed rounds stay
+        for _c, proc, _, log in running:
+            proc.terminate()
+            proc.wait()
+            log.close()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, old_handler)
+
+    done_dirs = [c.cfg.output_dir for c in plan.cells if read_metrics(c.cfg.output_dir)]
+    for c in plan.cells:  # the spec's labels, for 'ssal report' on these cells later
+        if c.cfg.output_dir in done_dirs:
+            atomic_write_text(Path(c.cfg.output_dir) / "cell.json", json.dumps(c.labels))
+    if done_dirs:
+        paths = write_report(collect_rows(done_dirs), out, title=plan.title)
+        console.print(f"compare: report in {paths['summary']}, {paths['curves']}, {paths['aubc']}")
+    if failed:
+        console.print(f"[red]compare: {len(failed)} cell(s) failed: {', '.join(failed)}; re-run the same command to "
+                      "retry them (complete cells are kept)")
+    return len(failed)

@@ -1,0 +1,157 @@
+"""``ssal compare``: spec parsing and labels, up-front rejection, resumable runs, the report of a
+real tiny grid."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ssal.cli import main
+from ssal.compare import load_spec, run_plan
+from ssal.report import read_metrics, read_results_csv
+
+SSAL = str(Path(sys.executable).with_name("ssal"))
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def base(tmp_path, tiny_recipe) -> Path:
+    path = tmp_path / "base.yaml"
+    recipe = tiny_recipe(tmp_path / "unused", train={"steps": 4}, active={"rounds": 2, "strategy": "random"})
+    recipe.pop("output_dir")
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def spec(tmp_path: Path, grid: dict, **extra) -> Path:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({"recipe": "base.yaml", "output_dir": str(tmp_path / "cmp"), "grid": grid,
+                                    **extra}))
+    return path
+
+
+def test_cells_labels_and_overrides(tmp_path, base):
+    (tmp_path / "other.yaml").write_text(yaml.safe_dump({"extends": "base.yaml", "train": {"method": "fixmatch"},
+                                                          "pretrain": {"method": "simclr", "epochs": 1}}))
+    plan = load_spec(spec(tmp_path, {
+        "method": {"sup": {}, "ssl": {"recipe": "other.yaml"}},
+        "active.strategy": ["random", "margin"],
+        "train.lr": [0.01, 0.1],
+        "seed": [3],
+    }, overrides={"active.budget": 5}))
+    assert len(plan.cells) == 2 * 2 * 2
+    names = sorted(c.name for c in plan.cells)
+    # a named method axis gives the method label; the values of other axes (train.lr) are appended
+    assert "sup_lr=0.01__margin__seed3" in names and "ssl_lr=0.1__random__seed3" in names and len(set(names)) == 8
+    cell = next(c for c in plan.cells if c.labels["method"] == "ssl/lr=0.1" and c.labels["strategy"] == "margin")
+    assert cell.cfg.train.method == "fixmatch" and cell.cfg.pretrain.method == "simclr"
+    assert cell.cfg.active.budget == 5 and cell.cfg.seed == 3
+    assert Path(cell.cfg.output_dir) == tmp_path / "cmp" / "cells" / cell.name
+    assert not (tmp_path / "cmp").exists()  # parsing writes nothing
+
+
+def test_derived_labels(tmp_path, base):
+    plan = load_spec(spec(tmp_path, {"train.method": ["supervised", "fixmatch"],
+                                     "active.strategy": ["random", "entropy"], "train.steps": [4, 8]}))
+    labels = sorted((c.labels["method"], c.labels["strategy"], c.labels["seed"]) for c in plan.cells)
+    assert ("fixmatch/steps=8", "entropy", 0) in labels and ("supervised/steps=4", "random", 0) in labels
+    assert len(labels) == 8
+    typi = load_spec(spec(tmp_path, {"strategy": {"typiclust": {"active.strategy": "typiclust",
+                                                                "active.initial_strategy": "typiclust"}}}))
+    assert typi.cells[0].labels["strategy"] == "typiclust" and typi.cells[0].labels["method"] == "supervised"
+
+
+@pytest.mark.parametrize(("grid", "extra", "message"), [
+    ({"active.strategy": ["tod"]}, {}, "cell tod: "),  # supervised training has no EMA for TOD
+    ({"active.strategy": ["entropi"]}, {}, "did you mean 'entropy'"),
+    ({"train.methd": ["supervised"]}, {}, "unknown recipe key 'train.methd'"),
+    ({"active.strategy": []}, {}, "empty list"),
+    ({"method": ["a", "b"]}, {}, "names a label"),
+    ({"seed": [0, 0]}, {}, "same value twice"),
+    ({"active.strategy": ["random"]}, {"overides": {}}, "unknown key 'overides'"),
+    ({"active.strategy": ["random"]}, {"overrides": {"output_dir": "x"}}, "may not set 'output_dir'"),
+])
+def test_bad_specs_fail_with_one_line_and_write_nothing(tmp_path, base, capsys, grid, extra, message):
+    assert main(["compare", str(spec(tmp_path, grid, **extra))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ssal: error: ") and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_missing_spec_and_bad_jobs(tmp_path, base, capsys):
+    assert main(["compare", str(tmp_path / "nope.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["compare", str(spec(tmp_path, {"seed": [0]})), "--jobs", "0"]) == 2
+    assert "--jobs must be at least 1" in capsys.readouterr().err
+
+
+def test_tiny_grid_runs_and_reports(tmp_path, base):
+    plan = load_spec(spec(tmp_path, {"active.strategy": ["random", "entropy"], "seed": [0, 1]}))
+    assert run_plan(plan, jobs=2, progress=False) == 0
+    out = tmp_path / "cmp"
+    for name in ("results.csv", "summary.md", "curves.png", "aubc.png"):
+        assert (out / name).is_file()
+    rows = read_results_csv(out / "results.csv")
+    assert len(rows) == 4 * 3  # cells x rounds
+    for c in plan.cells:
+        mine = [r for r in rows if (r["strategy"], r["seed"]) == (c.labels["strategy"], c.labels["seed"])]
+        assert [r["test_acc"] for r in mine] == pytest.approx([m["test_acc"] for m in read_metrics(c.cfg.output_dir)])
+        assert json.loads((Path(c.cfg.output_dir) / "cell.json").read_text()) == c.labels
+        assert (out / "recipes" / f"{c.name}.yaml").is_file()
+    # same seed, same initial labels and round-0 training: the paired difference at 20 labels is 0
+    assert "| supervised | entropy | 2 | +0.00 [+0.00, +0.00] |" in (out / "summary.md").read_text()
+    # ssal report on the comparison rebuilds the same table
+    rep = tmp_path / "rep"
+    assert main(["report", str(out), "--out", str(rep)]) == 0
+    assert read_results_csv(rep / "results.csv") == [{**r, "run": r["run"]} for r in rows]
+
+    # a changed spec does not silently mix runs of two recipes
+    changed = spec(tmp_path, {"active.strategy": ["random", "entropy"], "seed": [0, 1]},
+                   overrides={"train.steps": 5})
+    with pytest.raises(Exception, match="was run with a different recipe .*train.steps: 4 there, 5 now"):
+        run_plan(load_spec(changed), progress=False)
+
+
+def test_killed_compare_resumes_only_missing_cells(tmp_path, base):
+    path = spec(tmp_path, {"active.strategy": ["random", "entropy", "margin"]})
+    out = tmp_path / "cmp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([SSAL, "compare", str(path)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    first = out / "cells" / "supervised__random__seed0"
+    second = out / "cells" / "supervised__entropy__seed0"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (len(read_metrics(first)) == 3 and len(read_metrics(second)) >= 1):
+        time.sleep(0.05)
+    assert len(read_metrics(first)) == 3, proc.communicate()[0] if proc.poll() is not None else "timeout"
+    proc.send_signal(signal.SIGTERM)  # midway: the second cell has committed 1 or 2 of its 3 rounds
+    proc.wait(timeout=60)
+    done_first = (first / "metrics.jsonl").read_bytes()
+    partial = len(read_metrics(second))
+    assert 1 <= partial < 3
+    assert not (out / "cells" / "supervised__margin__seed0").exists()
+    time.sleep(1.0)
+    assert len(read_metrics(second)) == partial  # the cell's process ended with the comparison
+
+    again = subprocess.run([SSAL, "compare", str(path)], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "1 complete, 1 to resume, 1 to run" in again.stderr
+    assert (first / "metrics.jsonl").read_bytes() == done_first  # untouched
+    assert f"resuming {second}" in (out / "logs" / "supervised__entropy__seed0.log").read_text()
+    assert [len(read_metrics(out / "cells" / n)) for n in ("supervised__random__seed0", "supervised__entropy__seed0",
+                                                           "supervised__margin__seed0")] == [3, 3, 3]
+    # the resumed cell equals an uninterrupted run of its recipe
+    ref = tmp_path / "ref"
+    assert main(["run", str(out / "recipes" / "supervised__entropy__seed0.yaml"), f"output_dir={ref}",
+                 "--no-progress"]) == 0
+    assert [m["test_acc"] for m in read_metrics(second)] == [m["test_acc"] for m in read_metrics(ref)]
+    third = subprocess.run([SSAL, "compare", str(path)], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert third.returncode == 0 and "3 complete, 0 to resume, 0 to run" in third.stderr
