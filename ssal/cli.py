@@ -43,9 +43,12 @@ def _parser() -> argparse.ArgumentParser:
                                    "recipes/compare/*.yaml), skipping complete cells and resuming cut-off ones, then "
                                    "write results.csv, summary.md, curves.png and aubc.png in its output_dir.")
     c.add_argument("spec", help="comparison spec YAML file")
+    c.add_argument("overrides", nargs="*", help="key=value recipe overrides for every cell (after the spec's)")
     c.add_argument("--jobs", type=int, default=1, metavar="N",
                    help="cells run at the same time (each gets cpu_count/N threads; default 1)")
     c.add_argument("--out", metavar="DIR", help="output directory (default: the spec's output_dir)")
+    c.add_argument("--cells", action="append", default=[], metavar="GLOB",
+                   help="run only the cells whose name matches (repeatable), e.g. 'supervised__*'")
     c.add_argument("--dry-run", action="store_true", help="list the cells and their state; run nothing")
     c.add_argument("--no-progress", action="store_true", help="print only failures and the summary")
 
@@ -94,11 +97,11 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from ssal.compare import cell_state, load_spec, run_plan
+    from ssal.compare import cell_state, load_spec, run_plan, select_cells
 
     if args.jobs < 1:
         raise SsalError(f"--jobs must be at least 1, got {args.jobs}")
-    plan = load_spec(args.spec, output_dir=args.out)
+    plan = select_cells(load_spec(args.spec, output_dir=args.out, overrides=args.overrides), args.cells)
     if args.dry_run:
         for cell in plan.cells:
             state, rounds = cell_state(cell)

@@ -30,6 +30,7 @@ comparison completes only what is missing.
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import json
 import os
@@ -74,7 +75,8 @@ class Plan:
     spec: Path
     title: str
     output_dir: Path
-    cells: list[Cell]
+    cells: list[Cell]  # the cells to run
+    all_cells: list[Cell] | None = None  # the spec's cells (reported when finished); None: ``cells``
 
 
 def _as_overrides(value: Any, where: str) -> dict[str, Any]:
@@ -127,8 +129,9 @@ def _axes(grid: Any, spec: Path) -> list[tuple[str, list[tuple[str, dict[str, An
     return axes
 
 
-def load_spec(path: str | os.PathLike, output_dir: str | None = None) -> Plan:
-    """Parse a spec and resolve + validate every cell's recipe. Writes nothing."""
+def load_spec(path: str | os.PathLike, output_dir: str | None = None, overrides: list[str] = ()) -> Plan:
+    """Parse a spec and resolve + validate every cell's recipe. Writes nothing. ``overrides``
+    (key=value, from the command line) apply to every cell, after the spec's own."""
     spec = Path(path)
     if not spec.is_file():
         raise ConfigError(f"comparison spec '{spec}' not found; check the path")
@@ -147,7 +150,7 @@ def load_spec(path: str | os.PathLike, output_dir: str | None = None) -> Plan:
     base = (spec.parent / data["recipe"]).resolve()
     common = _as_overrides(data.get("overrides"), f"{spec}: overrides")
     for key in ("output_dir", "name"):
-        if key in common:
+        if key in common or any(o.split("=", 1)[0] == key for o in overrides):
             raise ConfigError(f"{spec}: overrides may not set '{key}'; each cell gets its own")
     axes = _axes(data.get("grid"), spec)
     out = Path(output_dir or data.get("output_dir") or Path("runs") / spec.stem)
@@ -167,7 +170,8 @@ def load_spec(path: str | os.PathLike, output_dir: str | None = None) -> Plan:
                 extra.append(f"{axis.rpartition('.')[2]}={label}")
         name_hint = "-".join(_slug(label) for label, _ in combo) or "cell"
         try:
-            cfg = load_recipe(recipe, [*_dotlist(merged), f"output_dir={json.dumps(str(out / 'cells' / 'x'))}"])
+            cfg = load_recipe(recipe, [*_dotlist(merged), *overrides,
+                                       f"output_dir={json.dumps(str(out / 'cells' / 'x'))}"])
         except ConfigError as e:
             raise ConfigError(f"{spec}: cell {name_hint}: {e}") from None
         plain = OmegaConf.to_container(cfg)
@@ -175,7 +179,7 @@ def load_spec(path: str | os.PathLike, output_dir: str | None = None) -> Plan:
         labels.setdefault("strategy", strategy_label(plain))
         labels["seed"] = int(cfg.seed)
         name = _slug(f"{labels['method']}__{labels['strategy']}__seed{labels['seed']}")
-        cells.append(Cell(name, labels, recipe, [*_dotlist(merged)]))
+        cells.append(Cell(name, labels, recipe, [*_dotlist(merged), *overrides]))
     names = [c.name for c in cells]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
@@ -241,8 +245,20 @@ def _pretrain_signature(cell: Cell) -> str | None:
                        c.seed, c.cache_dir], sort_keys=True)
 
 
+def select_cells(plan: Plan, patterns: list[str]) -> Plan:
+    """The plan with only the cells whose name matches one of the glob ``patterns``."""
+    if not patterns:
+        return plan
+    keep = [c for c in plan.cells if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
+    if not keep:
+        raise ConfigError(f"--cells {' '.join(patterns)} matches none of the {len(plan.cells)} cells (e.g. "
+                          f"'{plan.cells[0].name}'); 'ssal compare {plan.spec} --dry-run' lists them")
+    return Plan(plan.spec, plan.title, plan.output_dir, keep, plan.all_cells or plan.cells)
+
+
 def run_plan(plan: Plan, jobs: int = 1, progress: bool = True) -> int:
-    """Run every missing cell, then write the report. Returns the number of failed cells."""
+    """Run every missing cell, then write the report of every finished cell of the spec (also
+    those outside a ``--cells`` selection). Returns the number of failed cells."""
     from rich.console import Console
 
     console = Console(stderr=True, soft_wrap=True)
@@ -323,8 +339,9 @@ def run_plan(plan: Plan, jobs: int = 1, progress: bool = True) -> int:
     finally:
         signal.signal(signal.SIGTERM, old_handler)
 
-    done_dirs = [c.cfg.output_dir for c in plan.cells if read_metrics(c.cfg.output_dir)]
-    for c in plan.cells:  # the spec's labels, for 'ssal report' on these cells later
+    reported = plan.all_cells or plan.cells
+    done_dirs = [c.cfg.output_dir for c in reported if read_metrics(c.cfg.output_dir)]
+    for c in reported:  # the spec's labels, for 'ssal report' on these cells later
         if c.cfg.output_dir in done_dirs:
             atomic_write_text(Path(c.cfg.output_dir) / "cell.json", json.dumps(c.labels))
     if done_dirs:

@@ -155,3 +155,30 @@ def test_killed_compare_resumes_only_missing_cells(tmp_path, base):
     assert [m["test_acc"] for m in read_metrics(second)] == [m["test_acc"] for m in read_metrics(ref)]
     third = subprocess.run([SSAL, "compare", str(path)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert third.returncode == 0 and "3 complete, 0 to resume, 0 to run" in third.stderr
+
+
+def test_benchmark_script_quick_preset_at_a_tiny_size(tmp_path, fmnist_root):
+    """scripts/benchmark_fashion_mnist.sh --quick, shrunk by overrides to the tiny idx files: its
+    16 cells are 2 methods x 4 strategies x 2 seeds; a --cells selection of 8 of them runs here."""
+    out = tmp_path / "bench"
+    tiny = [f"data.root={fmnist_root}", "data.pool_size=null", "data.test_size=null", "active.initial=20",
+            "active.budget=10", "active.rounds=1", "active.subset=100", "train.steps=2", "pretrain.epochs=1",
+            f"cache_dir={tmp_path / 'cache'}"]
+    dry = subprocess.run(["bash", "scripts/benchmark_fashion_mnist.sh", "--quick", "--out", str(out), "--dry-run",
+                          *tiny], cwd=ROOT, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    names = [line.split("\t")[0] for line in dry.stdout.splitlines()]
+    assert len(names) == 16 and {n.split("__")[0] for n in names} == {"supervised", "simclr+fixmatch"}
+    assert {n.split("__")[1] for n in names} == {"random", "entropy", "coreset", "consistency"}
+    proc = subprocess.run(["bash", "scripts/benchmark_fashion_mnist.sh", "--quick", "--out", str(out),
+                           "--cells", "*__random__*", "--cells", "*__coreset__*", *tiny],
+                          cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_results_csv(out / "results.csv")
+    assert {(r["method"], r["strategy"], r["seed"]) for r in rows} == {
+        (m, s, seed) for m in ("supervised", "simclr+fixmatch") for s in ("random", "coreset") for seed in (0, 1)}
+    assert len(rows) == 8 * 2
+    summary = (out / "summary.md").read_text()
+    assert "| simclr+fixmatch | coreset | 2 |" in summary and "verdict" in summary
+    assert (out / "curves.png").stat().st_size > 0 and (out / "aubc.png").stat().st_size > 0
+    assert "pretraining for simclr+fixmatch" in proc.stderr
