@@ -86,6 +86,17 @@ def test_bad_specs_fail_with_one_line_and_write_nothing(tmp_path, base, capsys, 
     assert not (tmp_path / "cmp").exists()
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes" / "compare").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_specs_load_and_validate(path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # paths in a spec are relative to it, not to the working directory
+    plan = load_spec(path)
+    assert len(plan.cells) >= 8 and len({c.name for c in plan.cells}) == len(plan.cells)
+    methods = {c.labels["method"] for c in plan.cells}
+    assert len(methods) >= 1 and all("random" in {c.labels["strategy"] for c in plan.cells if c.labels["method"] == m}
+                                      for m in methods)  # every method has its random baseline
+    assert not (tmp_path / "runs").exists()
+
+
 def test_missing_spec_and_bad_jobs(tmp_path, base, capsys):
     assert main(["compare", str(tmp_path / "nope.yaml")]) == 2
     assert "not found" in capsys.readouterr().err
@@ -149,9 +160,9 @@ def test_killed_compare_resumes_only_missing_cells(tmp_path, base):
     assert [len(read_metrics(out / "cells" / n)) for n in ("supervised__random__seed0", "supervised__entropy__seed0",
                                                            "supervised__margin__seed0")] == [3, 3, 3]
     # the resumed cell equals an uninterrupted run of its recipe
-    ref = tmp_path / "ref"
-    assert main(["run", str(out / "recipes" / "supervised__entropy__seed0.yaml"), f"output_dir={ref}",
-                 "--no-progress"]) == 0
+    ref = tmp_path / "ref"  # a process with the cells' thread count (CPU results depend on it)
+    subprocess.run([SSAL, "run", str(out / "recipes" / "supervised__entropy__seed0.yaml"), f"output_dir={ref}",
+                    "--no-progress"], cwd=ROOT, env=env, check=True, capture_output=True)
     assert [m["test_acc"] for m in read_metrics(second)] == [m["test_acc"] for m in read_metrics(ref)]
     third = subprocess.run([SSAL, "compare", str(path)], cwd=ROOT, env=env, capture_output=True, text=True)
     assert third.returncode == 0 and "3 complete, 0 to resume, 0 to run" in third.stderr
