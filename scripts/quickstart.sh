@@ -7,7 +7,7 @@ ssal_ensure_fashion_mnist
 cd "$ssal_root"
 start=$SECONDS
 .venv/bin/ssal run recipes/quickstart.yaml --force "$@"
-out=$(.venv/bin/python -c "from ssal.recipe import load_recipe; import sys; print(load_recipe('recipes/quickstart.yaml', sys.argv[1:]).output_dir)" "$@")
+out=$(.venv/bin/python -c "from ssal.recipe import load_recipe; import sys; print(load_recipe('recipes/quickstart.yaml', [a for a in sys.argv[1:] if not a.startswith('-')]).output_dir)" "$@")
 echo
 echo "quickstart finished in $((SECONDS - start)) s"
 echo "  curve plot:  $out/curve.png"
