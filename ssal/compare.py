@@ -48,6 +48,7 @@ from omegaconf import OmegaConf
 
 from ssal.data.pool import atomic_write_text
 from ssal.errors import ConfigError
+from ssal.pretrain.stage import pretrain_seed
 from ssal.recipe import load_recipe, to_yaml
 from ssal.report import collect_rows, method_label, read_metrics, strategy_label, write_report
 
@@ -242,7 +243,7 @@ def _pretrain_signature(cell: Cell) -> str | None:
     if c.pretrain.method == "none":
         return None
     return json.dumps([OmegaConf.to_container(c.data), c.model.backbone, OmegaConf.to_container(c.pretrain),
-                       c.seed, c.cache_dir], sort_keys=True)
+                       pretrain_seed(c), c.cache_dir], sort_keys=True)
 
 
 def select_cells(plan: Plan, patterns: list[str]) -> Plan:

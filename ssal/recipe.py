@@ -46,6 +46,8 @@ class PretrainConfig:
     weight_decay: float = 5e-4
     min_scale: float = 0.2  # smallest random-resized-crop area (fraction of the image)
     cj_strength: float = 0.5  # colour-jitter strength of the views
+    view_size: Optional[int] = None  # side of the views in px (None: the images' size); smaller = more epochs/CPU-min
+    seed: Optional[int] = None  # the pretraining's own seed (None: the run's); fixed, a seed sweep shares one encoder
     eval_every: int = 5  # kNN-monitor every this many epochs (and at the end); 0: only at the end
     knn_k: int = 200
     knn_temperature: float = 0.1
@@ -332,6 +334,8 @@ def validate(cfg: DictConfig) -> None:
     _require(p.weight_decay >= 0, f"pretrain.weight_decay must be >= 0, got {p.weight_decay}")
     _require(0 < p.min_scale <= 1, f"pretrain.min_scale must be in (0, 1], got {p.min_scale}")
     _require(p.cj_strength >= 0, f"pretrain.cj_strength must be >= 0, got {p.cj_strength}")
+    _require(p.view_size is None or p.view_size >= 8,
+             f"pretrain.view_size must be >= 8 px or null (the images' own size), got {p.view_size}")
     _require(p.eval_every >= 0, f"pretrain.eval_every must be >= 0 (0: only at the end), got {p.eval_every}")
     _require(p.knn_k >= 1, f"pretrain.knn_k must be >= 1, got {p.knn_k}")
     _require(p.knn_temperature > 0, f"pretrain.knn_temperature must be > 0, got {p.knn_temperature}")

@@ -94,6 +94,26 @@ def test_views_adapt_to_the_data_set(tmp_path, tiny_recipe, digits):
     assert out[0].shape == (3, BLUR_MIN_SIZE + 7, BLUR_MIN_SIZE + 7) and out[0].dtype == torch.float32
 
 
+@pytest.mark.parametrize("method", ["simclr", "byol"])
+def test_view_size_resizes_the_crops_and_the_encoder_still_takes_whole_images(method, tmp_path, tiny_recipe):
+    data = rgb_data(BLUR_MIN_SIZE + 7)
+    cfg = pre_cfg(tmp_path, tiny_recipe, method, view_size=12)
+    m = PRETRAINERS.get(method)(build_model(cfg.model, data), cfg.pretrain, data)
+    views = m.transform(data.train.load(torch.arange(1))[0])
+    assert [tuple(v.shape) for v in views] == [(3, 12, 12)] * 2
+    # views of 12 px are below the blur threshold: no blur even though the images are 39 px
+    steps = [t for c in m.transform.__closure__ for t in c.cell_contents.transform.transforms]
+    wrapped = [u for t in steps if isinstance(t, T.RandomApply) for u in t.transforms]
+    assert not any(isinstance(t, T.GaussianBlur) for t in steps + wrapped)
+    loss, _ = m({"view0": torch.stack([views[0]] * 4), "view1": torch.stack([views[1]] * 4)})
+    assert torch.isfinite(loss)
+    # the features of a whole image do not depend on the view size the encoder was trained at
+    assert m.embed(data.train.load(torch.arange(2)).float() / 255).shape == (2, m.encoder.num_features)
+    # the view size is part of what the cached weights depend on
+    other = pre_cfg(tmp_path, tiny_recipe, method)
+    assert stage.cache_key(stage.key_fields(cfg, data)) != stage.cache_key(stage.key_fields(other, data))
+
+
 # ----------------------------------------------------------------------------- methods
 
 def _fixed_batch(m, digits):
@@ -228,6 +248,19 @@ def test_cache_hit_miss_and_key(tmp_path, tiny_recipe, digits, counted, capsys):
                                "seed": 1})):
         assert stage.cache_key(stage.key_fields(changed, digits)) != stage.cache_key(stage.key_fields(cfg, digits))
 
+    # a fixed pretrain.seed makes runs of other seeds share the encoder of that seed
+    def seeded(seed, pretrain_seed=None):
+        return from_dict({**tiny_recipe(tmp_path / "run", cache_dir=str(tmp_path / "cache"),
+                                        pretrain={"method": "simclr", "epochs": 1, "batch_size": 32,
+                                                  "eval_every": 0, "seed": pretrain_seed}), "seed": seed})
+    assert stage.pretrain_seed(seeded(1)) == 1 and stage.pretrain_seed(seeded(1, 0)) == 0
+    capsys.readouterr()
+    shared = stage.pretrained_encoder(seeded(1, 0), digits, engine)
+    assert len(counted) == 1 and "used the cached simclr encoder" in capsys.readouterr().out
+    assert all(torch.equal(first[k], shared[k]) for k in first)
+    assert stage.cache_key(stage.key_fields(seeded(0, 1), digits)) == \
+        stage.cache_key(stage.key_fields(seeded(1), digits)) != stage.cache_key(stage.key_fields(cfg, digits))
+
     # --no-cache trains anew
     stage.pretrained_encoder(cfg, digits, engine, use_cache=False)
     assert len(counted) == 2
@@ -308,6 +341,7 @@ def test_ssal_pretrain_command(write_recipe, tmp_path, capsys):
     ("pretrain.simclr.temperature=0", "pretrain.simclr.temperature"),
     ("pretrain.byol.momentum_start=1.5", "momentum_start"),
     ("pretrain.epochs=0", "pretrain.epochs"),
+    ("pretrain.view_size=4", "pretrain.view_size"),
     ("pretrain.temprature=0.1", "keys of 'pretrain'"),
 ])
 def test_bad_pretrain_settings_are_one_line_errors(write_recipe, tmp_path, capsys, override, needle):

@@ -37,7 +37,7 @@ class BYOL(Pretrainer):
         deactivate_requires_grad(self.target_backbone)
         deactivate_requires_grad(self.target_projection)
         self.criterion = NegativeCosineSimilarity()
-        opts, k = view_options(cfg, data), blur_kernel(data)
+        opts, k = view_options(cfg, data), blur_kernel(cfg, data)
         t = BYOLTransform(BYOLView1Transform(**opts), BYOLView2Transform(**opts))
         v1, v2 = (tensor_native(v, k) for v in t.transforms)
         self.transform = lambda img: [v1(img), v2(img)]

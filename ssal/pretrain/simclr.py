@@ -26,7 +26,7 @@ class SimCLR(Pretrainer):
         self.projection = SimCLRProjectionHead(encoder.num_features, c.hidden_dim, c.projection_dim)
         # negatives from every process: the effective batch is batch_size x processes
         self.criterion = NTXentLoss(temperature=c.temperature, gather_distributed=True)
-        view = tensor_native(SimCLRTransform(**view_options(cfg, data)).transforms[0], blur_kernel(data))
+        view = tensor_native(SimCLRTransform(**view_options(cfg, data)).transforms[0], blur_kernel(cfg, data))
         self.transform = lambda img: [view(img), view(img)]
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:

@@ -35,10 +35,15 @@ def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
+def pretrain_seed(cfg: DictConfig) -> int:
+    """The seed of the pretraining: ``pretrain.seed``, or the run's ``seed`` when that is null."""
+    return cfg.seed if cfg.pretrain.seed is None else cfg.pretrain.seed
+
+
 def key_fields(cfg: DictConfig, data: Any) -> dict:
     """What determines the pretrained weights (hashed into the cache key)."""
     p = OmegaConf.to_container(cfg.pretrain)
-    section = {k: v for k, v in p.items() if k not in MONITOR_KEYS and not isinstance(v, dict)}
+    section = {k: v for k, v in p.items() if k not in MONITOR_KEYS + ("seed",) and not isinstance(v, dict)}
     section["method"] = cfg.pretrain.method
     if isinstance(p.get(cfg.pretrain.method), dict):
         section[cfg.pretrain.method] = p[cfg.pretrain.method]
@@ -46,7 +51,7 @@ def key_fields(cfg: DictConfig, data: Any) -> dict:
     pool = {"n": len(data.train), "targets": _digest(data.train.targets.numpy().tobytes()),
             "first_image": _digest(data.train.load(torch.arange(1)).numpy().tobytes())}
     return {"format": FORMAT, "data": d, "pool": pool, "backbone": cfg.model.backbone,
-            "pretrain": section, "seed": cfg.seed}
+            "pretrain": section, "seed": pretrain_seed(cfg)}
 
 
 def cache_key(fields: dict) -> str:
@@ -130,7 +135,7 @@ def pretrained_encoder(cfg: DictConfig, data: Any, engine: Engine, *, use_cache:
 def train_encoder(cfg: DictConfig, data: Any, engine: Engine) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """Pretrain a fresh backbone on the whole pool; kNN-monitor it on the test split."""
     p = cfg.pretrain
-    torch.manual_seed(derive_seed(cfg.seed, "pretrain", "init"))
+    torch.manual_seed(derive_seed(pretrain_seed(cfg), "pretrain", "init"))
     encoder = build_model(cfg.model, data)
     method = PRETRAINERS.get(p.method)(encoder, p, data)
     pool = torch.arange(len(data.train))
@@ -163,8 +168,8 @@ def train_encoder(cfg: DictConfig, data: Any, engine: Engine) -> tuple[dict[str,
             return monitor(epoch)
         return {}
 
-    fit = engine.pretrain(method, data.train, pool, p, seed=derive_seed(cfg.seed, "pretrain"), on_epoch=on_epoch,
-                          desc=f"pretrain {p.method}")
+    fit = engine.pretrain(method, data.train, pool, p, seed=derive_seed(pretrain_seed(cfg), "pretrain"),
+                          on_epoch=on_epoch, desc=f"pretrain {p.method}")
     log[-1].update({f"train_{k}": round(v, 5) for k, v in fit.logs.items()}, train_s=round(fit.seconds, 2))
     engine.print(f"pretrain {p.method}: {p.epochs} epochs in {fit.seconds:.0f} s, "
                  f"kNN accuracy {100 * log[-1]['knn_acc']:.2f} %")
