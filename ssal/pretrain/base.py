@@ -60,7 +60,7 @@ def view_options(cfg: Any, data: Any) -> dict[str, Any]:
     Flips only where they keep the label, no colour-only jitter on grayscale images, no blur at
     <= 32 px, and no normalisation (the model normalises its [0, 1] inputs itself). The crops are
     resized to ``cfg.view_size`` px when it is set: a convolutional backbone's cost grows with the
-    pixel count, so e.g. 20 px views of 28 px images buy ~1.5x the epochs per CPU-minute, while
+    pixel count, so e.g. 20 px views of 28 px images buy ~1.7x the epochs per CPU-minute, while
     the encoder still sees whole images at their own size when fine-tuned and evaluated.
     """
     gray = data.channels == 1
