@@ -9,6 +9,9 @@ optimizer (SGD, nesterov momentum, weight decay) and cosine schedule. The engine
 
     .venv/bin/python scripts/bench_engine.py [--steps 200] [--repeats 3] [--batch-size 64]
     .venv/bin/python scripts/bench_engine.py --objectives [--steps 30] [--workers 0 2]
+
+On a GPU the same script times the CUDA path; ``--mixed-precision bf16`` (or fp16) times the
+objective steps under that autocast mode (Accelerate's ``mixed_precision``, one mode per process).
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ def make_data(n: int = 10_000) -> ImageDataset:
 
 def hand_loop(data: ImageDataset, cfg: TrainConfig, labeled: torch.Tensor) -> float:
     torch.manual_seed(0)
-    fmt = torch.channels_last
-    model = build_model(ModelConfig(), data).to(memory_format=fmt)
+    fmt, device = torch.channels_last, _device()
+    model = build_model(ModelConfig(), data).to(device, memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
                           weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / cfg.steps)))
@@ -58,12 +61,14 @@ def hand_loop(data: ImageDataset, cfg: TrainConfig, labeled: torch.Tensor) -> fl
             perm = torch.cat([perm, torch.randperm(len(labeled), generator=g)])
         pos, perm = perm[: cfg.batch_size], perm[cfg.batch_size:]
         idx = labeled[pos]
-        x, y = images[idx].float().div_(255).contiguous(memory_format=fmt), targets[idx]
+        x, y = images[idx].to(device).float().div_(255).contiguous(memory_format=fmt), targets[idx].to(device)
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     return (time.perf_counter() - t0) / cfg.steps
 
 
@@ -75,21 +80,22 @@ def engine_loop(engine: Engine, data: ImageDataset, cfg: TrainConfig, labeled: t
     return fit.seconds / cfg.steps
 
 
-def objective_steps(data: ImageDataset, steps: int, workers: list[int], batch_size: int) -> None:
+def objective_steps(data: ImageDataset, steps: int, workers: list[int], batch_size: int,
+                    precision: str) -> None:
     """Per objective (the train section of recipes/fashion_mnist/<name>.yaml, Fashion-MNIST-sized
     images, 100 labels): ms per step and the share of the step spent waiting for the batch, for
     each DataLoader worker count."""
     labeled, unlabeled = torch.arange(100), torch.arange(100, len(data.train))
     print(f"objective steps: batch {batch_size} labeled (+ mu x unlabeled), {steps} steps after 3 warm-up, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"{'objective':<12} {'workers':>7} {'ms/step':>9} {'waiting for data':>17}")
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}, device {_device_name()}")
+    print(f"{'objective':<12} {'precision':>9} {'workers':>7} {'ms/step':>9} {'waiting for data':>17}")
     for name in ("supervised", "fixmatch", "consistency", "tod", "contrastive"):
         cls = OBJECTIVES.get(name)
         recipe = load_recipe(ROOT / "recipes" / "fashion_mnist" / f"{name}.yaml",
                              [f"train.steps={steps}", f"train.batch_size={batch_size}"])
         cfg = recipe.train
         for w in workers:
-            engine = Engine(progress=False, num_workers=w)
+            engine = Engine(precision, progress=False, num_workers=w)
             torch.manual_seed(0)
             warm = OmegaConf.merge(cfg, {"steps": 3})
             engine.fit(build_model(ModelConfig(), data), cls, warm, data.train, labeled, data.train.targets[labeled],
@@ -97,7 +103,15 @@ def objective_steps(data: ImageDataset, steps: int, workers: list[int], batch_si
             fit = engine.fit(build_model(ModelConfig(), data), cls, cfg, data.train, labeled,
                              data.train.targets[labeled], unlabeled, hflip=True, seed=0)
             share = 100 * fit.data_seconds / fit.seconds
-            print(f"{name:<12} {w:>7} {1000 * fit.seconds / steps:>9.1f} {share:>16.1f}%")
+            print(f"{name:<12} {precision:>9} {w:>7} {1000 * fit.seconds / steps:>9.1f} {share:>16.1f}%")
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _device_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
 def main() -> None:
@@ -108,11 +122,13 @@ def main() -> None:
     ap.add_argument("--labeled", type=int, default=1000)
     ap.add_argument("--objectives", action="store_true", help="time one step of each semi-supervised objective")
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers (--objectives)")
+    ap.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"],
+                    help="autocast mode of the objective steps (fp16 needs a GPU)")
     args = ap.parse_args()
 
     data = make_data()
     if args.objectives:
-        objective_steps(data, args.steps, args.workers, args.batch_size)
+        objective_steps(data, args.steps, args.workers, args.batch_size, args.mixed_precision)
         return
     labeled = torch.arange(args.labeled)
     base = dict(steps=args.steps, batch_size=args.batch_size)
