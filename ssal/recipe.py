@@ -99,6 +99,7 @@ CHOICES = {
     "train.augment": ("weak", "strong", "none"),
     "train.consistency.student_view": ("weak", "strong"),
     "train.tod.student_view": ("weak", "strong"),
+    "train.fixmatch.threshold_mode": ("fixed", "adaptive"),
     "active.consistency.view": ("weak", "strong"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "data.channels": (1, 3),
@@ -407,7 +408,7 @@ def _validate_objective(t: DictConfig) -> None:
     for key in ("weight", "lambda_u", "supcon_weight", "ntxent_weight"):
         if key in o:
             _require(o[key] >= 0, f"{m}.{key} must be >= 0, got {o[key]}")
-    for key in ("teacher_decay", "ema_decay"):
+    for key in ("teacher_decay", "ema_decay", "adaptive_momentum"):
         if key in o:
             _require(0 <= o[key] < 1, f"{m}.{key} must be in [0, 1), got {o[key]}")
     if "threshold" in o:

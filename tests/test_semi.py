@@ -19,7 +19,7 @@ from ssal.semi import OBJECTIVES
 from ssal.semi.base import Objective
 from ssal.semi.consistency import consistency_loss, sigmoid_rampup
 from ssal.semi.contrastive import supcon_loss
-from ssal.semi.fixmatch import fixmatch_loss
+from ssal.semi.fixmatch import adaptive_thresholds, fixmatch_loss, update_adaptive_state
 from ssal.semi.tod import output_discrepancy_loss
 
 METHODS = ["supervised", "fixmatch", "consistency", "tod", "contrastive"]
@@ -70,6 +70,60 @@ def test_fixmatch_threshold_is_inclusive_and_an_empty_mask_leaves_the_supervised
     loss, mask, _ = fixmatch_loss(l_x, y, l_uw, l_us, threshold=0.99, lambda_u=1.0)
     assert mask.sum() == 0
     assert loss.item() == pytest.approx(ce_row([1.0, 0.0], 0))
+
+
+def test_fixmatch_loss_with_one_threshold_per_class():
+    # two classes with logits (log p, log(1-p)): confidence p, pseudo-label 0 when p > 0.5
+    rows = [(0.8, 0), (0.6, 0), (0.3, 1), (0.1, 1)]  # (p of class 0, pseudo-label)
+    l_uw = torch.tensor([[math.log(p), math.log(1 - p)] for p, _ in rows])
+    l_us = torch.tensor([[0.5, 0.0], [0.0, 0.5], [1.0, 0.0], [0.0, 2.0]])
+    l_x, y = torch.tensor([[1.0, 0.0]]), torch.tensor([0])
+    per_class = torch.tensor([0.7, 0.8])  # class 0 needs 0.7, class 1 needs 0.8
+    loss, mask, pseudo = fixmatch_loss(l_x, y, l_uw, l_us, per_class, lambda_u=0.5)
+    assert pseudo.tolist() == [t for _, t in rows]
+    # confidences 0.8, 0.6, 0.7, 0.9 against thresholds 0.7, 0.7, 0.8, 0.8
+    assert mask.tolist() == [1.0, 0.0, 0.0, 1.0]
+    expected = ce_row([1.0, 0.0], 0) + 0.5 * (ce_row([0.5, 0.0], 0) + ce_row([0.0, 2.0], 1)) / 4
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_adaptive_state_and_thresholds_by_hand():
+    g, c = torch.tensor(1 / 3), torch.full((3,), 1 / 3)
+    p1 = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1]])
+    update_adaptive_state(g, c, p1, momentum=0.9)
+    assert g.item() == pytest.approx(0.9 / 3 + 0.1 * 0.75)
+    assert c.tolist() == pytest.approx([0.3 + 0.1 * 0.4, 0.3 + 0.1 * 0.5, 0.3 + 0.1 * 0.1])
+    p2 = torch.tensor([[0.2, 0.2, 0.6]])
+    update_adaptive_state(g, c, p2, momentum=0.9)
+    g2 = 0.9 * (0.3 + 0.075) + 0.1 * 0.6
+    c2 = [0.9 * 0.34 + 0.02, 0.9 * 0.35 + 0.02, 0.9 * 0.31 + 0.06]
+    assert g.item() == pytest.approx(g2) and c.tolist() == pytest.approx(c2)
+    # the most probable class gets the global threshold, the others proportionally less
+    assert adaptive_thresholds(g, c).tolist() == pytest.approx([g2 * v / max(c2) for v in c2])
+
+
+def test_adaptive_fixmatch_objective_updates_its_state_then_masks_with_it():
+    torch.manual_seed(0)
+    obj = OBJECTIVES.get("fixmatch")(Tiny(), cfg_for("fixmatch", mu=2, threshold_mode="adaptive",
+                                                     adaptive_momentum=0.5)).train()
+    assert obj.global_confidence.item() == pytest.approx(1 / 3)
+    assert obj.class_probs.tolist() == pytest.approx([1 / 3] * 3)
+    batch = batch_for(obj)
+    snapshot = {k: v.clone() for k, v in obj.model.state_dict().items()}
+    loss, logs = obj(batch)
+    obj.model.load_state_dict(snapshot)
+    logits = obj.model(torch.cat([batch["x_l"], batch["u_w"], batch["u_s"]]))
+    probs = F.softmax(logits[4:12], dim=1)
+    g = 0.5 / 3 + 0.5 * probs.max(dim=1).values.mean()
+    c = 0.5 / 3 + 0.5 * probs.mean(dim=0)
+    assert obj.global_confidence.item() == pytest.approx(g.item(), rel=1e-5)
+    assert obj.class_probs.tolist() == pytest.approx(c.tolist(), rel=1e-5)
+    tau = g * c / c.max()
+    expected, mask, _ = fixmatch_loss(logits[:4], batch["y_l"], logits[4:12], logits[12:], tau, 1.0)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert logs["mask"] == pytest.approx(mask.mean().item())
+    assert logs["tau_max"].item() == pytest.approx(g.item(), rel=1e-5)
+    assert set(obj.extra_state()) == {"global_confidence", "class_probs"}  # checkpointed with the run
 
 
 # ----------------------------------------------------------------------------- consistency, tod
@@ -346,6 +400,19 @@ def test_tiny_run_per_objective(write_recipe, method):
     assert bool(ckpt["objective"]) == has_extra
 
 
+def test_tiny_run_with_adaptive_thresholds(write_recipe):
+    path = write_recipe("tiny_adaptive", train={"method": "fixmatch", "steps": 6, "batch_size": 8,
+                                                "fixmatch": {"threshold_mode": "adaptive", "adaptive_momentum": 0.5}},
+                        active={"rounds": 1, "strategy": "entropy"})
+    out = loop.run(load_recipe(path), progress=False)
+    rows = read_metrics(out)
+    assert [r["round"] for r in rows] == [0, 1]
+    assert all(0.0 < r["train_tau_min"] <= r["train_tau_max"] <= 1.0 for r in rows)
+    state = torch.load(out / "checkpoints" / "round_01.pt", weights_only=True)["objective"]
+    assert set(state) == {"global_confidence", "class_probs"}
+    assert state["class_probs"].sum().item() == pytest.approx(1.0, rel=1e-5)  # a running mean of distributions
+
+
 def test_resume_restores_the_teacher(write_recipe, monkeypatch):
     """reinit=false continues the student and its EMA teacher across rounds; a run killed in
     round 1 and resumed ends with exactly the teacher of an uninterrupted run."""
@@ -429,6 +496,19 @@ def test_objectives_with_extra_modules_under_two_processes(tmp_path):
         "    assert torch.equal(both[0], both[1]), method\n"
         "    extra = [p for n, p in obj.named_parameters() if p.requires_grad and not n.startswith('model.')]\n"
         "    assert (len(extra) > 0) == (method != 'consistency'), method\n"
+        "# adaptive FixMatch thresholds: each process sees its own batches, both keep the same state\n"
+        "cfg = from_dict({'data': {'dataset': 'digits', 'pool_size': 300},\n"
+        "                 'train': {'method': 'fixmatch', 'steps': 3, 'batch_size': 8,\n"
+        "                           'fixmatch': {'threshold_mode': 'adaptive', 'adaptive_momentum': 0.5, 'mu': 2}},\n"
+        "                 'active': {'initial': 20, 'rounds': 0}})\n"
+        "torch.manual_seed(0)\n"
+        "fit = engine.fit(build_model(cfg.model, data), OBJECTIVES.get('fixmatch'), cfg.train, data.train, lab,\n"
+        "                 data.train.targets[lab], unl, hflip=False, seed=1)\n"
+        "state = torch.cat([fit.objective.global_confidence.view(1), fit.objective.class_probs])\n"
+        "assert abs(state[0].item() - 0.1) > 1e-4  # it moved from 1 / C\n"
+        "both = [torch.zeros_like(state) for _ in range(2)]\n"
+        "dist.all_gather(both, state)\n"
+        "assert torch.equal(both[0], both[1]), both\n"
         "print(f'rank {engine.rank} ok', flush=True)\n"
         "engine.close()\n"
     )
