@@ -1,0 +1,83 @@
+"""Failpoints: named places in the code where a test makes this process die or an I/O call fail.
+
+Crash safety is only believable when it is tested at exact points, not after a sleep. A test sets
+``SSAL_FAILPOINTS`` to comma-separated ``name=action`` pairs, e.g.
+``SSAL_FAILPOINTS="train.step=kill@30,write:pool.json=enospc"``:
+
+- ``name`` is a failpoint's name or a glob of names (``write:round_*.pt``);
+- ``action`` is ``kill`` (SIGKILL to this process: a crash at exactly that point, no cleanup
+  runs), ``crash`` (raise :class:`SimulatedCrash`, which no handler of ssal catches: for tests that
+  run in the test process) or an ``OSError`` to raise: ``enospc`` (disk full), ``eacces``
+  (permission denied), ``erofs`` (read-only file system), ``eio`` (I/O error);
+- ``@n`` acts on the n-th hit of that name (default: the first), ``@n+`` on every hit from the n-th.
+
+The names in the code: ``pretrain.step`` and ``train.step`` (before each optimizer step),
+``evaluate``, ``signals`` (after the signal pass), ``select`` (after a strategy chose),
+``round.end`` (after a round is committed), and ``write:<file name>`` (every atomic write, after
+the temporary file is on disk and before it replaces the target). Without the variable (always,
+outside tests) a failpoint is a call of an empty function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fnmatch
+import os
+import signal
+from collections.abc import Iterator
+
+ENV = "SSAL_FAILPOINTS"
+_ERRORS = {"enospc": errno.ENOSPC, "eacces": errno.EACCES, "erofs": errno.EROFS, "eio": errno.EIO}
+
+
+class SimulatedCrash(BaseException):  # noqa: N818 - a crash, not an error: nothing should catch it
+    """The ``crash`` action: the process "dies" here, as far as ssal's own code can tell."""
+
+
+def _parse(spec: str) -> list[tuple[str, str, int, bool]]:
+    rules = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        name, _, action = item.partition("=")
+        action, _, at = action.partition("@")
+        if action not in ("kill", "crash", *_ERRORS) or not name:
+            raise ValueError(f"{ENV}: bad failpoint '{item}' (want name=kill|crash|enospc|eacces|erofs|eio[@n])")
+        every = at.endswith("+")
+        rules.append((name, action, int(at.rstrip("+") or 1), every))
+    return rules
+
+
+_RULES = _parse(os.environ.get(ENV, ""))
+_HITS: dict[str, int] = {}
+
+
+@contextlib.contextmanager
+def active(spec: str) -> Iterator[None]:
+    """Failpoints of ``spec`` (the syntax of ``SSAL_FAILPOINTS``) in this process, for a ``with`` block."""
+    global _RULES
+    saved = _RULES, dict(_HITS)
+    _RULES = _parse(spec)
+    _HITS.clear()
+    try:
+        yield
+    finally:
+        _RULES = saved[0]
+        _HITS.clear()
+        _HITS.update(saved[1])
+
+
+def failpoint(name: str) -> None:
+    """Do what ``SSAL_FAILPOINTS`` says for ``name`` (nothing when it does not name it)."""
+    if not _RULES:
+        return
+    for pattern, action, at, every in _RULES:
+        if not fnmatch.fnmatchcase(name, pattern):
+            continue
+        _HITS[pattern] = hit = _HITS.get(pattern, 0) + 1
+        if hit == at or (every and hit > at):
+            if action == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if action == "crash":
+                raise SimulatedCrash(name)
+            code = _ERRORS[action]
+            raise OSError(code, os.strerror(code))
