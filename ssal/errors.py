@@ -18,6 +18,10 @@ class DataError(SsalError):
     """A data set or label file is missing or malformed."""
 
 
+class Interrupted(SsalError):
+    """Ctrl-C or SIGTERM during a run: what is committed stays; the message says how to continue."""
+
+
 def closest(name: str, choices: Iterable[str]) -> str | None:
     """The closest of ``choices`` to ``name``, or None when nothing is reasonably close."""
     match = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.6)

@@ -7,6 +7,7 @@ Every mistake a user can make in a recipe is caught here, before anything runs, 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,18 +137,53 @@ def schema() -> type:
 
 # ----------------------------------------------------------------------------- loading
 
-def _read_yaml(path: Path) -> dict:
+def read_yaml(path: Path, what: str = "recipe") -> Any:
+    """The content of a YAML file; a one-line :class:`ConfigError` when it is missing, unreadable, not
+    YAML, or sets a key twice (YAML keeps the last silently, which drops a whole block)."""
+    if path.is_dir():
+        raise ConfigError(f"{what} '{path}' is a folder; give a YAML file")
     if not path.is_file():
-        raise ConfigError(f"recipe file '{path}' not found; check the path (recipes live in recipes/)")
+        raise ConfigError(f"{what} file '{path}' not found; check the path" +
+                          (" (recipes live in recipes/)" if what == "recipe" else ""))
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} '{path}' is not a text file (not UTF-8); give a YAML file") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} '{path}': {e.strerror}") from None
+    try:
+        _check_duplicate_keys(yaml.compose(text), f"{what} '{path}'")
+        return yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"recipe '{path}' is not valid YAML:{where}: {problem}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"cannot read recipe '{path}': {e}") from None
+        raise ConfigError(f"{what} '{path}' is not valid YAML:{where}: {problem}") from None
+
+
+def _check_duplicate_keys(node: Any, where: str, prefix: str = "", seen: set | None = None) -> None:
+    seen = set() if seen is None else seen
+    if node is None or id(node) in seen:  # an alias repeats a node already checked
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key != "<<":
+                line = key_node.start_mark.line + 1
+                if key in lines:
+                    raise ConfigError(f"{where} sets '{prefix}{key}' twice (lines {lines[key]} and {line}); YAML would "
+                                      "keep only the second: merge them into one")
+                lines[key] = line
+            _check_duplicate_keys(value_node, where, f"{prefix}{key}.", seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicate_keys(item, where, f"{prefix}{i}.", seen)
+
+
+def _read_recipe(path: Path) -> dict:
+    data = read_yaml(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -162,7 +198,7 @@ def _chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"recipe '{path}' extends itself (cycle: {' -> '.join(p.name for p in seen + (path,))})")
-    data = _read_yaml(path)
+    data = _read_recipe(path)
     parents = data.pop("extends", None)
     if parents is None:
         return [(path, data)]
@@ -207,7 +243,29 @@ def _missing_leaves(data: Any, prefix: str = "") -> list[str]:
     return out
 
 
+def _sections(cfg: DictConfig, data: Any, source: str, prefix: str = "") -> Any:
+    """``data`` with empty sections (``train:`` with nothing under it) dropped; a value given to a
+    section that is not a mapping (``train=5``) is an error naming that section."""
+    if isinstance(data, DictConfig):
+        data = OmegaConf.to_container(data)
+    if not isinstance(data, dict) or not isinstance(cfg, DictConfig):
+        return data
+    out = {}
+    for k, v in data.items():
+        node = cfg._get_node(k) if isinstance(k, str) and k in cfg else None
+        if isinstance(node, DictConfig):
+            if v is None:
+                continue
+            if not isinstance(v, dict):
+                raise ConfigError(f"{source}: {prefix}{k} is a section of keys, not a value (got {v!r}); set one of "
+                                  f"its keys, e.g. {prefix}{k}.{next(iter(node.keys()), 'key')}=...")
+            v = _sections(node, v, source, f"{prefix}{k}.")
+        out[k] = v
+    return out
+
+
 def _merge(cfg: DictConfig, data: Any, source: str) -> DictConfig:
+    data = _sections(cfg, data, source)
     try:
         merged = OmegaConf.merge(cfg, data)
         for key in _missing_leaves(data):  # merging '???' keeps the old value; mark it as required
@@ -254,6 +312,8 @@ def parse_overrides(overrides: list[str]) -> DictConfig:
         key = o.split("=", 1)[0]
         if "=" not in o or not key or " " in key:
             raise ConfigError(f"override '{o}' must look like key=value (e.g. active.strategy=entropy)")
+        if not all(part.isidentifier() for part in key.split(".")):
+            raise ConfigError(f"override '{o}': '{key}' is not a recipe key (dotted names, e.g. train.steps=5)")
     try:
         return OmegaConf.from_dotlist(list(overrides))
     except (OmegaConfBaseException, yaml.YAMLError) as e:
@@ -314,6 +374,10 @@ def validate(cfg: DictConfig) -> None:
     from ssal.select import INITIAL_STRATEGIES, STRATEGIES
     from ssal.semi import OBJECTIVES
 
+    _require_finite(cfg)
+    for key in ("seed", "pretrain.seed"):
+        value = OmegaConf.select(cfg, key)
+        _require(value is None or 0 <= value < 2**63, f"{key} must be in [0, 2**63), got {value}")
     for key, reg in (("data.dataset", DATASETS), ("pretrain.method", PRETRAINERS), ("train.method", OBJECTIVES),
                      ("active.strategy", STRATEGIES), ("active.initial_strategy", INITIAL_STRATEGIES)):
         name = OmegaConf.select(cfg, key)
@@ -375,6 +439,15 @@ def validate(cfg: DictConfig) -> None:
         _require(needed <= d.pool_size,
                  f"active.initial + active.rounds * active.budget = {needed} labels, more than data.pool_size="
                  f"{d.pool_size}; lower the budget or rounds, or enlarge the pool")
+
+
+def _require_finite(node: Any, prefix: str = "") -> None:
+    """Every number of the recipe is finite (inf and nan pass most range checks and poison training)."""
+    if isinstance(node, DictConfig):
+        for k in node.keys():
+            _require_finite(node[k], f"{prefix}{k}.")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{prefix.rstrip('.')} must be a finite number, got {node}")
 
 
 def _validate_strategy(cfg: DictConfig) -> None:
