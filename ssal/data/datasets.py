@@ -8,6 +8,7 @@ indices: small data sets live in memory as one uint8 tensor; ``imagefolder`` dec
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import pickle
 import struct
@@ -38,6 +39,19 @@ class Split:
     def subset(self, indices: torch.Tensor) -> Split:
         return SubsetSplit(self, indices)
 
+    def fingerprint(self) -> str:
+        """A digest of what index i means for every i: the images (or their files) and labels, in order."""
+        if getattr(self, "_fingerprint", None) is None:
+            self._fingerprint = self._digest()
+        return self._fingerprint
+
+    def _digest(self) -> str:
+        raise NotImplementedError
+
+    def files(self) -> tuple[Path, list[str]] | None:
+        """(root, paths relative to it) for images decoded from files, None for images in memory."""
+        return None
+
 
 class TensorSplit(Split):
     """All images in memory as one uint8 tensor."""
@@ -56,6 +70,13 @@ class TensorSplit(Split):
     def subset(self, indices: torch.Tensor) -> Split:
         return TensorSplit(self.images[indices], self.targets[indices])
 
+    def _digest(self) -> str:
+        h = hashlib.blake2b(digest_size=16)
+        h.update(repr(tuple(self.images.shape)).encode())
+        h.update(self.images.contiguous().numpy().tobytes())
+        h.update(self.targets.numpy().tobytes())
+        return h.hexdigest()
+
 
 class SubsetSplit(Split):
     def __init__(self, base: Split, indices: torch.Tensor):
@@ -64,6 +85,14 @@ class SubsetSplit(Split):
 
     def load(self, indices: torch.Tensor) -> torch.Tensor:
         return self.base.load(self.indices[indices])
+
+    def _digest(self) -> str:
+        return hashlib.blake2b(self.base.fingerprint().encode() + self.indices.numpy().tobytes(),
+                               digest_size=16).hexdigest()
+
+    def files(self) -> tuple[Path, list[str]] | None:
+        base = self.base.files()
+        return None if base is None else (base[0], [base[1][i] for i in self.indices.tolist()])
 
 
 @dataclass
@@ -78,17 +107,43 @@ class ImageDataset:
     std: tuple[float, ...]
     hflip: bool  # whether a horizontal flip keeps the label (not for digits)
 
+    def __post_init__(self) -> None:
+        for which, split in (("train", self.train), ("test", self.test)):
+            bad = (split.targets < 0) | (split.targets >= len(self.classes))
+            if len(split) and bad.any():
+                i = int(bad.nonzero()[0])
+                raise DataError(f"{self.name}: the {which} split has label {int(split.targets[i])} at index {i}, "
+                                f"outside 0..{len(self.classes) - 1} ({len(self.classes)} classes); its label file is "
+                                "damaged or belongs to another data set")
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def fingerprint(self) -> dict:
+        """What the pool's indices mean (the run directory stores it; the pretraining cache key holds it)."""
+        return {"dataset": self.name, "n": len(self.train), "classes": list(self.classes),
+                "digest": self.train.fingerprint()}
 
-def load_dataset(cfg, seed: int = 0) -> ImageDataset:
-    """Build the data set of a recipe's ``data`` section (``pool_size``/``test_size`` applied)."""
+    def save_caches(self) -> None:
+        """Remember the image check's results (see :mod:`ssal.data.imagecheck`); best effort."""
+        for remember in getattr(self, "pending_caches", []):
+            remember()
+        self.pending_caches = []
+
+
+def load_dataset(cfg, seed: int = 0, cache_dir: str | None = None) -> ImageDataset:
+    """Build the data set of a recipe's ``data`` section (``pool_size``/``test_size`` applied). Images
+    decoded from files are checked to decode (:mod:`ssal.data.imagecheck`); with ``cache_dir`` the
+    files that passed are remembered once :meth:`ImageDataset.save_caches` is called."""
+    from ssal.data.imagecheck import check_images
+
     builder = DATASETS.get(cfg.dataset)
     ds: ImageDataset = builder(cfg)
     ds.train = _subsample(ds.train, cfg.pool_size, seed, "data.pool_size", "train")
     ds.test = _subsample(ds.test, cfg.test_size, seed + 1, "data.test_size", "test")
+    ds.pending_caches = [remember for split in (ds.train, ds.test) if split.files() is not None
+                         for remember in [check_images(*split.files(), cache_dir)]]
     return ds
 
 
@@ -160,6 +215,9 @@ def fashion_mnist(cfg) -> ImageDataset:
                             f"{prefix}-labels-idx1-ubyte[.gz]) not found in {root}; {FASHION_MNIST_HOWTO}")
         images = torch.from_numpy(read_idx(img_path).copy()).unsqueeze(1)
         labels = torch.from_numpy(read_idx(lab_path).astype(np.int64))
+        if len(images) != len(labels):
+            raise DataError(f"{img_path} holds {len(images)} images but {lab_path} {len(labels)} labels; the files "
+                            "belong to different versions: reinstall or re-download the data set")
         if images.ndim != 4 or labels.ndim != 1:
             raise DataError(f"{img_path} / {lab_path} have unexpected shapes "
                             f"{tuple(images.shape)} / {tuple(labels.shape)}")
@@ -251,12 +309,23 @@ def cifar100(cfg) -> ImageDataset:
 # ----------------------------------------------------------------------------- image folder
 
 class FolderSplit(Split):
-    """Images decoded from files on demand, resized to a fixed size."""
+    """Images decoded from files under ``root`` on demand, resized to a fixed size."""
 
-    def __init__(self, samples: list[tuple[str, int]], size: tuple[int, int], channels: int):
+    def __init__(self, samples: list[tuple[str, int]], size: tuple[int, int], channels: int, root: Path):
         self.paths = [p for p, _ in samples]
         self.targets = torch.tensor([t for _, t in samples], dtype=torch.long)
-        self.size, self.channels = size, channels
+        self.size, self.channels, self.root = size, channels, Path(root)
+
+    def files(self) -> tuple[Path, list[str]]:
+        return self.root, [os.path.relpath(p, self.root) for p in self.paths]
+
+    def _digest(self) -> str:
+        h = hashlib.blake2b(digest_size=16)
+        h.update(repr((self.size, self.channels)).encode())
+        for rel in self.files()[1]:
+            h.update(rel.encode() + b"\0")
+        h.update(self.targets.numpy().tobytes())
+        return h.hexdigest()
 
     def load_one(self, i: int) -> torch.Tensor:
         from PIL import Image
@@ -289,9 +358,14 @@ def imagefolder(cfg) -> ImageDataset:
     except (FileNotFoundError, RuntimeError) as e:
         raise DataError(f"{e}; {howto}") from None
     if tr.classes != te.classes:
-        raise DataError(f"train/ and {test_dir.name}/ have different class folders; make them match")
+        only_train = sorted(set(tr.classes) - set(te.classes))
+        only_test = sorted(set(te.classes) - set(tr.classes))
+        raise DataError(f"{root}: train/ and {test_dir.name}/ have different class folders (only in train/: "
+                        f"{', '.join(only_train) or '-'}; only in {test_dir.name}/: {', '.join(only_test) or '-'}); "
+                        "make them match")
     size = (cfg.image_size, cfg.image_size)
     channels = cfg.channels
-    return ImageDataset("imagefolder", FolderSplit(tr.samples, size, channels), FolderSplit(te.samples, size, channels),
+    return ImageDataset("imagefolder", FolderSplit(tr.samples, size, channels, root / "train"),
+                        FolderSplit(te.samples, size, channels, test_dir),
                         tr.classes, channels=channels, image_size=size,
                         mean=(0.5,) * channels, std=(0.25,) * channels, hflip=True)

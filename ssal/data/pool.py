@@ -2,32 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from pathlib import Path
-
 import torch
-
-from ssal.errors import DataError
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a file so that a reader sees either the old or the new content, never a partial one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class ActivePool:
@@ -95,15 +70,19 @@ class ActivePool:
         self._round[idx] = rnd
         self._order.extend(idx.tolist())
 
-    def truncate(self, max_round: int) -> None:
-        """Forget every label acquired for a round after ``max_round`` (used by resume)."""
-        drop = [i for i in self._order if self._round[i] > max_round]
-        if drop:
-            d = torch.tensor(drop)
-            self._labels[d] = -1
-            self._round[d] = -1
-            dropped = set(drop)
-            self._order = [i for i in self._order if i not in dropped]
+    def head(self, count: int) -> ActivePool:
+        """A new pool with only the first ``count`` labels in acquisition order."""
+        if not 0 <= count <= self.n_labeled:
+            raise ValueError(f"head({count}) of a pool with {self.n_labeled} labels")
+        out = ActivePool(self.n)
+        keep = torch.tensor(self._order[:count], dtype=torch.long)
+        out.label(keep, self._labels[keep], self._round[keep])
+        return out
+
+    def round_of(self, r: int) -> torch.Tensor:
+        """The indices acquired for round ``r``, in acquisition order."""
+        idx = self.labeled_indices
+        return idx[self._round[idx] == r]
 
     def state_dict(self) -> dict:
         return {"n": self.n, "labeled": [[i, int(self._labels[i]), int(self._round[i])] for i in self._order]}
@@ -120,15 +99,11 @@ class ActivePool:
         fresh.label(rows[:, 0], rows[:, 1], rows[:, 2])
         self.__dict__.update(fresh.__dict__)
 
-    def save(self, path: str | os.PathLike) -> None:
-        atomic_write_text(path, json.dumps(self.state_dict()))
-
     @classmethod
-    def load(cls, path: str | os.PathLike) -> ActivePool:
-        try:
-            state = json.loads(Path(path).read_text())
-            pool = cls(int(state["n"]))
-            pool.load_state_dict(state)
-        except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
-            raise DataError(f"{path} is not a valid pool file ({type(e).__name__}: {e})") from None
+    def from_state(cls, state: dict) -> ActivePool:
+        """A pool from :meth:`state_dict`'s form; a malformed ``state`` raises ValueError (or KeyError, ...)."""
+        if not isinstance(state, dict) or isinstance(state.get("n"), bool) or not isinstance(state.get("n"), int):
+            raise ValueError("'n' must be an integer")
+        pool = cls(state["n"])
+        pool.load_state_dict(state)
         return pool

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from lightly.utils.benchmarking import knn_predict
 
 
 def knn_accuracy(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.Tensor,
@@ -15,6 +14,10 @@ def knn_accuracy(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.T
     ``bank`` [N, D] with ``bank_labels`` [N] votes for ``queries`` [M, D]; features are
     L2-normalised here. Queries go in chunks so at most ``chunk x N`` similarities exist at once.
     """
+    # imported here: lightly.utils.benchmarking pulls in pytorch_lightning, 3.3 of the 10 s that
+    # importing ssal.loop took (python -X importtime), paid by every command, typos included
+    from lightly.utils.benchmarking import knn_predict
+
     bank_t = F.normalize(bank.float(), dim=1).t().contiguous()
     k = min(k, len(bank))
     correct = 0

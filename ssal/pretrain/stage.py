@@ -10,7 +10,6 @@ key or fails the checksum is reported and rebuilt, never loaded.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -20,19 +19,16 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ssal.data.pool import atomic_write_text
+from ssal import files
 from ssal.engine import Engine, derive_seed
+from ssal.errors import ConfigError
 from ssal.models import build_model
 from ssal.pretrain.base import PRETRAINERS
 from ssal.pretrain.knn import knn_accuracy, pixels
 
-FORMAT = 1
+FORMAT = 2
 MONITOR_KEYS = ("method", "eval_every", "knn_k", "knn_temperature")  # do not change the weights
 DATA_KEYS_IGNORED = ("num_workers", "test_size")
-
-
-def _digest(data: bytes) -> str:
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def pretrain_seed(cfg: DictConfig) -> int:
@@ -40,37 +36,41 @@ def pretrain_seed(cfg: DictConfig) -> int:
     return cfg.seed if cfg.pretrain.seed is None else cfg.pretrain.seed
 
 
-def key_fields(cfg: DictConfig, data: Any) -> dict:
-    """What determines the pretrained weights (hashed into the cache key)."""
+def encoder_identity(cfg: DictConfig) -> dict:
+    """What of the recipe determines the pretrained weights: the data section (but the pool's own
+    fingerprint, known once the data is loaded, is added by :func:`key_fields`), the backbone, the
+    pretraining section (the chosen method's options only, monitor settings excluded) and the seed."""
     p = OmegaConf.to_container(cfg.pretrain)
     section = {k: v for k, v in p.items() if k not in MONITOR_KEYS + ("seed",) and not isinstance(v, dict)}
     section["method"] = cfg.pretrain.method
     if isinstance(p.get(cfg.pretrain.method), dict):
         section[cfg.pretrain.method] = p[cfg.pretrain.method]
     d = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if k not in DATA_KEYS_IGNORED}
-    pool = {"n": len(data.train), "targets": _digest(data.train.targets.numpy().tobytes()),
-            "first_image": _digest(data.train.load(torch.arange(1)).numpy().tobytes())}
-    return {"format": FORMAT, "data": d, "pool": pool, "backbone": cfg.model.backbone,
-            "pretrain": section, "seed": pretrain_seed(cfg)}
+    return {"format": FORMAT, "data": d, "backbone": cfg.model.backbone, "pretrain": section,
+            "seed": pretrain_seed(cfg)}
+
+
+def key_fields(cfg: DictConfig, data: Any) -> dict:
+    """What determines the pretrained weights (hashed into the cache key)."""
+    return {**encoder_identity(cfg), "pool": data.fingerprint()}
 
 
 def cache_key(fields: dict) -> str:
-    return _digest(json.dumps(fields, sort_keys=True).encode())
+    return files.json_digest(fields)
 
 
 def cache_path(cfg: DictConfig, key: str) -> Path:
     return Path(os.path.expanduser(cfg.cache_dir)) / "pretrain" / f"{key}.pt"
 
 
-def checksum(state: dict[str, torch.Tensor]) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
-    return h.hexdigest()
+def check_cache_dir(cfg: DictConfig) -> None:
+    """A one-line error when the recipe pretrains and its cache_dir cannot be written. Reads only."""
+    if cfg.pretrain.method == "none":
+        return
+    problem = files.writable_problem(cfg.cache_dir)
+    if problem:
+        raise ConfigError(f"cache_dir '{cfg.cache_dir}' cannot be used: {problem}; set cache_dir=... to a "
+                          "writable folder")
 
 
 def load_entry(path: Path, key: str) -> tuple[dict | None, str | None]:
@@ -85,28 +85,25 @@ def load_entry(path: Path, key: str) -> tuple[dict | None, str | None]:
         return None, "not an ssal pretraining cache entry"
     if entry["format"] != FORMAT or entry["key"] != key:
         return None, "written for another key or format"
-    if checksum(entry["backbone"]) != entry["checksum"]:
+    if files.tensor_checksum(entry["backbone"]) != entry["checksum"]:
         return None, "checksum mismatch"
     return entry, None
 
 
 def save_entry(path: Path, key: str, fields: dict, state: dict, log: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    files.mkdirs(path.parent)
+    files.remove_stale_tmp(path.parent, only_dead=True)  # other processes may be writing entries now
     entry = {"format": FORMAT, "key": key, "fields": json.dumps(fields, sort_keys=True), "backbone": state,
-             "checksum": checksum(state), "log": log}
-    with open(tmp, "wb") as f:
-        torch.save(entry, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    atomic_write_text(path.with_suffix(".jsonl"), "".join(json.dumps(line) + "\n" for line in log))
+             "checksum": files.tensor_checksum(state), "log": log}
+    files.torch_save(path, entry)
+    files.write_text(path.with_suffix(".jsonl"), "".join(files.dumps(line) + "\n" for line in log))
 
 
 def pretrained_encoder(cfg: DictConfig, data: Any, engine: Engine, *, use_cache: bool = True,
-                       run_dir: Path | None = None) -> dict[str, torch.Tensor] | None:
+                       run_dir: Any = None) -> dict[str, torch.Tensor] | None:
     """The pretrained backbone's state dict (from the cache or trained now), or None for
-    ``pretrain.method: none``. Writes the monitor log to ``run_dir/pretrain.jsonl``."""
+    ``pretrain.method: none``. Writes the monitor log to the run directory (a
+    :class:`ssal.rundir.RunDir`)'s ``pretrain.jsonl``."""
     if cfg.pretrain.method == "none":
         return None
     fields = key_fields(cfg, data)
@@ -126,9 +123,8 @@ def pretrained_encoder(cfg: DictConfig, data: Any, engine: Engine, *, use_cache:
             save_entry(path, key, fields, state, log)
             engine.print(f"pretrain: cached the encoder at {path}")
         engine.accelerator.wait_for_everyone()
-    if run_dir is not None and engine.is_main:
-        atomic_write_text(run_dir / "pretrain.jsonl", "".join(json.dumps({**line, "cache": str(path)}) + "\n"
-                                                              for line in log))
+    if run_dir is not None:
+        run_dir.write_pretrain_log([{**line, "cache": str(path)} for line in log])
     return state
 
 
