@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 
-from ssal.errors import SsalError
+from ssal.errors import Interrupted, SsalError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,8 +27,11 @@ def _parser() -> argparse.ArgumentParser:
                                    "with dotted recipe keys, e.g. active.strategy=entropy train.steps=500.")
     r.add_argument("recipe", nargs="?", help="recipe YAML file")
     r.add_argument("overrides", nargs="*", help="key=value recipe overrides")
-    r.add_argument("--resume", metavar="RUN_DIR", help="continue a run after its last completed round")
-    r.add_argument("--force", action="store_true", help="overwrite output_dir if it already holds a run")
+    r.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a run after its last committed round; key=value overrides may change only "
+                        "the keys that keep its labels' meaning, e.g. active.rounds=10 (see README)")
+    r.add_argument("--force", action="store_true",
+                   help="replace the run in output_dir (only ever deletes an ssal run directory)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--no-cache", action="store_true", help="pretrain anew instead of using the cached encoder")
 
@@ -69,9 +75,13 @@ def cmd_run(args) -> int:
     from ssal.recipe import load_recipe
 
     if args.resume:
-        if args.recipe or args.overrides:
-            raise SsalError("--resume takes only the run directory; its recipe.yaml is used as it is")
-        cfg = loop.resume_recipe(args.resume)
+        if args.recipe and "=" not in args.recipe:
+            raise SsalError("--resume takes the run directory and key=value overrides, not a recipe file "
+                            "(the run's own recipe is used)")
+        if args.force:
+            raise SsalError("--resume continues a run and --force replaces one; give only one of them")
+        overrides = [args.recipe, *args.overrides] if args.recipe else list(args.overrides)
+        cfg = loop.resume_recipe(args.resume, overrides)
         loop.run(cfg, resume=True, progress=not args.no_progress, use_cache=not args.no_cache)
     else:
         if not args.recipe:
@@ -84,14 +94,17 @@ def cmd_run(args) -> int:
 def cmd_pretrain(args) -> int:
     from ssal.data import load_dataset
     from ssal.engine import Engine
-    from ssal.pretrain.stage import pretrained_encoder
+    from ssal.pretrain.stage import check_cache_dir, pretrained_encoder
     from ssal.recipe import load_recipe
 
     cfg = load_recipe(args.recipe, args.overrides)
     if cfg.pretrain.method == "none":
         raise SsalError(f"{args.recipe} has pretrain.method: none; set it, e.g. pretrain.method=simclr")
-    data = load_dataset(cfg.data, seed=cfg.seed)
+    check_cache_dir(cfg)
+    data = load_dataset(cfg.data, seed=cfg.seed, cache_dir=cfg.cache_dir)
     engine = Engine(cfg.train.mixed_precision, cfg.data.num_workers, progress=not args.no_progress)
+    if engine.is_main:
+        data.save_caches()
     pretrained_encoder(cfg, data, engine, use_cache=not args.no_cache)
     return 0
 
@@ -119,8 +132,11 @@ def cmd_report(args) -> int:
     single = Path(args.runs[0])
     out = Path(args.out) if args.out else single if len(args.runs) == 1 and (single / "cells").is_dir() \
         else Path("report")
-    if out.exists() and not out.is_dir():
-        raise SsalError(f"--out '{out}' is a file; give a directory")
+    from ssal.files import writable_problem
+
+    problem = writable_problem(out)
+    if problem:
+        raise SsalError(f"--out '{out}' cannot be used: {problem}; give a writable folder")
     paths = write_report(rows, out, title=args.title or (single.name if len(args.runs) == 1 else "Comparison"))
     print(f"wrote {paths['results']}, {paths['summary']}, {paths['curves']}, {paths['aubc']}")
     return 0
@@ -153,24 +169,45 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt  # the same clean stop as Ctrl-C: committed rounds kept, one line
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may also come after an option (ssal run R.yaml --force a.b=1)
-    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+    stray = [e for e in extra if "=" not in e or e.startswith("-")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}" + (
+            " (overrides look like key=value)" if any(not e.startswith("-") for e in stray) else ""))
+    if extra:
+        if not hasattr(args, "overrides"):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    main_process = os.environ.get("RANK", "0") == "0"  # under torchrun, one line from the main process
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
+        else None
     try:
         return {"run": cmd_run, "pretrain": cmd_pretrain, "compare": cmd_compare, "report": cmd_report,
                 "list": cmd_list}[args.command](args)
     except SsalError as e:
-        sys.stderr.write(f"ssal: error: {e}\n")
-        return 2
+        if main_process:
+            sys.stderr.write(f"ssal: error: {e}\n")
+        return 130 if isinstance(e, Interrupted) else 2
     except KeyboardInterrupt:
-        sys.stderr.write("ssal: interrupted\n")
+        if main_process:
+            sys.stderr.write("ssal: interrupted\n")
         return 130
+    except OSError as e:  # the environment, not ssal: a folder that vanished, a device error, ...
+        if main_process:
+            where = f" ({e.filename})" if e.filename else ""
+            sys.stderr.write(f"ssal: error: {(e.strerror or str(e)).lower()}{where}; check the disk and the paths "
+                             "given, then run the same command again\n")
+        return 2
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if "ssal.engine" in sys.modules:  # only if a command used the engine (and maybe a process group)
             sys.modules["ssal.engine"].shutdown_distributed()
 

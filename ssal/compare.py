@@ -46,11 +46,12 @@ from typing import Any
 import yaml
 from omegaconf import OmegaConf
 
-from ssal.data.pool import atomic_write_text
-from ssal.errors import ConfigError
-from ssal.pretrain.stage import pretrain_seed
-from ssal.recipe import load_recipe, to_yaml
-from ssal.report import collect_rows, method_label, read_metrics, strategy_label, write_report
+from ssal import files
+from ssal.errors import ConfigError, DataError, Interrupted
+from ssal.pretrain.stage import encoder_identity
+from ssal.recipe import load_recipe, read_yaml, to_yaml
+from ssal.report import collect_rows, method_label, strategy_label, write_report
+from ssal.rundir import RunDir, read_metrics
 
 SPEC_KEYS = ("recipe", "output_dir", "overrides", "grid", "title")
 LABEL_AXES = ("method", "strategy")
@@ -134,12 +135,7 @@ def load_spec(path: str | os.PathLike, output_dir: str | None = None, overrides:
     """Parse a spec and resolve + validate every cell's recipe. Writes nothing. ``overrides``
     (key=value, from the command line) apply to every cell, after the spec's own."""
     spec = Path(path)
-    if not spec.is_file():
-        raise ConfigError(f"comparison spec '{spec}' not found; check the path")
-    try:
-        data = yaml.safe_load(spec.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"comparison spec '{spec}' is not valid YAML: {str(e).splitlines()[0]}") from None
+    data = read_yaml(spec, "comparison spec") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"comparison spec '{spec}' must be a mapping with keys {', '.join(SPEC_KEYS)}")
     unknown = sorted(set(data) - set(SPEC_KEYS))
@@ -192,19 +188,24 @@ def load_spec(path: str | os.PathLike, output_dir: str | None = None, overrides:
 
 
 def cell_state(cell: Cell) -> tuple[str, int]:
-    """('done' | 'partial' | 'new', committed rounds). Raises ConfigError if the cell's directory
-    holds a run of a different recipe (the spec changed since)."""
-    d = Path(cell.cfg.output_dir)
-    if not (d / "recipe.yaml").is_file():
+    """('done' | 'partial' | 'new', committed rounds). Raises a one-line error if the cell's directory
+    holds a run of a different recipe (the spec changed since), is damaged, or is in use."""
+    d = RunDir(cell.cfg.output_dir)
+    kind = d.kind()
+    if kind in ("absent", "empty"):
         return "new", 0
-    stored = load_recipe(d / "recipe.yaml", [f"output_dir={json.dumps(str(d))}"])
-    a, b = OmegaConf.to_container(stored), OmegaConf.to_container(cell.cfg)
-    a.pop("name", None), b.pop("name", None)
+    if kind == "other":
+        raise ConfigError(f"{d.path} holds files that are not an ssal run; move them away, or choose another "
+                          "output_dir for the comparison")
+    stored = d.check_resumable()["recipe"]
+    now = OmegaConf.to_container(cell.cfg)
+    a = {k: v for k, v in stored.items() if k not in ("name", "output_dir")}
+    b = {k: v for k, v in now.items() if k not in ("name", "output_dir")}
     if a != b:
         diff = _first_difference(a, b)
-        raise ConfigError(f"{d} was run with a different recipe ({diff}); the spec changed since. Remove that "
+        raise ConfigError(f"{d.path} was run with a different recipe ({diff}); the spec changed since. Remove that "
                           "cell directory to run it anew, or choose another output_dir")
-    done = len(read_metrics(d))
+    done = len(read_metrics(d.path))
     return ("done" if done >= cell.rounds else "partial"), done
 
 
@@ -238,12 +239,11 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 
 
 def _pretrain_signature(cell: Cell) -> str | None:
-    """What determines the cell's pretrained encoder (as the cache key does), or None."""
+    """What determines the cell's pretrained encoder (the recipe's part of its cache key), or None."""
     c = cell.cfg
     if c.pretrain.method == "none":
         return None
-    return json.dumps([OmegaConf.to_container(c.data), c.model.backbone, OmegaConf.to_container(c.pretrain),
-                       pretrain_seed(c), c.cache_dir], sort_keys=True)
+    return json.dumps([encoder_identity(c), c.cache_dir], sort_keys=True)
 
 
 def select_cells(plan: Plan, patterns: list[str]) -> Plan:
@@ -263,12 +263,16 @@ def run_plan(plan: Plan, jobs: int = 1, progress: bool = True) -> int:
     from rich.console import Console
 
     console = Console(stderr=True, soft_wrap=True)
-    states = {c.name: cell_state(c) for c in plan.cells}  # may raise before anything is written
     out = plan.output_dir
+    problem = files.writable_problem(out)
+    if problem:
+        raise ConfigError(f"the comparison's output folder '{out}' cannot be used: {problem}; choose another "
+                          "(--out DIR, or output_dir in the spec)")
+    states = {c.name: cell_state(c) for c in plan.cells}  # may raise before anything is written
     for sub in ("recipes", "cells", "logs"):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+        files.mkdirs(out / sub)
     for c in plan.cells:
-        atomic_write_text(out / "recipes" / f"{c.name}.yaml", to_yaml(c.cfg))
+        files.write_text(out / "recipes" / f"{c.name}.yaml", to_yaml(c.cfg))
     todo = [c for c in plan.cells if states[c.name][0] != "done"]
     console.print(f"compare: {len(plan.cells)} cells in {out}: {len(plan.cells) - len(todo)} complete, "
                   f"{sum(states[c.name][0] == 'partial' for c in todo)} to resume, "
@@ -322,7 +326,10 @@ def run_plan(plan: Plan, jobs: int = 1, progress: bool = True) -> int:
                 running.remove(item)
                 log.close()
                 finished += 1
-                rows = read_metrics(c.cfg.output_dir)
+                try:
+                    rows = read_metrics(c.cfg.output_dir)
+                except DataError:
+                    rows = []
                 if proc.returncode != 0 or len(rows) < c.rounds:
                     failed.append(c.name)
                     status = f"[red]failed (exit {proc.returncode}); see {out / 'logs' / (c.name + '.log')}"
@@ -336,7 +343,8 @@ def run_plan(plan: Plan, jobs: int = 1, progress: bool = True) -> int:
             proc.terminate()
             proc.wait()
             log.close()
-        raise
+        raise Interrupted(f"interrupted; complete cells and committed rounds are kept: run the same 'ssal compare "
+                          f"{plan.spec}' again to finish") from None
     finally:
         signal.signal(signal.SIGTERM, old_handler)
 
@@ -344,7 +352,7 @@ def run_plan(plan: Plan, jobs: int = 1, progress: bool = True) -> int:
     done_dirs = [c.cfg.output_dir for c in reported if read_metrics(c.cfg.output_dir)]
     for c in reported:  # the spec's labels, for 'ssal report' on these cells later
         if c.cfg.output_dir in done_dirs:
-            atomic_write_text(Path(c.cfg.output_dir) / "cell.json", json.dumps(c.labels))
+            files.write_json(Path(c.cfg.output_dir) / "cell.json", c.labels)
     if done_dirs:
         paths = write_report(collect_rows(done_dirs), out, title=plan.title)
         console.print(f"compare: report in {paths['summary']}, {paths['curves']}, {paths['aubc']}")

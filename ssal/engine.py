@@ -26,6 +26,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ssal.data.datasets import Split
 from ssal.data.views import VIEWS, to_float
+from ssal.errors import SsalError
+from ssal.faults import failpoint
 from ssal.models.ema import ema_model
 
 
@@ -209,6 +211,28 @@ class Engine:
 
             yield update
 
+    def guarded(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` on every process, for steps whose outcome the main process decides (it alone holds
+        the run's lock and writes): a user error raised there is raised on every process, so that
+        none waits forever for the others."""
+        error, result = None, None
+        try:
+            result = fn()
+        except SsalError as e:
+            if not self.is_main:
+                raise
+            error = e
+        if self.world > 1:
+            from accelerate.utils import broadcast_object_list
+
+            box = [None if error is None else str(error)]
+            broadcast_object_list(box)
+            if box[0] is not None and error is None:
+                raise SsalError(box[0])
+        if error is not None:
+            raise error
+        return result
+
     def print(self, *args, **kwargs) -> None:
         if self.is_main:
             from rich.console import Console
@@ -258,7 +282,8 @@ class Engine:
                                       hflip, seed)
         try:
             logs, waited = self._optimize(prepared, optimizer, scheduler, steps,
-                                          lambda: self._next_batch(loaders), after_step, desc)
+                                          lambda: self._next_batch(loaders), after_step, desc,
+                                          "train", f"train.lr (now {train_cfg.lr:g})")
         finally:
             self._close(loaders)
         inner.eval()
@@ -299,24 +324,30 @@ class Engine:
         try:
             logs, waited = self._optimize(prepared, optimizer, scheduler, steps,
                                           lambda: {k: self._to_device(v) for k, v in next(loader).items()},
-                                          after_step, desc)
+                                          after_step, desc, "pretrain", f"pretrain.lr (now {cfg.lr:g})")
         finally:
             self._close({"views": loader})
         acc.free_memory()
         return FitResult(inner, inner, time.perf_counter() - t0, logs, data_seconds=waited)
 
     def _optimize(self, model: nn.Module, optimizer, scheduler, steps: int,
-                  next_batch: Callable[[], dict], after_step: Callable[[int], dict | None], desc: str
-                  ) -> tuple[dict[str, float], float]:
+                  next_batch: Callable[[], dict], after_step: Callable[[int], dict | None], desc: str,
+                  stage: str, lr_key: str) -> tuple[dict[str, float], float]:
         """The optimisation loop shared by pretraining and fine-tuning: ``model(batch) -> (loss, logs)``
         (a Pretrainer or an Objective, as prepared). Returns the last logs and the seconds spent
-        waiting for batches (loading and views not hidden behind compute)."""
+        waiting for batches (loading and views not hidden behind compute).
+
+        A loss that is not finite stops training with :class:`Diverged`, naming the first such step.
+        It is tracked on the device without a sync and read with the logs (every 20 steps), agreed
+        across processes so that all of them stop together."""
         acc = self.accelerator
         model.train()
         logs: dict[str, float] = {}
         waited = 0.0
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
         with self.progress(desc, steps) as update:
             for step in range(steps):
+                failpoint(f"{stage}.step")
                 t = time.perf_counter()
                 batch = next_batch()
                 waited += time.perf_counter() - t
@@ -326,13 +357,25 @@ class Engine:
                 acc.backward(loss)
                 optimizer.step()
                 scheduler.step()
+                bad = ~torch.isfinite(loss.detach()) & (first_bad < 0)
+                first_bad = torch.where(bad, torch.full_like(first_bad, step), first_bad)
                 shown = after_step(step) or {}
                 if step % 20 == 0 or step == steps - 1:
+                    self._check_finite(first_bad, loss, desc, lr_key)
                     logs = {"loss": float(loss.detach()), **{k: float(v) for k, v in extra.items()}}
                     update(1, **logs, **shown)
                 else:
                     update(1)
         return logs, waited
+
+    def _check_finite(self, first_bad: torch.Tensor, loss: torch.Tensor, desc: str, lr_key: str) -> None:
+        if self.world > 1:
+            first_bad = first_bad.clone()
+            torch.distributed.all_reduce(first_bad, op=torch.distributed.ReduceOp.MAX)
+        step = int(first_bad)
+        if step >= 0:
+            raise Diverged(f"{desc}: the loss is not finite ({float(loss.detach()):g} now) since step {step}; the "
+                           f"learning rate is the usual cause: lower {lr_key} and start the run again")
 
     def _train_loaders(self, objective, train_cfg, split, labeled, labels, unlabeled, unlabeled_labels, hflip, seed):
         by_source: dict[str, dict[str, str]] = {}
@@ -445,7 +488,12 @@ class Engine:
         """Top-1 accuracy on a whole split."""
         probs = self.predict(model, split, torch.arange(len(split)), ("probs",), batch_size, desc)["probs"]
         correct = (probs.argmax(1) == split.targets).float()
+        failpoint("evaluate")
         return {"test_acc": float(correct.mean())}
+
+
+class Diverged(SsalError):
+    """Training produced a loss that is not finite (NaN or infinite)."""
 
 
 def _distributed() -> bool:

@@ -1,193 +1,261 @@
-"""The active-learning rounds: train, evaluate, select, label; checkpoints and resume.
+"""The active-learning rounds: train, evaluate, select, label — and resume.
 
 Round r trains on the labeled set, evaluates on the test split, then (for r < R) selects
 ``active.budget`` indices that the oracle labels for round r + 1. Every random choice of a round
 is seeded from (recipe seed, round, purpose) alone, so a resumed run repeats exactly what an
-uninterrupted one does. A round is committed by appending its line to ``metrics.jsonl`` (the
-last write of the round); resume continues after the last committed round.
+uninterrupted one does. The run directory (:class:`ssal.rundir.RunDir`) owns the files, the lock
+and the commit of a round; the selection stage (:mod:`ssal.select.stage`) owns an acquisition;
+this module is the order of things.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ssal import files
 from ssal.data import ActivePool, load_dataset
-from ssal.data.pool import atomic_write_text
-from ssal.engine import Engine, derive_seed
-from ssal.errors import ConfigError
+from ssal.data.datasets import ImageDataset
+from ssal.engine import Engine, FitResult, derive_seed
+from ssal.errors import Interrupted
+from ssal.faults import failpoint
 from ssal.models import build_model
 from ssal.oracle import SimulatedOracle
-from ssal.pretrain.stage import pretrained_encoder
-from ssal.recipe import load_recipe, to_yaml, validate_pool
-from ssal.report import read_metrics, write_curve
+from ssal.pretrain.stage import check_cache_dir, pretrained_encoder
+from ssal.recipe import validate_pool
+from ssal.rundir import Restored, RunDir
 from ssal.select import INITIAL_STRATEGIES, STRATEGIES
-from ssal.select.signals import MC_SIGNALS, SelectionContext, candidates, check_selection, compute_signals
+from ssal.select.signals import MC_SIGNALS
+from ssal.select.stage import acquire, initial_set, round0_previous_model, uses_previous_model
 from ssal.semi import OBJECTIVES
 
 
-def _generator(*parts) -> torch.Generator:
-    return torch.Generator().manual_seed(derive_seed(*parts))
+def resume_recipe(run_dir: str | os.PathLike, overrides: list[str] = ()) -> DictConfig:
+    """The recipe to continue a run with (its recipe.yaml, checked against the run's identity)."""
+    return RunDir(run_dir).resume_recipe(list(overrides))
 
 
-def _ckpt(run_dir: Path, r: int) -> Path:
-    return run_dir / "checkpoints" / f"round_{r:02d}.pt"
+@dataclass
+class Parts:
+    """What a run is made of, built (and so checked) before anything is written."""
 
+    data: ImageDataset
+    strategy: Any
+    objective_cls: type
+    initial_strategy: Any
+    model_cfg: DictConfig
+    oracle: SimulatedOracle
 
-def prepare_run_dir(cfg: DictConfig, force: bool) -> Path:
-    out = Path(cfg.output_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output_dir '{out}' is a file; choose another output_dir=...")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise ConfigError(f"output_dir '{out}' already holds a run; continue it with 'ssal run --resume {out}', "
-                              "choose another output_dir=..., or pass --force to overwrite it")
-        shutil.rmtree(out)
-    return out
-
-
-def resume_recipe(run_dir: str | os.PathLike) -> DictConfig:
-    run_dir = Path(run_dir)
-    if not (run_dir / "recipe.yaml").is_file():
-        raise ConfigError(f"'{run_dir}' is not a run directory (no recipe.yaml); give the output_dir of a run")
-    return load_recipe(run_dir / "recipe.yaml", [f"output_dir={run_dir}"])
+    @classmethod
+    def build(cls, cfg: DictConfig) -> Parts:
+        data = load_dataset(cfg.data, seed=cfg.seed, cache_dir=cfg.cache_dir)
+        validate_pool(cfg, len(data.train))
+        strategy = STRATEGIES.get(cfg.active.strategy)(getattr(cfg.active, cfg.active.strategy, None))
+        model_cfg = cfg.model
+        if strategy.needs & MC_SIGNALS and cfg.model.drop_rate == 0:  # MC dropout needs a dropout to sample
+            model_cfg = OmegaConf.merge(cfg.model, {"drop_rate": strategy.cfg.dropout})
+        return cls(data, strategy, OBJECTIVES.get(cfg.train.method),
+                   INITIAL_STRATEGIES.get(cfg.active.initial_strategy), model_cfg, SimulatedOracle(data.train.targets))
 
 
 def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: Engine | None = None,
         progress: bool = True, use_cache: bool = True) -> Path:
-    """Run (or resume) the active-learning loop of a validated recipe. Returns the run directory."""
-    # --- everything that can fail because of the user happens before anything is written
-    data = load_dataset(cfg.data, seed=cfg.seed)
-    validate_pool(cfg, len(data.train))
-    strategy = STRATEGIES.get(cfg.active.strategy)(getattr(cfg.active, cfg.active.strategy, None))
-    objective_cls = OBJECTIVES.get(cfg.train.method)
-    initial_strategy = INITIAL_STRATEGIES.get(cfg.active.initial_strategy)
-    model_cfg = cfg.model
-    if strategy.needs & MC_SIGNALS and cfg.model.drop_rate == 0:  # MC dropout needs a dropout to sample
-        model_cfg = OmegaConf.merge(cfg.model, {"drop_rate": strategy.cfg.dropout})
-    out = Path(cfg.output_dir) if resume else prepare_run_dir(cfg, force)
+    """Run (or resume) the active-learning loop of a validated recipe. Returns the run directory.
+
+    Everything a user can get wrong is checked before anything is written, cheap checks (the output
+    and cache folders) before the data set is loaded.
+    """
+    run_dir = RunDir(cfg.output_dir)
+    run_dir.check_resumable() if resume else run_dir.check_new(force)
+    check_cache_dir(cfg)
+    parts = Parts.build(cfg)
+    if resume:
+        run_dir.check_pool(parts.data.fingerprint())
     engine = engine or Engine(cfg.train.mixed_precision, cfg.data.num_workers, progress=progress)
-    main = engine.is_main
+    run_dir.writer = engine.is_main
+    notes = engine.guarded(run_dir.lock)
+    try:
+        for note in notes:
+            engine.print(f"[yellow]note: {note}")
+        if engine.is_main:
+            parts.data.save_caches()  # the image check's results, now that the run goes ahead
+        _Rounds(cfg, parts, engine, run_dir, use_cache).run(resume, force)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; the committed rounds are kept: continue with 'ssal run --resume "
+                          f"{run_dir.path}'") from None
+    except files.StorageError as e:
+        raise files.StorageError(f"{e}, then continue with 'ssal run --resume {run_dir.path}'") from None
+    finally:
+        run_dir.unlock()
+    return run_dir.path
 
-    done = read_metrics(out) if resume else []
-    R = cfg.active.rounds
-    if resume and len(done) >= R + 1:
-        engine.print(f"[green]{out} is complete ({len(done)} rounds); nothing to do")
-        return out
-    if main:
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "recipe.yaml", to_yaml(cfg))
-        if not resume:
-            (out / "metrics.jsonl").write_text("")
-        else:  # only the committed rounds (drops a line cut off by a crash while it was written)
-            atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in done))
-    engine.accelerator.wait_for_everyone()
 
-    oracle = SimulatedOracle(data.train.targets)
-    pool = ActivePool(len(data.train))
-    start = len(done)
-    if resume and (out / "pool.json").is_file():
-        pool = ActivePool.load(out / "pool.json")
-        pool.truncate(start)  # drop labels bought by a round that did not commit
-    encoder = pretrained_encoder(cfg, data, engine, use_cache=use_cache, run_dir=out if main else None)
+class _Rounds:
+    """One run's rounds over its run directory."""
 
-    def fresh_model() -> torch.nn.Module:
-        torch.manual_seed(derive_seed(cfg.seed, "init"))  # the same initial weights every round
-        model = build_model(model_cfg, data)  # a fresh head every round
-        if encoder is not None:
-            model.backbone.load_state_dict(encoder)
+    def __init__(self, cfg: DictConfig, parts: Parts, engine: Engine, run_dir: RunDir, use_cache: bool):
+        self.cfg, self.parts, self.engine, self.run_dir, self.use_cache = cfg, parts, engine, run_dir, use_cache
+        self.R = cfg.active.rounds
+        self.encoder: dict[str, torch.Tensor] | None = None
+
+    def note(self, text: str) -> None:
+        self.engine.print(f"[yellow]note: {text}")
+
+    # ------------------------------------------------------------------ models
+    def fresh_model(self) -> torch.nn.Module:
+        torch.manual_seed(derive_seed(self.cfg.seed, "init"))  # the same initial weights every round
+        model = build_model(self.parts.model_cfg, self.parts.data)  # a fresh head every round
+        if self.encoder is not None:
+            model.backbone.load_state_dict(self.encoder)
         return model
 
-    if pool.n_labeled == 0:
+    def restore_fit(self, ckpt: dict) -> FitResult:
+        """A trained round as its checkpoint holds it: the model, its EMA and the objective's modules."""
+        model = self.fresh_model()
+        model.load_state_dict(ckpt["model"])
+        objective = self.parts.objective_cls(model, self.cfg.train)
+        objective.load_extra_state(ckpt["objective"])
+        objective.eval()
+        ema = None
+        if "ema" in ckpt:
+            ema = self.fresh_model()
+            ema.load_state_dict(ckpt["ema"])
+            ema.eval()
+        return FitResult(model, ema if ema is not None else model, 0.0, {}, ema, objective, ckpt["objective"])
+
+    @staticmethod
+    def checkpoint(fit: FitResult) -> dict:
+        state = {"model": fit.model.state_dict(), "objective": fit.objective_state}
+        if fit.ema is not None:
+            state["ema"] = fit.ema.state_dict()
+        return state
+
+    # ------------------------------------------------------------------ start: a new run or a resumed one
+    def checkpoints_needed(self, start: int, pending_selection: bool) -> list[int]:
+        """The rounds whose checkpoints continuing at round ``start`` reads."""
+        if start == 0 or start > self.R:
+            return []
+        rounds = set()
+        if not self.cfg.train.reinit or uses_previous_model(self.parts.strategy) or pending_selection:
+            rounds.add(start - 1)  # to continue training from, to compare with, or to select with
+        if pending_selection and uses_previous_model(self.parts.strategy) and start > 1:
+            rounds.add(start - 2)  # what the pending selection compares with
+        return sorted(rounds)
+
+    def start(self, resume: bool, force: bool) -> Restored:
+        eng, rd = self.engine, self.run_dir
+        if not resume:
+            for note in eng.guarded(lambda: rd.create(self.cfg, self.parts.data.fingerprint(), force)):
+                self.note(note)
+            return Restored([], None)
+        for change in eng.guarded(lambda: rd.update_recipe(self.cfg)):
+            self.note(f"recipe changed on resume: {change}")
+        state = rd.restore(self.parts.oracle.query, len(self.parts.data.train), self.checkpoints_needed)
+        for note in state.notes:
+            self.note(note)
+        return state
+
+    # ------------------------------------------------------------------ the rounds
+    def run(self, resume: bool, force: bool) -> None:
+        cfg, eng, rd, parts = self.cfg, self.engine, self.run_dir, self.parts
+        state = self.start(resume, force)
+        rows, pool = list(state.rows), state.pool
+        if resume and state.start > self.R:
+            eng.print(f"[green]{rd.path} is complete ({len(rows)} rounds); nothing to do")
+            return
+        rd.commit(rows)  # without the lines of rounds that run again
+        self.encoder = pretrained_encoder(cfg, parts.data, eng, use_cache=self.use_cache, run_dir=rd)
+        if pool is None:
+            pool = self.buy_initial_set()
+        if resume:
+            eng.print(f"resuming {rd.path} at round {state.start} ({pool.n_labeled} labels)")
+
+        warm, prev_model = None, None  # what round `start` continues from / its selection compares with
+        last = state.checkpoints.get(state.start - 1)
+        if last is not None:
+            fit = self.restore_fit(last)
+            if state.pending_selection:  # active.rounds grew: buy the batch the last round did not
+                prev = None
+                if uses_previous_model(parts.strategy):
+                    prev = (round0_previous_model(fit) if state.start == 1 else
+                            self.restore_fit(state.checkpoints[state.start - 2]).eval_model)
+                eng.print(f"active.rounds is now {self.R}: round {state.start - 1} selects its batch first")
+                self.buy(state.start - 1, fit, pool, prev)
+            if not cfg.train.reinit:
+                warm = (fit.model.state_dict(), fit.objective_state)
+            if uses_previous_model(parts.strategy):
+                prev_model = fit.eval_model
+
+        for r in range(state.start, self.R + 1):
+            fit = self.train(r, pool, warm)
+            t_eval = time.perf_counter()
+            metrics = eng.evaluate(fit.eval_model, parts.data.test, cfg.train.eval_batch_size,
+                                   desc=f"round {r} evaluate")
+            eval_s = time.perf_counter() - t_eval
+            rd.save_checkpoint(r, self.checkpoint(fit))
+            labeled = pool.n_labeled
+            select_s = 0.0
+            if r < self.R:
+                if r == 0 and uses_previous_model(parts.strategy):
+                    prev_model = round0_previous_model(fit)
+                select_s = self.buy(r, fit, pool, prev_model).seconds
+            rows.append({"round": r, "n_labeled": labeled, **metrics, "train_s": round(fit.seconds, 3),
+                         "train_data_s": round(fit.data_seconds, 3),  # of train_s, waiting for batches
+                         "select_s": round(select_s, 3), "eval_s": round(eval_s, 3),
+                         **{f"train_{k}": round(v, 5) for k, v in fit.logs.items()},
+                         "pool": {"labeled": pool.n_labeled, "digest": files.json_digest(pool.state_dict())}})
+            rd.commit(rows)  # the round is done once this returns
+            rd.prune_checkpoints(r)
+            rd.write_curve(cfg.name)
+            eng.print(f"[bold]round {r}[/bold]: {labeled} labels, test acc {100 * metrics['test_acc']:.2f} %, "
+                      f"train {fit.seconds:.1f} s, select {select_s:.1f} s")
+            failpoint("round.end")
+            if not cfg.train.reinit:  # the next round continues from these weights (and teacher)
+                warm = ({k: v.detach().clone() for k, v in fit.model.state_dict().items()},
+                        {k: v.detach().clone() for k, v in fit.objective_state.items()})
+            if uses_previous_model(parts.strategy):  # the next round compares with this one
+                prev_model = fit.eval_model
+            eng.accelerator.wait_for_everyone()
+        eng.print(f"done: {rd.path}/curve.png")
+
+    def buy_initial_set(self) -> ActivePool:
+        parts, eng = self.parts, self.engine
+        pool = ActivePool(len(parts.data.train))
+
         def embed(indices: torch.Tensor) -> torch.Tensor:  # the pool's features, for a cold-start strategy
-            return engine.predict(fresh_model(), data.train, indices, ("features",), cfg.train.eval_batch_size,
-                                  desc="initial features")["features"]
+            return eng.predict(self.fresh_model(), parts.data.train, indices, ("features",),
+                               self.cfg.train.eval_batch_size, desc="initial features")["features"]
 
-        first = initial_strategy(pool.unlabeled_indices, data.train.targets, cfg.active.initial,
-                                 _generator(cfg.seed, "initial"), embed=embed)
-        pool.label(first, oracle.query(first), 0)
-        if main:
-            pool.save(out / "pool.json")
-    if resume:
-        engine.print(f"resuming {out} at round {start} ({pool.n_labeled} labels)")
+        acq = initial_set(eng, self.cfg, parts.initial_strategy, pool.unlabeled_indices, parts.data.train.targets,
+                          embed)
+        pool.label(acq.indices, parts.oracle.query(acq.indices), 0)
+        self.run_dir.save_selection(acq.record())
+        self.run_dir.save_pool(pool)
+        return pool
 
-    model_state = objective_state = prev_model = None
-    if start > 0 and (not cfg.train.reinit or "prev_probs" in strategy.needs):
-        last = torch.load(_ckpt(out, start - 1), map_location="cpu", weights_only=True)
-        if not cfg.train.reinit:
-            model_state, objective_state = last["model"], last.get("objective")
-        if "prev_probs" in strategy.needs:  # the previous round's evaluation model
-            prev_model = fresh_model()
-            prev_model.load_state_dict(last["ema"] if "ema" in last else last["model"])
+    def buy(self, r: int, fit: FitResult, pool: ActivePool, prev_model: torch.nn.Module | None):
+        """Round ``r``'s acquisition, labeled by the oracle for round r + 1 and recorded."""
+        acq = acquire(self.engine, self.cfg, self.parts.strategy, self.parts.data, fit, pool, prev_model, r)
+        pool.label(acq.indices, self.parts.oracle.query(acq.indices), r + 1)
+        self.run_dir.save_selection(acq.record())
+        self.run_dir.save_pool(pool)
+        return acq
 
-    for r in range(start, R + 1):
-        model = fresh_model()
-        if model_state is not None:
-            model.load_state_dict(model_state)
+    def train(self, r: int, pool: ActivePool, warm: tuple[dict, dict] | None) -> FitResult:
+        cfg, parts = self.cfg, self.parts
+        model = self.fresh_model()
+        objective_state = None
+        if warm is not None:
+            model.load_state_dict(warm[0])
+            objective_state = warm[1]
         labeled, unlabeled = pool.labeled_indices, pool.unlabeled_indices
-        fit = engine.fit(model, objective_cls, cfg.train, data.train, labeled, pool.labels, unlabeled,
-                         hflip=data.hflip, seed=derive_seed(cfg.seed, "train", r),
-                         unlabeled_labels=oracle.hidden(unlabeled), objective_state=objective_state,
-                         desc=f"round {r} train ({len(labeled)} labels)")
-        t_eval = time.perf_counter()
-        metrics = engine.evaluate(fit.eval_model, data.test, cfg.train.eval_batch_size, desc=f"round {r} evaluate")
-        eval_s = time.perf_counter() - t_eval
-        if not cfg.train.reinit:  # the next round continues from these weights (and teacher)
-            model_state = {k: v.detach().clone() for k, v in fit.model.state_dict().items()}
-            objective_state = {k: v.detach().clone() for k, v in fit.objective_state.items()}
-        if main:
-            ckpt = {"round": r, "model": fit.model.state_dict(), "objective": fit.objective_state}
-            if fit.ema is not None:
-                ckpt["ema"] = fit.ema.state_dict()
-            torch.save(ckpt, _ckpt(out, r))
-
-        select_s = 0.0
-        if r < R:
-            t_sel = time.perf_counter()
-            cands = candidates(pool.unlabeled_indices, cfg.active.subset, _generator(cfg.seed, "subset", r))
-            if r == 0 and "prev_probs" in strategy.needs:  # no previous round: the EMA of this one
-                prev_model = fit.objective.teacher_model() if fit.ema is None else fit.ema
-                if prev_model is fit.eval_model:  # train.ema evaluates with the EMA: compare it with the weights
-                    prev_model = fit.model
-            ctx = SelectionContext(fit.eval_model, labeled, pool.labels, fit.objective, prev_model, data.hflip,
-                                   derive_seed(cfg.seed, "signals", r), cfg.train.eval_batch_size)
-            signals = compute_signals(engine, strategy, ctx, data.train, cands)
-            picked = strategy.select(signals, cfg.active.budget, _generator(cfg.seed, "select", r))
-            picked = check_selection(picked, cands, cfg.active.budget, cfg.active.strategy)
-            scores = strategy.scores(signals)
-            pool.label(picked, oracle.query(picked), r + 1)
-            select_s = time.perf_counter() - t_sel
-            if main:
-                rdir = out / "rounds" / f"r{r:02d}"
-                rdir.mkdir(parents=True, exist_ok=True)
-                pos = torch.searchsorted(cands, picked) if scores is not None else None
-                atomic_write_text(rdir / "selected.json", json.dumps({
-                    "round": r, "strategy": cfg.active.strategy, "indices": picked.tolist(),
-                    "scores": None if scores is None else scores[pos].tolist()}))
-                pool.save(out / "pool.json")
-
-        if "prev_probs" in strategy.needs:  # next round compares with this one
-            prev_model = fit.eval_model
-        line = {"round": r, "n_labeled": len(labeled), **metrics, "train_s": round(fit.seconds, 3),
-                "train_data_s": round(fit.data_seconds, 3),  # of train_s, waiting for batches
-                "select_s": round(select_s, 3), "eval_s": round(eval_s, 3),
-                **{f"train_{k}": round(v, 5) for k, v in fit.logs.items()}}
-        if main:
-            with open(out / "metrics.jsonl", "a") as f:  # the commit point of the round
-                f.write(json.dumps(line) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            for old in range(r):
-                _ckpt(out, old).unlink(missing_ok=True)
-            write_curve(out, title=cfg.name)
-        engine.print(f"[bold]round {r}[/bold]: {len(labeled)} labels, test acc {100 * metrics['test_acc']:.2f} %, "
-                     f"train {fit.seconds:.1f} s, select {select_s:.1f} s")
-        engine.accelerator.wait_for_everyone()
-    engine.print(f"done: {out}/curve.png")
-    return out
+        return self.engine.fit(model, parts.objective_cls, cfg.train, parts.data.train, labeled, pool.labels,
+                               unlabeled, hflip=parts.data.hflip, seed=derive_seed(cfg.seed, "train", r),
+                               unlabeled_labels=parts.oracle.hidden(unlabeled), objective_state=objective_state,
+                               desc=f"round {r} train ({len(labeled)} labels)")

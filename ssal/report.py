@@ -18,7 +18,7 @@ Statistics (all over seeds):
 from __future__ import annotations
 
 import csv
-import json
+import io
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -26,29 +26,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from ssal.errors import DataError
+from ssal import files
+from ssal.errors import ConfigError, DataError
+from ssal.rundir import read_metrics
+
+__all__ = ["read_metrics", "write_report", "collect_rows"]  # read_metrics: re-exported for scripts
 
 RESULT_FIELDS = ("method", "strategy", "seed", "round", "n_labeled", "test_acc", "train_s", "select_s", "run")
 BASELINE = "random"
-
-
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The committed rounds of a run (a last line cut off by a crash while committing is not one)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    rows = []
-    for i, line in enumerate(lines):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if i == len(lines) - 1:
-                break
-            raise DataError(f"{path} line {i + 1} is not valid JSON; fix or remove that line") from None
-    return rows
 
 
 def _pyplot():
@@ -60,27 +46,30 @@ def _pyplot():
     return plt
 
 
-def write_curve(run_dir: str | Path, title: str | None = None) -> tuple[Path, Path]:
-    """``curve.csv`` and ``curve.png`` (n_labeled vs test_acc) from ``metrics.jsonl``."""
+def _png(fig, **kwargs) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", **kwargs)
+    return buf.getvalue()
+
+
+def curve_files(rows: list[dict], title: str) -> tuple[str, bytes]:
+    """The text of ``curve.csv`` and the bytes of ``curve.png`` (n_labeled vs test_acc) of a run's rows."""
     plt = _pyplot()
-    run_dir = Path(run_dir)
-    rows = read_metrics(run_dir)
-    csv_path, png_path = run_dir / "curve.csv", run_dir / "curve.png"
-    with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["round", "n_labeled", "test_acc"])
-        for r in rows:
-            w.writerow([r["round"], r["n_labeled"], f"{r['test_acc']:.6f}"])
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(["round", "n_labeled", "test_acc"])
+    for r in rows:
+        w.writerow([r["round"], r["n_labeled"], f"{r['test_acc']:.6f}"])
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
     ax.plot([r["n_labeled"] for r in rows], [100 * r["test_acc"] for r in rows], marker="o")
     ax.set_xlabel("labeled samples")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title or run_dir.name)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(png_path)
+    png = _png(fig)
     plt.close(fig)
-    return csv_path, png_path
+    return text.getvalue(), png
 
 
 # ----------------------------------------------------------------------------- labels of a run
@@ -102,22 +91,54 @@ def strategy_label(recipe: dict) -> str:
 
 def run_rows(run_dir: str | Path) -> list[dict]:
     """Result rows of one run directory. Its labels come from ``cell.json`` (written by ``ssal
-    compare``) or else from its ``recipe.yaml``."""
+    compare``) or else from its ``recipe.yaml``. A damaged file is a one-line :class:`DataError`."""
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
         raise DataError(f"'{run_dir}' is not a run directory (no metrics.jsonl); give the output_dir of a run "
                         "or of 'ssal compare'")
     if (run_dir / "cell.json").is_file():
-        labels = json.loads((run_dir / "cell.json").read_text())
+        try:
+            labels = files.read_json(run_dir / "cell.json")
+        except files.Damaged as d:
+            raise DataError(f"{d}; delete it (the labels then come from recipe.yaml)") from None
+        if not isinstance(labels, dict) or not {"method", "strategy", "seed"} <= labels.keys():
+            raise DataError(f"{run_dir / 'cell.json'} lacks method, strategy and seed; delete it (the labels then "
+                            "come from recipe.yaml)")
     elif (run_dir / "recipe.yaml").is_file():
-        recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text()) or {}
-        labels = {"method": method_label(recipe), "strategy": strategy_label(recipe), "seed": recipe.get("seed", 0)}
+        from ssal.recipe import read_yaml
+
+        try:
+            recipe = read_yaml(run_dir / "recipe.yaml", "recipe") or {}
+        except ConfigError as e:
+            raise DataError(f"cannot report on '{run_dir}': {e}") from None
+        if not isinstance(recipe, dict):
+            raise DataError(f"{run_dir / 'recipe.yaml'} is not a recipe (not a mapping); the run directory is damaged")
+        try:
+            labels = {"method": method_label(recipe), "strategy": strategy_label(recipe),
+                      "seed": recipe.get("seed", 0)}
+        except AttributeError:
+            raise DataError(f"{run_dir / 'recipe.yaml'} is not a recipe (its sections are not mappings); the run "
+                            "directory is damaged") from None
     else:
         raise DataError(f"'{run_dir}' has no recipe.yaml; it is not the output_dir of an ssal run")
-    return [{"method": labels["method"], "strategy": labels["strategy"], "seed": int(labels["seed"]),
+    try:
+        seed = int(labels["seed"])
+    except (TypeError, ValueError):
+        raise DataError(f"'{run_dir}': seed {labels['seed']!r} is not an integer; the run directory is "
+                        "damaged") from None
+    try:
+        metrics = read_metrics(run_dir)
+    except DataError as e:
+        raise DataError(f"cannot report on '{run_dir}': {e}") from None
+    return [{"method": str(labels["method"]), "strategy": str(labels["strategy"]), "seed": seed,
              "round": int(m["round"]), "n_labeled": int(m["n_labeled"]), "test_acc": float(m["test_acc"]),
-             "train_s": float(m.get("train_s", 0.0)), "select_s": float(m.get("select_s", 0.0)),
-             "run": str(run_dir)} for m in read_metrics(run_dir)]
+             "train_s": _seconds(m, "train_s"), "select_s": _seconds(m, "select_s"),
+             "run": str(run_dir)} for m in metrics]
+
+
+def _seconds(row: dict, key: str) -> float:
+    value = row.get(key, 0.0)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def collect_rows(paths: Iterable[str | Path]) -> list[dict]:
@@ -125,7 +146,8 @@ def collect_rows(paths: Iterable[str | Path]) -> list[dict]:
     rows: list[dict] = []
     for p in map(Path, paths):
         if not p.is_dir():
-            raise DataError(f"'{p}' is not a directory; give run directories or the output_dir of 'ssal compare'")
+            what = "is a file, not a folder" if p.exists() else "does not exist"
+            raise DataError(f"'{p}' {what}; give run directories or the output_dir of 'ssal compare'")
         if (p / "metrics.jsonl").is_file():
             rows += run_rows(p)
         elif (p / "cells").is_dir():
@@ -265,12 +287,13 @@ def paired_to_baseline(groups: dict[tuple[str, str], Group], baseline: str = BAS
 def write_results_csv(rows: list[dict], path: str | Path) -> Path:
     path = Path(path)
     ordered = sorted(rows, key=lambda r: (r["method"], r["strategy"], int(r["seed"]), int(r["round"])))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=RESULT_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in ordered:
-            w.writerow({**r, "test_acc": f"{float(r['test_acc']):.6f}", "train_s": f"{float(r['train_s']):.3f}",
-                        "select_s": f"{float(r['select_s']):.3f}"})
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=RESULT_FIELDS, extrasaction="ignore", lineterminator="\r\n")
+    w.writeheader()
+    for r in ordered:
+        w.writerow({**r, "test_acc": f"{float(r['test_acc']):.6f}", "train_s": f"{float(r['train_s']):.3f}",
+                    "select_s": f"{float(r['select_s']):.3f}"})
+    files.write_text(path, text.getvalue())
     return path
 
 
@@ -368,7 +391,7 @@ def plot_curves(rows: list[dict], path: str | Path, title: str = "Accuracy vs la
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
+    files.write_bytes(path, _png(fig, bbox_inches="tight"))
     drawn = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in ax.lines}
     plt.close(fig)
     return drawn
@@ -399,7 +422,7 @@ def plot_aubc(rows: list[dict], path: str | Path, title: str = "AUBC (mean accur
     ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, bbox_inches="tight")
+    files.write_bytes(path, _png(fig, bbox_inches="tight"))
     drawn = {label: (bar.get_width(), list(d.get_xdata())) for label, bar, d in zip(labels, bars, dots, strict=True)}
     plt.close(fig)
     return drawn
@@ -408,11 +431,11 @@ def plot_aubc(rows: list[dict], path: str | Path, title: str = "AUBC (mean accur
 def write_report(rows: list[dict], out_dir: str | Path, title: str = "Comparison") -> dict[str, Path]:
     """results.csv, summary.md, curves.png and aubc.png of these rows in ``out_dir``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    files.mkdirs(out)
     paths = {"results": out / "results.csv", "summary": out / "summary.md",
              "curves": out / "curves.png", "aubc": out / "aubc.png"}
     write_results_csv(rows, paths["results"])
-    paths["summary"].write_text(summary_markdown(rows, title))
+    files.write_text(paths["summary"], summary_markdown(rows, title))
     plot_curves(rows, paths["curves"], title=f"{title}: accuracy vs labels")
     plot_aubc(rows, paths["aubc"], title=f"{title}: AUBC")
     return paths

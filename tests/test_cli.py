@@ -70,8 +70,8 @@ USER_ERRORS = {
     "impossible value": (lambda t, r: ["run", str(r), "train.ema=1"], ["train.ema"]),
     "no recipe": (lambda t, r: ["run"], ["--resume"]),
     "resume plus recipe": (lambda t, r: ["run", str(r), "--resume", str(t / "runs" / "tiny")], ["--resume"]),
-    "resume no recipe.yaml": (lambda t, r: ["run", "--resume", str(t)], ["recipe.yaml"]),
-    "resume missing dir": (lambda t, r: ["run", "--resume", str(t / "runs" / "tiny")], ["recipe.yaml"]),
+    "resume not a run": (lambda t, r: ["run", "--resume", str(t)], ["not a run directory", "run.json"]),
+    "resume missing dir": (lambda t, r: ["run", "--resume", str(t / "runs" / "tiny")], ["does not exist"]),
 }
 
 
@@ -139,7 +139,7 @@ def test_subprocess_argparse_misuse(tmp_path):
     assert_one_error_line(proc.stderr)
     proc = _run(["run", "--resume", str(tmp_path)], cwd=tmp_path)
     assert proc.returncode == 2
-    assert_one_error_line(proc.stderr, "recipe.yaml")
+    assert_one_error_line(proc.stderr, "holds no run")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -131,6 +131,7 @@ def test_tiny_grid_runs_and_reports(tmp_path, base):
         run_plan(load_spec(changed), progress=False)
 
 
+@pytest.mark.slow
 def test_killed_compare_resumes_only_missing_cells(tmp_path, base):
     path = spec(tmp_path, {"active.strategy": ["random", "entropy", "margin"]})
     out = tmp_path / "cmp"
@@ -168,6 +169,7 @@ def test_killed_compare_resumes_only_missing_cells(tmp_path, base):
     assert third.returncode == 0 and "3 complete, 0 to resume, 0 to run" in third.stderr
 
 
+@pytest.mark.slow
 def test_benchmark_script_quick_preset_at_a_tiny_size(tmp_path, fmnist_root):
     """scripts/benchmark_fashion_mnist.sh --quick, shrunk by overrides to the tiny idx files: its
     16 cells are 2 methods x 4 strategies x 2 seeds; a --cells selection of 8 of them runs here."""

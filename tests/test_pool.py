@@ -1,4 +1,4 @@
-"""ActivePool: labeling rules, acquisition order, state format, atomic save, truncate."""
+"""ActivePool: labeling rules, acquisition order, state format, head; pool.json: atomic, sealed, verified."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ssal.data import pool as pool_mod
+from ssal import files
 from ssal.data.pool import ActivePool
-from ssal.errors import DataError
+from ssal.files import Damaged, StorageError
+from ssal.rundir import RunDir
 
 
 def snapshot(pool: ActivePool):
@@ -106,110 +107,110 @@ def test_save_load_roundtrip_and_no_tmp_left(tmp_path):
     p = ActivePool(20)
     p.label([19, 4, 7], [1, 0, 1], 0)
     p.label([2], [5], 1)
-    path = tmp_path / "pool.json"
-    p.save(path)
+    run = RunDir(tmp_path)
+    run.save_pool(p)
     assert sorted(os.listdir(tmp_path)) == ["pool.json"]
-    assert json.loads(path.read_text()) == {"n": 20, "labeled": [[19, 1, 0], [4, 0, 0], [7, 1, 0], [2, 5, 1]]}
-    q = ActivePool.load(path)
-    assert q.state_dict() == p.state_dict()
+    body = {"n": 20, "labeled": [[19, 1, 0], [4, 0, 0], [7, 1, 0], [2, 5, 1]]}
+    assert json.loads((tmp_path / "pool.json").read_text()) == {**body, "checksum": files.json_digest(body)}
+    assert run.load_pool(20).state_dict() == p.state_dict()
     # overwriting works and still leaves only the one file
     p.label([0], [3], 2)
-    p.save(path)
+    run.save_pool(p)
     assert sorted(os.listdir(tmp_path)) == ["pool.json"]
-    assert ActivePool.load(path).state_dict() == p.state_dict()
+    assert run.load_pool(20).state_dict() == p.state_dict()
 
 
 @pytest.mark.parametrize("broken", ["replace", "fsync"])
 def test_failed_save_keeps_old_file_and_leaves_no_tmp(tmp_path, monkeypatch, broken):
+    run = RunDir(tmp_path)
     path = tmp_path / "pool.json"
     p = ActivePool(10)
     p.label([1, 2], [0, 1], 0)
-    p.save(path)
+    run.save_pool(p)
     old = path.read_bytes()
     p.label([3], [1], 1)
 
     def boom(*args, **kwargs):
-        raise OSError(f"simulated {broken} failure")
+        raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(pool_mod.os, broken, boom)
-    with pytest.raises(OSError, match="simulated"):
-        p.save(path)
+    monkeypatch.setattr(files.os, broken, boom)
+    with pytest.raises(StorageError, match="no space left on device"):
+        run.save_pool(p)
     monkeypatch.undo()
     assert path.read_bytes() == old
     assert sorted(os.listdir(tmp_path)) == ["pool.json"]
     # a failed first save leaves nothing at all
+    other = tmp_path / "other"
+    other.mkdir()
     with monkeypatch.context() as m:
-        m.setattr(pool_mod.os, broken, boom)
-        with pytest.raises(OSError):
-            p.save(tmp_path / "other.json")
-    assert sorted(os.listdir(tmp_path)) == ["pool.json"]
+        m.setattr(files.os, broken, boom)
+        with pytest.raises(StorageError):
+            RunDir(other).save_pool(p)
+    assert os.listdir(other) == []
 
 
 @pytest.mark.parametrize("content", [
-    "",
-    "not json",
-    "[]",
-    "{}",
-    '{"labeled": []}',
-    '{"n": 5}',
-    '{"n": 0, "labeled": []}',
-    '{"n": "five", "labeled": []}',
-    '{"n": 5, "labeled": 3}',
-    '{"n": 5, "labeled": [[1, 2]]}',
-    '{"n": 5, "labeled": [[1, 2, 0], [3, 4]]}',
-    '{"n": 5, "labeled": [[1, 2, 0, 7]]}',
-    '{"n": 5, "labeled": [[5, 0, 0]]}',
-    '{"n": 5, "labeled": [[-1, 0, 0]]}',
-    '{"n": 5, "labeled": [[1, 0, 0], [1, 1, 0]]}',
-    '{"n": 5, "labeled": [[1, -1, 0]]}',
-    '{"n": 5, "labeled": [[1, 0, -2]]}',
-    '{"n": 5, "labeled": [[1, "cat", 0]]}',
-    '{"n": 5, "labeled": [[1, null, 0]]}',
-    '{"n": 5, "labeled": [[1, 2.5, 0]]}',
-    '{"n": 5, "labeled": [[1, true, 0]]}',
-    '{"n": 20, "labeled": [[1, 2, 0, 7, 8, 9]]}',
-    '{"n": 20, "labeled": [1, 2, 0]}',
+    [],
+    {},
+    {"labeled": []},
+    {"n": 5},
+    {"n": "five", "labeled": []},
+    {"n": 5, "labeled": 3},
+    {"n": 5, "labeled": [[1, 2]]},
+    {"n": 5, "labeled": [[1, 2, 0], [3, 4]]},
+    {"n": 5, "labeled": [[1, 2, 0, 7]]},
+    {"n": 5, "labeled": [[5, 0, 0]]},
+    {"n": 5, "labeled": [[-1, 0, 0]]},
+    {"n": 5, "labeled": [[1, 0, 0], [1, 1, 0]]},
+    {"n": 5, "labeled": [[1, -1, 0]]},
+    {"n": 5, "labeled": [[1, 0, -2]]},
+    {"n": 5, "labeled": [[1, "cat", 0]]},
+    {"n": 5, "labeled": [[1, None, 0]]},
+    {"n": 5, "labeled": [[1, 2.5, 0]]},
+    {"n": 5, "labeled": [[1, True, 0]]},
+    {"n": 5, "labeled": [[1, 2**70, 0]]},
+    {"n": 5, "labeled": [1, 2, 0]},
+    {"n": 20, "labeled": []},  # another pool's file
 ])
-def test_load_malformed_file_raises_data_error(tmp_path, content):
-    path = tmp_path / "pool.json"
-    path.write_text(content)
-    with pytest.raises(DataError, match="pool.json"):
-        ActivePool.load(path)
+def test_a_sealed_but_malformed_pool_file_is_damaged(tmp_path, content):
+    """Even with a valid checksum (a file edited and re-sealed by hand), the structure is checked."""
+    obj = files.seal(content) if isinstance(content, dict) else content
+    (tmp_path / "pool.json").write_text(json.dumps(obj))
+    with pytest.raises(Damaged) as e:
+        RunDir(tmp_path).load_pool(5)
+    assert e.value.path.name == "pool.json"
 
 
-def test_load_missing_or_binary_file(tmp_path):
-    with pytest.raises(DataError):
-        ActivePool.load(tmp_path / "absent.json")
-    (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00garbage")
-    with pytest.raises(DataError):
-        ActivePool.load(tmp_path / "bin.json")
+@pytest.mark.parametrize("content, reason", [
+    (None, "missing"),
+    (b"", "not valid JSON"),
+    (b"\xff\xfe\x00garbage", "not text"),
+    (b'{"n": 5, "labeled": [[1, 2, 0]]', "not valid JSON"),
+    (b'{"n": 5, "labeled": [[1, 2, 0]]}', "no checksum"),
+    (b'{"n": 5, "labeled": [[1, 3, 0]], "checksum": "%s"}', "checksum mismatch"),
+])
+def test_a_missing_unreadable_or_changed_pool_file_is_damaged(tmp_path, content, reason):
+    if content is not None:
+        if b"%s" in content:
+            content = content % files.json_digest({"n": 5, "labeled": [[1, 2, 0]]}).encode()
+        (tmp_path / "pool.json").write_bytes(content)
+    with pytest.raises(Damaged, match=reason):
+        RunDir(tmp_path).load_pool(5)
 
 
-def test_truncate_drops_later_rounds_only():
+def test_head_keeps_the_first_labels_in_acquisition_order():
     p = ActivePool(10)
     p.label([5, 1], [0, 1], 0)
     p.label([8], [2], 1)
     p.label([0, 9], [3, 3], 2)
-    p.label([4], [1], 3)
-    p.truncate(1)
-    assert p.state_dict() == {"n": 10, "labeled": [[5, 0, 0], [1, 1, 0], [8, 2, 1]]}
-    assert p.unlabeled_indices.tolist() == [0, 2, 3, 4, 6, 7, 9]
-    # dropped indices can be labeled again
-    p.label([9, 0], [1, 2], 2)
-    assert p.labeled_indices.tolist() == [5, 1, 8, 9, 0]
-    before = p.state_dict()
-    p.truncate(2)
-    assert p.state_dict() == before
-    p.truncate(0)
-    assert p.state_dict() == {"n": 10, "labeled": [[5, 0, 0], [1, 1, 0]]}
-
-
-def test_truncate_with_out_of_order_rounds():
-    p = ActivePool(6)
-    p.label([3, 0, 5, 2], [0, 1, 0, 1], round=[2, 0, 1, 0])
-    p.truncate(0)
-    assert p.state_dict()["labeled"] == [[0, 1, 0], [2, 1, 0]]
-    assert p.labeled_mask.tolist() == [True, False, True, False, False, False]
+    h = p.head(3)
+    assert h.state_dict() == {"n": 10, "labeled": [[5, 0, 0], [1, 1, 0], [8, 2, 1]]}
+    assert h.unlabeled_indices.tolist() == [0, 2, 3, 4, 6, 7, 9]
+    assert p.n_labeled == 5  # the original is untouched
+    assert p.head(0).n_labeled == 0 and p.head(5).state_dict() == p.state_dict()
+    with pytest.raises(ValueError):
+        p.head(6)
+    assert p.round_of(2).tolist() == [0, 9] and p.round_of(0).tolist() == [5, 1] and p.round_of(7).tolist() == []
 
 
 @st.composite
@@ -250,12 +251,14 @@ def test_property_disjoint_label_calls(case):
     q.load_state_dict(json.loads(json.dumps(sd)))
     assert q.state_dict() == sd
     assert torch.equal(q.labeled_mask, p.labeled_mask)
-    # truncate keeps exactly the rows acquired up to max_round, in order
-    q.truncate(max_round)
-    kept = [e for e in expected if e[2] <= max_round]
-    assert q.state_dict() == {"n": n, "labeled": kept}
-    assert q.n_labeled == len(kept)
-    assert q.unlabeled_indices.tolist() == [i for i in range(n) if i not in {e[0] for e in kept}]
+    # head keeps exactly the first rows, in order; round_of the rows of one round
+    count = max(0, min(len(expected), max_round))
+    h = q.head(count)
+    kept = expected[:count]
+    assert h.state_dict() == {"n": n, "labeled": kept}
+    assert h.n_labeled == len(kept)
+    assert h.unlabeled_indices.tolist() == [i for i in range(n) if i not in {e[0] for e in kept}]
+    assert q.round_of(max_round).tolist() == [e[0] for e in expected if e[2] == max_round]
 
 
 def test_failed_load_state_dict_leaves_pool_unchanged():

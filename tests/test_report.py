@@ -152,7 +152,7 @@ def test_duplicate_results_are_refused():
 def test_report_cli_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("ssal: error: ") and err.count("\n") == 1 and "not a directory" in err
+    assert err.startswith("ssal: error: ") and err.count("\n") == 1 and "does not exist" in err
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "neither a run" in capsys.readouterr().err

@@ -417,6 +417,7 @@ def test_resume_restores_the_teacher(write_recipe, monkeypatch):
     """reinit=false continues the student and its EMA teacher across rounds; a run killed in
     round 1 and resumed ends with exactly the teacher of an uninterrupted run."""
     from ssal.engine import Engine
+    from ssal.faults import SimulatedCrash
 
     common = dict(train={"method": "consistency", "steps": 5, "batch_size": 8, "reinit": False},
                   active={"rounds": 2, "strategy": "entropy"})
@@ -427,12 +428,12 @@ def test_resume_restores_the_teacher(write_recipe, monkeypatch):
     def crash_in_round_1(self, *a, **k):
         calls.append(k.get("objective_state"))
         if len(calls) == 2:
-            raise KeyboardInterrupt  # killed while training round 1
+            raise SimulatedCrash("killed while training round 1")
         return real_fit(self, *a, **k)
 
     cut_recipe = load_recipe(write_recipe("cut", **common))
     monkeypatch.setattr(Engine, "fit", crash_in_round_1)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(SimulatedCrash):
         loop.run(cut_recipe, progress=False)
     assert calls[0] is None and calls[1]  # round 1 was handed round 0's teacher
     monkeypatch.setattr(Engine, "fit", real_fit)

@@ -10,7 +10,7 @@ import torch
 import yaml
 from conftest import run_two_processes
 
-from ssal import loop
+from ssal import faults, loop
 from ssal.cli import main
 from ssal.data import load_dataset
 from ssal.data.views import to_float
@@ -170,20 +170,9 @@ def test_resume_of_a_tod_run_reloads_the_previous_round_model(tmp_path, tiny_rec
     path = _recipe(tmp_path, tiny_recipe, "a", train={"method": "tod"}, active={"strategy": "tod", "rounds": 3})
     full = loop.run(load_recipe(path), progress=False)
     # crash right after round 1 commits: its checkpoint (the model round 2 compares with) stays
-    calls = {"n": 0}
-    real = loop.write_curve
-
-    def crash_on_second(*a, **k):
-        calls["n"] += 1
-        real(*a, **k)
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(loop, "write_curve", crash_on_second)
     b = tmp_path / "b"
-    with pytest.raises(KeyboardInterrupt):
+    with faults.active("round.end=crash@2"), pytest.raises(faults.SimulatedCrash):
         loop.run(load_recipe(path, [f"output_dir={b}"]), progress=False)
-    monkeypatch.setattr(loop, "write_curve", real)
     assert len(read_metrics(b)) == 2
     assert main(["run", "--resume", str(b), "--no-progress"]) == 0
     assert json.loads((b / "pool.json").read_text()) == json.loads((full / "pool.json").read_text())

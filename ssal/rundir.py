@@ -1,0 +1,593 @@
+"""The run directory, kept like a small database: one object owns its lock, its files, their checks
+and the commit of a round.
+
+::
+
+    run.json                  identity: the resolved recipe and fingerprints of it and of the pool (sealed)
+    recipe.yaml               the resolved recipe, for people; checked against run.json on --resume
+    metrics.jsonl             one line per committed round; rewriting it with a new line commits the round
+    pool.json                 {"n", "labeled": [[index, label, round], ...], "checksum"}
+    rounds/initial/selected.json, rounds/rXX/selected.json     what was bought, for the pool's rebuild
+    checkpoints/round_XX.pt   the last two rounds' models (checksummed)
+    curve.csv, curve.png, pretrain.jsonl
+    .lock                     held (flock) by the process that runs the directory; says who that is
+
+Protocol of round r: train, evaluate, save checkpoint r, (select, write selected.json and pool.json),
+then commit: metrics.jsonl is rewritten atomically with round r's line, which records how many labels
+the pool holds and their digest. On ``--resume`` the committed lines say what is true; pool.json is
+verified against them (rebuilt from the selections and the oracle when it is missing or damaged and
+that gives the same digest, refused otherwise), and a damaged checkpoint makes its round run again.
+
+On processes other than the main one (several processes under Accelerate) the object reads but
+never writes, so the loop needs no ``if main:`` around its writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import fcntl
+import json
+import math
+import os
+import shutil
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from ssal import __version__, files
+from ssal.data.pool import ActivePool
+from ssal.errors import ConfigError, DataError, SsalError
+from ssal.files import Damaged
+
+FORMAT = 1
+LOCK, IDENTITY, RECIPE, METRICS, POOL = ".lock", "run.json", "recipe.yaml", "metrics.jsonl", "pool.json"
+# recipe keys that may differ on --resume: they change neither what a stored label means nor what
+# the committed rounds computed (active.rounds may only grow: the run buys the missing batches)
+SAFE_ON_RESUME = ("name", "output_dir", "cache_dir", "data.root", "data.num_workers", "active.rounds")
+KEEP_CHECKPOINTS = 2  # the last round's and the one before: a damaged last one costs one round, not all
+
+
+class RunInUse(SsalError):
+    """Another live process holds the run directory's lock."""
+
+
+# ----------------------------------------------------------------------------- metrics.jsonl
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The committed rounds of a run directory, checked: line i is round i. A last line without its
+    newline (cut off by a crash of an older version, or garbage appended) is not a committed round.
+    Any other damaged line raises :class:`DataError` with one line that says how to recover."""
+    path = Path(run_dir) / METRICS
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}") from None
+    lines = data.split(b"\n")[:-1]  # a last line without its newline was never committed
+    rows: list[dict] = []
+    for i, raw in enumerate(lines):
+        problem = None
+        try:
+            row = json.loads(raw.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            row, problem = None, "is not a JSON line"
+        if problem is None:
+            problem = _row_problem(row, i)
+        if problem:
+            raise DataError(f"{path} line {i + 1} {problem}; the run directory is damaged: delete that line and "
+                            "the ones after it, and 'ssal run --resume' runs those rounds again")
+        rows.append(row)
+    return rows
+
+
+def _row_problem(row: Any, i: int) -> str | None:
+    if not isinstance(row, dict):
+        return "is not a JSON object"
+    if row.get("round") != i or isinstance(row.get("round"), bool):
+        return f"should be round {i}, found round {row.get('round')!r}"
+    acc, n = row.get("test_acc"), row.get("n_labeled")
+    if not isinstance(acc, (int, float)) or isinstance(acc, bool) or not (0 <= acc <= 1):
+        return f"has no test_acc in [0, 1] (found {acc!r})"
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        return f"has no n_labeled >= 1 (found {n!r})"
+    return None
+
+
+# ----------------------------------------------------------------------------- the lock
+
+class _Lock:
+    """An exclusive ``flock`` on ``.lock`` for the life of a run. The kernel drops it when the process
+    dies (kill -9 included), so a lock is never stale in effect; the file also names its holder, and a
+    name left by a dead process is reported when the lock is taken over."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
+
+    def holder(self) -> str | None:
+        """Who holds the lock now (a description), or None when it is free. Changes nothing on disk."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return _describe(os.pread(fd, 4096, 0))
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return None
+        finally:
+            os.close(fd)
+
+    def acquire(self) -> str | None:
+        """Take the lock or raise :class:`RunInUse`. Returns a note when a dead holder's name was found."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise files.storage_error(e, self.path, "create") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            who = _describe(os.pread(fd, 4096, 0))
+            os.close(fd)
+            raise RunInUse(f"{self.path.parent} is in use by another ssal process ({who}); wait for it to finish, "
+                           "or stop it, then try again") from None
+        previous = os.pread(fd, 4096, 0)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(), "command": " ".join(sys.argv)}
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
+            os.fsync(fd)
+        except OSError as e:
+            os.close(fd)
+            raise files.storage_error(e, self.path) from None
+        self.fd = fd
+        _HELD.add(self)
+        return f"took over the lock of {_describe(previous)}, which is no longer running" if previous.strip() else None
+
+    def release(self) -> None:
+        _HELD.discard(self)
+        if self.fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(self.fd, 0)  # an empty lock file: nobody holds it
+        with contextlib.suppress(OSError):
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+        self.fd = None
+
+
+_HELD: set[_Lock] = set()
+
+
+def _forget_locks_in_child() -> None:
+    """A forked child (a data-loader worker) must not keep the run locked after its parent died."""
+    for lock in list(_HELD):
+        with contextlib.suppress(OSError):
+            os.close(lock.fd)
+        lock.fd = None
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_locks_in_child)
+
+
+def _now() -> str:
+    return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def _describe(raw: bytes) -> str:
+    try:
+        info = json.loads(raw.decode())
+        return f"pid {info['pid']} on {info['host']}, since {info['since']}: {info['command']}"
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return "a process that did not say who it is"
+
+
+# ----------------------------------------------------------------------------- the run directory
+
+@dataclass
+class Restored:
+    """What ``--resume`` finds, verified: the committed rounds, the pool after the last of them (None
+    when not even the initial set was bought), the checkpoints asked for, and notes on repairs."""
+
+    rows: list[dict]
+    pool: ActivePool | None
+    checkpoints: dict[int, dict] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def start(self) -> int:
+        return len(self.rows)
+
+    @property
+    def pending_selection(self) -> bool:
+        """The last committed round bought nothing (it was the last round before active.rounds grew)."""
+        return bool(self.rows) and self.pool is not None and self.pool.n_labeled == self.rows[-1]["n_labeled"]
+
+
+class RunDir:
+    """One run directory. ``writer=False`` (processes other than the main one): reads only."""
+
+    def __init__(self, path: str | os.PathLike, writer: bool = True):
+        self.path = Path(path)
+        self.writer = writer
+        self._lock = _Lock(self.path / LOCK)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def _p(self, *parts: str) -> Path:
+        return self.path.joinpath(*parts)
+
+    # ------------------------------------------------------------------ what the folder is
+    def kind(self) -> str:
+        """``absent``, ``file``, ``empty`` (nothing but a lock file and stale temporary files), ``run``
+        (has run.json), ``legacy`` (a run of an ssal without run.json) or ``other``."""
+        if not self.path.exists():
+            return "absent"
+        if not self.path.is_dir():
+            return "file"
+        names = {p.name for p in self.path.iterdir()}
+        if IDENTITY in names:
+            return "run"
+        if {RECIPE, METRICS, POOL} <= names:
+            return "legacy"
+        if all(n == LOCK or n.endswith(files.TMP_SUFFIX) for n in names):
+            return "empty"
+        return "other"
+
+    def check_new(self, force: bool) -> None:
+        """Raise a one-line error unless a new run may be written here. Reads only."""
+        out = self.path
+        problem = files.writable_problem(out)
+        if problem:
+            raise ConfigError(f"output_dir '{out}' cannot be used: {problem}; choose another output_dir=...")
+        kind = self.kind()
+        if kind in ("absent", "empty"):
+            return
+        if kind == "other":
+            example = next(iter(sorted(p.name for p in out.iterdir() if p.name != LOCK)))
+            raise ConfigError(f"output_dir '{out}' holds other files (e.g. '{example}') and is not an ssal run; "
+                              "ssal never deletes such a folder, --force included: choose another output_dir=...")
+        if not force:
+            raise ConfigError(f"output_dir '{out}' already holds a run; continue it with 'ssal run --resume {out}', "
+                              "choose another output_dir=..., or pass --force to replace it")
+        cwd = Path.cwd().resolve()
+        if cwd == out.resolve() or out.resolve() in cwd.parents:
+            raise ConfigError(f"output_dir '{out}' contains the current folder; --force would delete it: "
+                              "run from elsewhere or choose another output_dir=...")
+        who = self._lock.holder()
+        if who:
+            raise RunInUse(f"{out} is in use by another ssal process ({who}); --force does not replace a run "
+                           "in progress")
+
+    def check_resumable(self) -> dict:
+        """The run's identity (run.json), or a one-line error when the folder cannot be resumed. Reads only."""
+        kind = self.kind()
+        if kind == "empty":
+            raise ConfigError(f"'{self.path}' holds no run yet (empty, or interrupted while it was being made); "
+                              f"start it with 'ssal run RECIPE output_dir={self.path}'")
+        if kind in ("absent", "file", "other"):
+            what = {"absent": "does not exist", "file": "is a file"}.get(kind, "is not a run directory (no run.json)")
+            raise ConfigError(f"'{self.path}' {what}; give the output_dir of a run to --resume")
+        if kind == "legacy":
+            raise ConfigError(f"'{self.path}' has no run.json (deleted, or the run was made by an older ssal), so its "
+                              "labels cannot be verified against its recipe and data; restore run.json from a backup, "
+                              "or start the run again with 'ssal run RECIPE --force' (which deletes it)")
+        identity = self.identity()
+        who = self._lock.holder()
+        if who:
+            raise RunInUse(f"{self.path} is in use by another ssal process ({who}); wait for it to finish")
+        return identity
+
+    def identity(self) -> dict:
+        try:
+            identity = files.read_sealed_json(self._p(IDENTITY))
+        except Damaged as d:
+            raise DataError(f"{d.path} is {d.reason}; without it the run's labels cannot be verified: restore it "
+                            "from a backup, or start a new run") from None
+        if identity.get("format") != FORMAT or not isinstance(identity.get("recipe"), dict):
+            raise DataError(f"{self._p(IDENTITY)} has format {identity.get('format')!r}, this ssal reads {FORMAT}; "
+                            "use the ssal version that wrote it")
+        return identity
+
+    # ------------------------------------------------------------------ the recipe on --resume
+    def resume_recipe(self, overrides: list[str] = ()) -> DictConfig:
+        """The recipe to continue with: recipe.yaml (+ ``overrides``), checked against the recipe the run
+        was made with. A change outside :data:`SAFE_ON_RESUME` (or fewer rounds) is refused."""
+        from ssal.recipe import from_dict, load_recipe
+
+        stored = self.check_resumable()["recipe"]
+        where = f"'{self._p(RECIPE)}'"
+        if self._p(RECIPE).is_file():
+            try:  # the file alone first: its errors are the file's, an override's are the override's
+                load_recipe(self._p(RECIPE), [f"output_dir={json.dumps(str(self.path))}"])
+            except ConfigError as e:
+                raise ConfigError(f"{self._p(RECIPE)} cannot be used ({e}); undo the edit, or delete it and "
+                                  f"--resume rewrites it from {IDENTITY}") from None
+            cfg = load_recipe(self._p(RECIPE), [*overrides, f"output_dir={json.dumps(str(self.path))}"])
+        else:
+            cfg = from_dict({**stored, "output_dir": str(self.path)}, list(overrides))
+            where = f"the {IDENTITY} recipe"
+        if overrides:
+            where += " with the overrides"
+        now = OmegaConf.to_container(cfg)
+        for key, before, after in _differences(stored, now):
+            if key == "active.rounds" and isinstance(after, int) and after >= before:
+                continue
+            if key in SAFE_ON_RESUME and key != "active.rounds":
+                continue
+            how = ("active.rounds may only grow on --resume" if key == "active.rounds" else
+                   f"only {', '.join(SAFE_ON_RESUME)} may change on --resume")
+            raise ConfigError(f"{where} changes {key} from {before!r} to {after!r}, but {self.path} was made with "
+                              f"{before!r} and its stored labels and rounds depend on it ({how}); undo the change, "
+                              "or start a new run with another output_dir")
+        return cfg
+
+    # ------------------------------------------------------------------ lifecycle
+    def lock(self) -> list[str]:
+        """Take the run's lock for this process (main process only; the folder is made if needed).
+        Returns notes (a dead holder's lock taken over); raises :class:`RunInUse`."""
+        if not self.writer:
+            return []
+        files.mkdirs(self.path)
+        note = self._lock.acquire()
+        return [note] if note else []
+
+    def unlock(self) -> None:
+        self._lock.release()
+
+    def create(self, cfg: DictConfig, pool_fingerprint: dict, force: bool) -> list[str]:
+        """Write a new run (lock held): with ``force`` an existing run is deleted first."""
+        notes = []
+        if not self.writer:
+            return notes
+        kind = self.kind()
+        if kind in ("run", "legacy"):
+            if not force:  # another process made it since the check
+                raise ConfigError(f"output_dir '{self.path}' already holds a run; pass --force to replace it")
+            notes.append(f"--force: deleted the run that was in {self.path}")
+            for p in self.path.iterdir():
+                if p.name == LOCK:
+                    continue
+                try:
+                    shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                except OSError as e:
+                    raise files.storage_error(e, p, "delete") from None
+        elif kind == "other":
+            raise ConfigError(f"output_dir '{self.path}' holds other files; choose another output_dir=...")
+        files.remove_stale_tmp(self.path)
+        recipe = OmegaConf.to_container(cfg)
+        files.write_json(self._p(IDENTITY), files.seal({
+            "format": FORMAT, "ssal": __version__, "created": _now(), "recipe": recipe,
+            "recipe_digest": files.json_digest(recipe), "pool": pool_fingerprint}))
+        self._write_recipe(cfg)
+        files.write_text(self._p(METRICS), "")
+        for sub in ("checkpoints", "rounds"):
+            files.mkdirs(self._p(sub))
+        return notes
+
+    def _write_recipe(self, cfg: DictConfig) -> None:
+        from ssal.recipe import to_yaml
+
+        files.write_text(self._p(RECIPE), to_yaml(cfg))
+
+    def update_recipe(self, cfg: DictConfig) -> list[str]:
+        """Record a recipe accepted by :meth:`resume_recipe` (lock held); notes say what changed."""
+        identity = self.identity()
+        recipe = OmegaConf.to_container(cfg)
+        notes = [f"{k}: {a!r} -> {b!r}" for k, a, b in _differences(identity["recipe"], recipe) if k != "output_dir"]
+        if not self.writer:
+            return notes
+        if notes:
+            identity.update(recipe=recipe, recipe_digest=files.json_digest(recipe))
+            files.write_json(self._p(IDENTITY), files.seal(identity))
+        if not self._p(RECIPE).is_file():
+            notes.append(f"{RECIPE} was missing: written again from {IDENTITY}")
+            self._write_recipe(cfg)
+        elif notes:
+            self._write_recipe(cfg)
+        return notes
+
+    def check_pool(self, fingerprint: dict) -> None:
+        """Refuse to resume on data other than the run's (the stored indices would point at other images)."""
+        stored = self.identity()["pool"]
+        if stored == fingerprint:
+            return
+        if stored.get("n") != fingerprint.get("n"):
+            what = f"the pool has {fingerprint.get('n')} images, the run's had {stored.get('n')}"
+        elif stored.get("classes") != fingerprint.get("classes"):
+            what = "the class names differ"
+        else:
+            what = "the images or labels differ"
+        raise DataError(f"the data of {self.path} changed ({what}); its stored labels would point at other images: "
+                        "point data.root at the data the run was made with")
+
+    # ------------------------------------------------------------------ files of the rounds
+    def committed(self) -> list[dict]:
+        return read_metrics(self.path)
+
+    def commit(self, rows: list[dict]) -> None:
+        """Write metrics.jsonl with exactly ``rows``: the last of them is committed once this returns."""
+        if self.writer:
+            files.write_text(self._p(METRICS), "".join(files.dumps(row) + "\n" for row in rows))
+
+    def save_pool(self, pool: ActivePool) -> None:
+        if self.writer:
+            files.write_json(self._p(POOL), files.seal(pool.state_dict()))
+
+    def load_pool(self, pool_size: int) -> ActivePool:
+        """pool.json verified (checksum, size, structure), or :class:`Damaged`."""
+        body = files.read_sealed_json(self._p(POOL))
+        if body.get("n") != pool_size:
+            raise Damaged(self._p(POOL), f"for a pool of {body.get('n')!r} images, not {pool_size}")
+        try:
+            return ActivePool.from_state(body)
+        except (ValueError, KeyError, TypeError, IndexError, RuntimeError, OverflowError) as e:
+            raise Damaged(self._p(POOL), f"malformed ({e})") from None
+
+    def _selection_path(self, r: int) -> Path:
+        return self._p("rounds", "initial" if r < 0 else f"r{r:02d}", "selected.json")
+
+    def save_selection(self, record: dict) -> None:
+        """``rounds/rXX/selected.json`` (round -1: the initial set, ``rounds/initial/``)."""
+        if self.writer:
+            path = self._selection_path(record["round"])
+            files.mkdirs(path.parent)
+            files.write_json(path, record)
+
+    def read_selection(self, r: int) -> list[int]:
+        data = files.read_json(self._selection_path(r))
+        if not isinstance(data, dict) or data.get("round") != r or not isinstance(data.get("indices"), list):
+            raise Damaged(self._selection_path(r), "malformed")
+        return data["indices"]
+
+    def _checkpoint_path(self, r: int) -> Path:
+        return self._p("checkpoints", f"round_{r:02d}.pt")
+
+    def save_checkpoint(self, r: int, state: dict[str, Any]) -> None:
+        if self.writer:
+            files.mkdirs(self._checkpoint_path(r).parent)  # a run killed while being made has none yet
+            body = {"format": FORMAT, "round": r, **state}
+            files.torch_save(self._checkpoint_path(r), {**body, "checksum": files.tensor_checksum(body)})
+
+    def load_checkpoint(self, r: int) -> dict[str, Any]:
+        """Round ``r``'s checkpoint, verified, or :class:`Damaged`."""
+        path = self._checkpoint_path(r)
+        if not path.is_file():
+            raise Damaged(path, "missing")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated zip, garbage bytes, a pickle error: all mean "damaged"
+            raise Damaged(path, f"unreadable ({type(e).__name__})") from None
+        if not isinstance(ckpt, dict) or "checksum" not in ckpt:
+            raise Damaged(path, "not an ssal checkpoint")
+        body = {k: v for k, v in ckpt.items() if k != "checksum"}
+        if files.tensor_checksum(body) != ckpt["checksum"] or body.get("round") != r:
+            raise Damaged(path, "checksum mismatch")
+        return body
+
+    def prune_checkpoints(self, last: int) -> None:
+        """Keep the checkpoints of rounds ``last - KEEP_CHECKPOINTS + 1 .. last``."""
+        if not self.writer:
+            return
+        for p in self._p("checkpoints").glob("round_*.pt"):
+            with contextlib.suppress(ValueError):
+                if int(p.stem.removeprefix("round_")) <= last - KEEP_CHECKPOINTS:
+                    p.unlink(missing_ok=True)
+
+    def write_curve(self, title: str) -> None:
+        from ssal.report import curve_files
+
+        if self.writer:
+            csv_text, png = curve_files(self.committed(), title)
+            files.write_text(self._p("curve.csv"), csv_text)
+            files.write_bytes(self._p("curve.png"), png)
+
+    def write_pretrain_log(self, lines: list[dict]) -> None:
+        if self.writer:
+            files.write_text(self._p("pretrain.jsonl"), "".join(files.dumps(line) + "\n" for line in lines))
+
+    # ------------------------------------------------------------------ --resume
+    def restore(self, labels_of: Callable[[torch.Tensor], torch.Tensor], pool_size: int,
+                checkpoints_needed: Callable[[int, bool], list[int]]) -> Restored:
+        """The verified state to continue from (lock held).
+
+        ``labels_of(indices)`` are the oracle's answers (to rebuild pool.json from the selections);
+        ``checkpoints_needed(start, pending_selection)`` the rounds whose checkpoints resuming at round
+        ``start`` reads. A damaged one makes its round run again (the rounds are deterministic, so
+        the result is the same), as far back as needed.
+        """
+        files.remove_stale_tmp(self.path) if self.writer else None
+        state = Restored(self.committed(), None)
+        state.pool = self._restore_pool(state, labels_of, pool_size)
+        while state.start > 0:
+            needed = checkpoints_needed(state.start, state.pending_selection)
+            try:
+                state.checkpoints = {r: self.load_checkpoint(r) for r in needed}
+                break
+            except Damaged as d:
+                r = state.start - 1
+                state.notes.append(f"{d.path.name} is {d.reason}: round {r} runs again (same seeds, same result)")
+                state.rows = state.rows[:r]
+                state.pool = self._pool_after(state, state.pool)
+        return state
+
+    def _pool_after(self, state: Restored, pool: ActivePool | None) -> ActivePool | None:
+        """``pool`` cut to what the last committed row says it held (the initial set with no rows)."""
+        if pool is None:
+            return None
+        if not state.rows:
+            initial = pool.round_of(0)
+            return pool.head(len(initial))
+        return pool.head(state.rows[-1]["pool"]["labeled"])
+
+    def _restore_pool(self, state: Restored, labels_of, pool_size: int) -> ActivePool | None:
+        try:
+            pool = self.load_pool(pool_size)
+            problem = self._pool_problem(state, pool)
+            if problem is None:
+                return self._pool_after(state, pool)
+            reason = problem
+        except Damaged as d:
+            reason = d.reason
+        if not state.rows:  # nothing committed: the initial set is bought again (seeded: the same one)
+            if reason != "missing":
+                state.notes.append(f"{POOL} is {reason}; the initial set is chosen again (seeded: the same one)")
+            return None
+        rebuilt = self._rebuild_pool(state, labels_of, pool_size)
+        if rebuilt is None or self._pool_problem(state, rebuilt) is not None:
+            raise DataError(f"{self._p(POOL)} is {reason}, and the selections in {self._p('rounds')} do not rebuild "
+                            "the committed labels; restore pool.json from a backup, or start a new run")
+        state.notes.append(f"{POOL} was {reason}; rebuilt from rounds/*/selected.json and verified")
+        rebuilt = self._pool_after(state, rebuilt)
+        self.save_pool(rebuilt)
+        return rebuilt
+
+    @staticmethod
+    def _pool_problem(state: Restored, pool: ActivePool) -> str | None:
+        if not state.rows:
+            return None if len(pool.round_of(0)) else "without its initial set"
+        want = state.rows[-1].get("pool")
+        if not isinstance(want, dict) or not isinstance(want.get("labeled"), int):
+            raise DataError(f"the last line of {METRICS} does not record the pool (written by an older ssal?); "
+                            "start the run again with --force")
+        if pool.n_labeled < want["labeled"]:
+            return f"missing labels the committed rounds bought ({pool.n_labeled} of {want['labeled']})"
+        if files.json_digest(pool.head(want["labeled"]).state_dict()) != want.get("digest"):
+            return "different from what the committed rounds bought (labels changed?)"
+        return None
+
+    def _rebuild_pool(self, state: Restored, labels_of, pool_size: int) -> ActivePool | None:
+        pool = ActivePool(pool_size)
+        try:
+            for r in range(-1, state.start):
+                if r == state.start - 1 and state.rows[-1]["pool"]["labeled"] == pool.n_labeled:
+                    break  # the last committed round bought nothing
+                idx = torch.tensor(self.read_selection(r), dtype=torch.long)
+                pool.label(idx, labels_of(idx), r + 1)
+        except (Damaged, ValueError, IndexError):
+            return None
+        return pool
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, value in a, value in b) for every leaf that differs."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b), key=str):
+            out += _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    if a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)):
+        return []
+    return [(prefix.rstrip("."), a, b)]

@@ -1,0 +1,80 @@
+"""The selection stage: one acquisition — the candidates, the strategy's signals, its choice and the
+record of it (``rounds/rXX/selected.json``).
+
+Every random draw of an acquisition is seeded from (recipe seed, round, purpose) alone, so a round
+selects the same samples in an uninterrupted run and in a resumed one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ssal.engine import derive_seed
+from ssal.faults import failpoint
+from ssal.select.signals import SelectionContext, candidates, check_selection, compute_signals
+
+
+def generator(*parts: Any) -> torch.Generator:
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
+@dataclass
+class Acquisition:
+    """What one acquisition bought: ``round`` -1 is the initial set (bought before round 0), round r
+    what round r selected for round r + 1; ``scores`` are the chosen samples' scores (None for
+    strategies that do not rank)."""
+
+    round: int
+    strategy: str
+    indices: torch.Tensor
+    scores: torch.Tensor | None
+    seconds: float
+
+    def record(self) -> dict:
+        return {"round": self.round, "strategy": self.strategy, "indices": self.indices.tolist(),
+                "scores": None if self.scores is None else self.scores.tolist()}
+
+
+def uses_previous_model(strategy: Any) -> bool:
+    """Whether the strategy compares this round's model with the previous round's."""
+    return "prev_probs" in strategy.needs
+
+
+def round0_previous_model(fit: Any) -> nn.Module:
+    """Round 0 has no previous round: its model is compared with its EMA (the objective's teacher, or
+    ``train.ema``'s average; when that is what is evaluated, with the raw weights)."""
+    prev = fit.objective.teacher_model() if fit.ema is None else fit.ema
+    return fit.model if prev is fit.eval_model else prev
+
+
+def initial_set(engine: Any, cfg: Any, initial_strategy: Any, unlabeled: torch.Tensor, targets: torch.Tensor,
+                embed: Any) -> Acquisition:
+    """The labels bought before round 0 (``active.initial`` by ``active.initial_strategy``)."""
+    t = time.perf_counter()
+    picked = initial_strategy(unlabeled, targets, cfg.active.initial, generator(cfg.seed, "initial"), embed=embed)
+    return Acquisition(-1, cfg.active.initial_strategy, torch.as_tensor(picked, dtype=torch.long), None,
+                       time.perf_counter() - t)
+
+
+def acquire(engine: Any, cfg: Any, strategy: Any, data: Any, fit: Any, pool: Any, prev_model: nn.Module | None,
+            r: int) -> Acquisition:
+    """Round ``r``'s acquisition: ``active.budget`` of the unlabeled pool (or of its ``active.subset``),
+    scored with the round's trained model ``fit`` (and ``prev_model`` when the strategy compares)."""
+    t = time.perf_counter()
+    ctx = SelectionContext(fit.eval_model, pool.labeled_indices, pool.labels, fit.objective, prev_model, data.hflip,
+                           derive_seed(cfg.seed, "signals", r), cfg.train.eval_batch_size)
+    cands = candidates(pool.unlabeled_indices, cfg.active.subset, generator(cfg.seed, "subset", r))
+    signals = compute_signals(engine, strategy, ctx, data.train, cands)
+    failpoint("signals")
+    picked = strategy.select(signals, cfg.active.budget, generator(cfg.seed, "select", r))
+    picked = check_selection(picked, cands, cfg.active.budget, cfg.active.strategy)
+    scores = strategy.scores(signals)
+    if scores is not None:
+        scores = scores[torch.searchsorted(cands, picked)]
+    failpoint("select")
+    return Acquisition(r, cfg.active.strategy, picked, scores, time.perf_counter() - t)
