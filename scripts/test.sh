@@ -5,4 +5,4 @@ source "$(dirname "$0")/env.sh"
 ssal_ensure_venv "dev"
 ssal_ensure_fashion_mnist
 cd "$ssal_root"
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest -m "" "$@"  # -m "": the slow tests too
