@@ -20,6 +20,7 @@ from ssal import files
 from ssal.errors import DataError
 
 FORMAT = 1
+CHUNK = 64  # files per thread-pool task
 DRAFT_SIDE = 64  # decode at no less than this side: enough to read every block of the file
 
 
@@ -72,10 +73,11 @@ def check_images(root: Path, relpaths: list[str], cache_dir: str | None, workers
     todo = [rel for rel in relpaths if stats[rel] is None or known.get(rel) != stats[rel]]
     bad: list[tuple[str, str]] = []
     if todo:
+        chunks = [todo[i:i + CHUNK] for i in range(0, len(todo), CHUNK)]  # per-task overhead > a small decode
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-            for rel, problem in zip(todo, pool.map(lambda r: _check_one(root / r), todo), strict=True):
-                if problem is not None:
-                    bad.append((rel, problem))
+            for chunk, problems in zip(chunks, pool.map(lambda c: [_check_one(root / r) for r in c], chunks),
+                                       strict=True):
+                bad += [(rel, problem) for rel, problem in zip(chunk, problems, strict=True) if problem is not None]
     if bad:
         shown = ", ".join(f"{rel} ({why})" for rel, why in bad[:3])
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
