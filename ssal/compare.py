@@ -51,7 +51,7 @@ from ssal.errors import ConfigError, DataError, Interrupted
 from ssal.pretrain.stage import encoder_identity
 from ssal.recipe import load_recipe, read_yaml, to_yaml
 from ssal.report import collect_rows, method_label, strategy_label, write_report
-from ssal.rundir import RunDir, read_metrics
+from ssal.rundir import LOCK, Lock, RunDir, RunInUse, read_metrics
 
 SPEC_KEYS = ("recipe", "output_dir", "overrides", "grid", "title")
 LABEL_AXES = ("method", "strategy")
@@ -259,7 +259,8 @@ def select_cells(plan: Plan, patterns: list[str]) -> Plan:
 
 def run_plan(plan: Plan, jobs: int = 1, progress: bool = True) -> int:
     """Run every missing cell, then write the report of every finished cell of the spec (also
-    those outside a ``--cells`` selection). Returns the number of failed cells."""
+    those outside a ``--cells`` selection). Returns the number of failed cells. The comparison's
+    folder is locked meanwhile (each cell's run directory has its own lock too)."""
     from rich.console import Console
 
     console = Console(stderr=True, soft_wrap=True)
@@ -268,20 +269,37 @@ def run_plan(plan: Plan, jobs: int = 1, progress: bool = True) -> int:
     if problem:
         raise ConfigError(f"the comparison's output folder '{out}' cannot be used: {problem}; choose another "
                           "(--out DIR, or output_dir in the spec)")
+    lock = Lock(out / LOCK)
+    who = lock.holder()
+    if who:
+        raise RunInUse(f"{out} is in use by another ssal process ({who}); wait for it to finish")
     states = {c.name: cell_state(c) for c in plan.cells}  # may raise before anything is written
-    for sub in ("recipes", "cells", "logs"):
-        files.mkdirs(out / sub)
-    for c in plan.cells:
-        files.write_text(out / "recipes" / f"{c.name}.yaml", to_yaml(c.cfg))
-    todo = [c for c in plan.cells if states[c.name][0] != "done"]
-    console.print(f"compare: {len(plan.cells)} cells in {out}: {len(plan.cells) - len(todo)} complete, "
-                  f"{sum(states[c.name][0] == 'partial' for c in todo)} to resume, "
-                  f"{sum(states[c.name][0] == 'new' for c in todo)} to run ({jobs} at a time)")
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // max(1, jobs))
-    failed: list[str] = []
+    files.mkdirs(out)
+    note = lock.acquire()
+    try:
+        if note:
+            console.print(f"[yellow]note: {note}")
+        for sub in ("recipes", "cells", "logs"):
+            files.mkdirs(out / sub)
+        for c in plan.cells:
+            files.write_text(out / "recipes" / f"{c.name}.yaml", to_yaml(c.cfg))
+        todo = [c for c in plan.cells if states[c.name][0] != "done"]
+        console.print(f"compare: {len(plan.cells)} cells in {out}: {len(plan.cells) - len(todo)} complete, "
+                      f"{sum(states[c.name][0] == 'partial' for c in todo)} to resume, "
+                      f"{sum(states[c.name][0] == 'new' for c in todo)} to run ({jobs} at a time)")
+        _pretrain_once(todo, out, console)
+        failed = _run_cells(plan, todo, states, jobs, progress, console)
+        _report(plan, console)
+    finally:
+        lock.release()
+    if failed:
+        console.print(f"[red]compare: {len(failed)} cell(s) failed: {', '.join(failed)}; re-run the same command to "
+                      "retry them (complete cells are kept)")
+    return len(failed)
 
-    # pretraining once per distinct encoder, before the cells, so parallel cells never race for it
+
+def _pretrain_once(todo: list[Cell], out: Path, console: Any) -> None:
+    """Pretraining once per distinct encoder, before the cells, so parallel cells never race for it."""
     seen: set[str] = set()
     for c in todo:
         sig = _pretrain_signature(c)
@@ -292,9 +310,16 @@ def run_plan(plan: Plan, jobs: int = 1, progress: bool = True) -> int:
         console.print(f"compare: pretraining for {c.name} (or the cache) -> {log}")
         cmd = [sys.executable, "-m", "ssal", "pretrain", str(out / "recipes" / f"{c.name}.yaml"), "--no-progress"]
         with open(log, "w") as f:
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(cores)).returncode
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(os.cpu_count() or 1)).returncode
         if rc != 0:
             raise ConfigError(f"pretraining for cell {c.name} failed (exit {rc}); see {log}")
+
+
+def _run_cells(plan: Plan, todo: list[Cell], states: dict, jobs: int, progress: bool, console: Any) -> list[str]:
+    """Each cell in its own ``ssal run`` process, ``jobs`` at a time. Returns the names of failed cells."""
+    out = plan.output_dir
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    failed: list[str] = []
 
     def command(c: Cell) -> list[str]:
         if states[c.name][0] == "partial":
@@ -347,16 +372,16 @@ def run_plan(plan: Plan, jobs: int = 1, progress: bool = True) -> int:
                           f"{plan.spec}' again to finish") from None
     finally:
         signal.signal(signal.SIGTERM, old_handler)
+    return failed
 
+
+def _report(plan: Plan, console: Any) -> None:
+    """The report of every finished cell of the spec, and each cell's labels (cell.json) for 'ssal report'."""
     reported = plan.all_cells or plan.cells
     done_dirs = [c.cfg.output_dir for c in reported if read_metrics(c.cfg.output_dir)]
-    for c in reported:  # the spec's labels, for 'ssal report' on these cells later
+    for c in reported:
         if c.cfg.output_dir in done_dirs:
             files.write_json(Path(c.cfg.output_dir) / "cell.json", c.labels)
     if done_dirs:
-        paths = write_report(collect_rows(done_dirs), out, title=plan.title)
+        paths = write_report(collect_rows(done_dirs), plan.output_dir, title=plan.title)
         console.print(f"compare: report in {paths['summary']}, {paths['curves']}, {paths['aubc']}")
-    if failed:
-        console.print(f"[red]compare: {len(failed)} cell(s) failed: {', '.join(failed)}; re-run the same command to "
-                      "retry them (complete cells are kept)")
-    return len(failed)

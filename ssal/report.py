@@ -91,7 +91,8 @@ def strategy_label(recipe: dict) -> str:
 
 def run_rows(run_dir: str | Path) -> list[dict]:
     """Result rows of one run directory. Its labels come from ``cell.json`` (written by ``ssal
-    compare``) or else from its ``recipe.yaml``. A damaged file is a one-line :class:`DataError`."""
+    compare``), else from the recipe in its ``run.json`` (or ``recipe.yaml`` for a run of an ssal
+    without run.json). A damaged file is a one-line :class:`DataError`."""
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.jsonl").is_file():
         raise DataError(f"'{run_dir}' is not a run directory (no metrics.jsonl); give the output_dir of a run "
@@ -104,7 +105,12 @@ def run_rows(run_dir: str | Path) -> list[dict]:
         if not isinstance(labels, dict) or not {"method", "strategy", "seed"} <= labels.keys():
             raise DataError(f"{run_dir / 'cell.json'} lacks method, strategy and seed; delete it (the labels then "
                             "come from recipe.yaml)")
-    elif (run_dir / "recipe.yaml").is_file():
+    elif (run_dir / "run.json").is_file():  # the recipe the run was made with, verified
+        from ssal.rundir import RunDir
+
+        recipe = RunDir(run_dir).identity()["recipe"]
+        labels = {"method": method_label(recipe), "strategy": strategy_label(recipe), "seed": recipe["seed"]}
+    elif (run_dir / "recipe.yaml").is_file():  # a run of an ssal without run.json
         from ssal.recipe import read_yaml
 
         try:

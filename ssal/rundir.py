@@ -103,7 +103,7 @@ def _row_problem(row: Any, i: int) -> str | None:
 
 # ----------------------------------------------------------------------------- the lock
 
-class _Lock:
+class Lock:
     """An exclusive ``flock`` on ``.lock`` for the life of a run. The kernel drops it when the process
     dies (kill -9 included), so a lock is never stale in effect; the file also names its holder, and a
     name left by a dead process is reported when the lock is taken over."""
@@ -166,7 +166,7 @@ class _Lock:
         self.fd = None
 
 
-_HELD: set[_Lock] = set()
+_HELD: set[Lock] = set()
 
 
 def _forget_locks_in_child() -> None:
@@ -221,7 +221,7 @@ class RunDir:
     def __init__(self, path: str | os.PathLike, writer: bool = True):
         self.path = Path(path)
         self.writer = writer
-        self._lock = _Lock(self.path / LOCK)
+        self._lock = Lock(self.path / LOCK)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"

@@ -916,9 +916,20 @@ def _(env: Env) -> Case:
                 absent=(env.tmp / "rep",))
 
 
+@case("report-run-json-altered")
+def _(env: Env) -> Case:
+    run = env.run_copy()
+    data = json.loads((run / "run.json").read_text())
+    data["recipe"]["seed"] = 7
+    (run / "run.json").write_text(json.dumps(data))
+    return Case(_report(env, run), (str(run / "run.json"), "checksum mismatch"), roots=(run,),
+                absent=(env.tmp / "rep",))
+
+
 @case("report-recipe-yaml-garbage")
 def _(env: Env) -> Case:
     run = env.run_copy()
+    (run / "run.json").unlink()  # a run of an older ssal: its labels come from recipe.yaml
     (run / "recipe.yaml").write_text("train: {method: [supervised\nseed: 0\n")
     return Case(_report(env, run), (str(run / "recipe.yaml"), "not valid YAML"), roots=(run,),
                 absent=(env.tmp / "rep",))
@@ -927,6 +938,7 @@ def _(env: Env) -> Case:
 @case("report-recipe-yaml-garbage-subprocess")
 def _(env: Env) -> Case:
     run = env.run_copy()
+    (run / "run.json").unlink()
     (run / "recipe.yaml").write_bytes(b"\x00\x01\x02\xff" * 64)
     return Case(_report(env, run), (str(run / "recipe.yaml"),), process=True, roots=(run,),
                 absent=(env.tmp / "rep",))

@@ -104,6 +104,7 @@ def test_missing_spec_and_bad_jobs(tmp_path, base, capsys):
     assert "--jobs must be at least 1" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_tiny_grid_runs_and_reports(tmp_path, base):
     plan = load_spec(spec(tmp_path, {"active.strategy": ["random", "entropy"], "seed": [0, 1]}))
     assert run_plan(plan, jobs=2, progress=False) == 0
@@ -195,3 +196,23 @@ def test_benchmark_script_quick_preset_at_a_tiny_size(tmp_path, fmnist_root):
     assert "| simclr+fixmatch | coreset | 2 |" in summary and "verdict" in summary
     assert (out / "curves.png").stat().st_size > 0 and (out / "aubc.png").stat().st_size > 0
     assert "pretraining for simclr+fixmatch" in proc.stderr
+
+
+def test_a_comparison_in_use_is_refused_naming_its_holder(tmp_path, base, capsys):
+    path = spec(tmp_path, {"active.strategy": ["random"]})
+    out = tmp_path / "cmp"
+    out.mkdir()
+    code = ("import sys, time\nfrom ssal.rundir import Lock\nLock(sys.argv[1]).acquire()\n"
+            "print('locked', flush=True)\ntime.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = sorted(p.name for p in out.rglob("*"))
+        assert main(["compare", str(path), "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("ssal: error: ") and f"pid {holder.pid}" in err
+        assert sorted(p.name for p in out.rglob("*")) == before == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
