@@ -72,7 +72,10 @@ def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: E
     and cache folders) before the data set is loaded.
     """
     run_dir = RunDir(cfg.output_dir)
-    run_dir.check_resumable() if resume else run_dir.check_new(force)
+    if resume:
+        run_dir.check_resumable()
+    else:
+        run_dir.check_new(force)
     check_cache_dir(cfg)
     parts = Parts.build(cfg)
     if resume:
@@ -176,21 +179,7 @@ class _Rounds:
         if resume:
             eng.print(f"resuming {rd.path} at round {state.start} ({pool.n_labeled} labels)")
 
-        warm, prev_model = None, None  # what round `start` continues from / its selection compares with
-        last = state.checkpoints.get(state.start - 1)
-        if last is not None:
-            fit = self.restore_fit(last)
-            if state.pending_selection:  # active.rounds grew: buy the batch the last round did not
-                prev = None
-                if uses_previous_model(parts.strategy):
-                    prev = (round0_previous_model(fit) if state.start == 1 else
-                            self.restore_fit(state.checkpoints[state.start - 2]).eval_model)
-                eng.print(f"active.rounds is now {self.R}: round {state.start - 1} selects its batch first")
-                self.buy(state.start - 1, fit, pool, prev)
-            if not cfg.train.reinit:
-                warm = (fit.model.state_dict(), fit.objective_state)
-            if uses_previous_model(parts.strategy):
-                prev_model = fit.eval_model
+        warm, prev_model = self.continue_from(state, pool)
 
         for r in range(state.start, self.R + 1):
             fit = self.train(r, pool, warm)
@@ -223,6 +212,29 @@ class _Rounds:
                 prev_model = fit.eval_model
             eng.accelerator.wait_for_everyone()
         eng.print(f"done: {rd.path}/curve.png")
+
+    def continue_from(self, state: Restored, pool: ActivePool) -> tuple[tuple[dict, dict] | None, Any]:
+        """What round ``state.start`` continues from (weights and objective state, with ``train.reinit:
+        false``) and what its selection compares with (the previous round's model), read from the last
+        round's checkpoint; first, when active.rounds grew, that round's missing batch is bought."""
+        warm, prev_model = None, None
+        last = state.checkpoints.get(state.start - 1)
+        if last is None:
+            return warm, prev_model
+        fit = self.restore_fit(last)
+        compares = uses_previous_model(self.parts.strategy)
+        if state.pending_selection:
+            prev = None
+            if compares:
+                prev = (round0_previous_model(fit) if state.start == 1 else
+                        self.restore_fit(state.checkpoints[state.start - 2]).eval_model)
+            self.engine.print(f"active.rounds is now {self.R}: round {state.start - 1} selects its batch first")
+            self.buy(state.start - 1, fit, pool, prev)
+        if not self.cfg.train.reinit:
+            warm = (fit.model.state_dict(), fit.objective_state)
+        if compares:
+            prev_model = fit.eval_model
+        return warm, prev_model
 
     def buy_initial_set(self) -> ActivePool:
         parts, eng = self.parts, self.engine

@@ -508,7 +508,8 @@ class RunDir:
         ``start`` reads. A damaged one makes its round run again (the rounds are deterministic, so
         the result is the same), as far back as needed.
         """
-        files.remove_stale_tmp(self.path) if self.writer else None
+        if self.writer:
+            files.remove_stale_tmp(self.path)
         state = Restored(self.committed(), None)
         state.pool = self._restore_pool(state, labels_of, pool_size)
         while state.start > 0:
