@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 
+from ssal import faults
 from ssal.errors import Interrupted, SsalError
 
 
@@ -189,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if threading.current_thread() is threading.main_thread() \
         else None
     try:
+        faults.check_env()
         return {"run": cmd_run, "pretrain": cmd_pretrain, "compare": cmd_compare, "report": cmd_report,
                 "list": cmd_list}[args.command](args)
     except SsalError as e:

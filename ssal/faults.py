@@ -47,7 +47,14 @@ def _parse(spec: str) -> list[tuple[str, str, int, bool]]:
     return rules
 
 
-_RULES = _parse(os.environ.get(ENV, ""))
+def _from_env() -> tuple[list, str | None]:
+    try:
+        return _parse(os.environ.get(ENV, "")), None
+    except ValueError as e:  # reported at the first failpoint, as a one-line user error
+        return [("*", "invalid", 1, False)], str(e)
+
+
+_RULES, _INVALID = _from_env()
 _HITS: dict[str, int] = {}
 
 
@@ -66,10 +73,19 @@ def active(spec: str) -> Iterator[None]:
         _HITS.update(saved[1])
 
 
+def check_env() -> None:
+    """A one-line user error when ``SSAL_FAILPOINTS`` is malformed (the command line calls it first)."""
+    if _INVALID and _RULES and _RULES[0][1] == "invalid":
+        from ssal.errors import SsalError
+
+        raise SsalError(f"{_INVALID}; unset {ENV} (it is for tests)")
+
+
 def failpoint(name: str) -> None:
     """Do what ``SSAL_FAILPOINTS`` says for ``name`` (nothing when it does not name it)."""
     if not _RULES:
         return
+    check_env()
     for pattern, action, at, every in _RULES:
         if not fnmatch.fnmatchcase(name, pattern):
             continue

@@ -107,3 +107,15 @@ def test_failpoints_count_hits_and_match_globs():
     faults.failpoint("write:round_03.pt")  # outside the block: nothing
     with pytest.raises(ValueError, match="bad failpoint"):
         faults._parse("x=explode")
+
+
+def test_a_malformed_failpoint_variable_is_one_line_before_anything_runs(monkeypatch, capsys, tmp_path):
+    from ssal.cli import main
+
+    monkeypatch.setattr(faults, "_RULES", [("*", "invalid", 1, False)])
+    monkeypatch.setattr(faults, "_INVALID", "SSAL_FAILPOINTS: bad failpoint 'foo'")
+    monkeypatch.chdir(tmp_path)
+    assert main(["list"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ssal: error: SSAL_FAILPOINTS: bad failpoint 'foo'")
+    assert list(tmp_path.iterdir()) == []
