@@ -33,6 +33,7 @@ import os
 import shutil
 import socket
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -467,7 +468,9 @@ class RunDir:
         if not path.is_file():
             raise Damaged(path, "missing")
         try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # garbage bytes can look like an odd pickle protocol to torch
+                warnings.simplefilter("ignore")
+                ckpt = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # truncated zip, garbage bytes, a pickle error: all mean "damaged"
             raise Damaged(path, f"unreadable ({type(e).__name__})") from None
         if not isinstance(ckpt, dict) or "checksum" not in ckpt:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,9 @@ def load_entry(path: Path, key: str) -> tuple[dict | None, str | None]:
     if not path.exists():
         return None, None
     try:
-        entry = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # garbage bytes can look like an odd pickle protocol to torch
+            warnings.simplefilter("ignore")
+            entry = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, garbage bytes, pickle errors: all mean "rebuild"
         return None, f"unreadable: {type(e).__name__}"
     if not isinstance(entry, dict) or not {"format", "key", "backbone", "checksum", "log"} <= entry.keys():
