@@ -171,6 +171,10 @@ def load_spec(path: str | os.PathLike, output_dir: str | None = None, overrides:
                                        f"output_dir={json.dumps(str(out / 'cells' / 'x'))}"])
         except ConfigError as e:
             raise ConfigError(f"{spec}: cell {name_hint}: {e}") from None
+        if cfg.active.oracle != "simulated":
+            raise ConfigError(f"{spec}: cell {name_hint} has active.oracle={cfg.active.oracle}; a comparison "
+                              "simulates the labeling (its cells cannot wait for people): use active.oracle=simulated "
+                              "on labeled data")
         plain = OmegaConf.to_container(cfg)
         labels["method"] = "/".join([labels.get("method") or method_label(plain), *extra])
         labels.setdefault("strategy", strategy_label(plain))

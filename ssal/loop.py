@@ -23,17 +23,20 @@ from ssal import files
 from ssal.data import ActivePool, load_dataset
 from ssal.data.datasets import ImageDataset
 from ssal.engine import Engine, FitResult, derive_seed
-from ssal.errors import Interrupted
+from ssal.errors import ConfigError, Interrupted
 from ssal.faults import failpoint
-from ssal.models import build_model
-from ssal.oracle import SimulatedOracle
+from ssal.labels import contact_sheet, queries_csv, thumbnails
+from ssal.models import build_model, initial_weights
+from ssal.oracle import HumanOracle, Oracle, SimulatedOracle
 from ssal.pretrain.stage import check_cache_dir, pretrained_encoder
 from ssal.recipe import validate_pool
 from ssal.rundir import Restored, RunDir
 from ssal.select import INITIAL_STRATEGIES, STRATEGIES
-from ssal.select.signals import MC_SIGNALS
-from ssal.select.stage import acquire, initial_set, round0_previous_model, uses_previous_model
+from ssal.select.signals import MC_SIGNALS, candidates
+from ssal.select.stage import Acquisition, acquire, generator, initial_set, round0_previous_model, uses_previous_model
 from ssal.semi import OBJECTIVES
+
+POOL_SAMPLE = 2048  # unlabeled images whose predictions describe a round without a test set (seeded)
 
 
 def resume_recipe(run_dir: str | os.PathLike, overrides: list[str] = ()) -> DictConfig:
@@ -50,7 +53,7 @@ class Parts:
     objective_cls: type
     initial_strategy: Any
     model_cfg: DictConfig
-    oracle: SimulatedOracle
+    oracle: Oracle
 
     @classmethod
     def build(cls, cfg: DictConfig) -> Parts:
@@ -60,8 +63,26 @@ class Parts:
         model_cfg = cfg.model
         if strategy.needs & MC_SIGNALS and cfg.model.drop_rate == 0:  # MC dropout needs a dropout to sample
             model_cfg = OmegaConf.merge(cfg.model, {"drop_rate": strategy.cfg.dropout})
+        if cfg.model.pretrained or cfg.model.checkpoint is not None:  # load (and check) the weights now
+            initial_weights(cfg.model.backbone, bool(cfg.model.pretrained), cfg.model.checkpoint, data.channels,
+                            data.image_size[0])
+        if cfg.active.oracle == "human":
+            oracle: Oracle = HumanOracle(RunDir(cfg.output_dir, writer=False))
+        elif not data.has_truth:
+            raise ConfigError(f"data.root '{cfg.data.root}' is a pool without labels, so active.oracle=simulated has "
+                              "nothing to answer with: set active.oracle=human (people label the queries)")
+        else:
+            oracle = SimulatedOracle(data.train.targets, cfg.active.oracle_noise, derive_seed(cfg.seed, "oracle"),
+                                     data.num_classes)
         return cls(data, strategy, OBJECTIVES.get(cfg.train.method),
-                   INITIAL_STRATEGIES.get(cfg.active.initial_strategy), model_cfg, SimulatedOracle(data.train.targets))
+                   INITIAL_STRATEGIES.get(cfg.active.initial_strategy), model_cfg, oracle)
+
+    def new_pool(self) -> ActivePool:
+        """The pool before any acquisition: the seed labels of ``data.labels`` (round 0), if any."""
+        pool = ActivePool(len(self.data.train))
+        if self.data.seed_labels is not None:
+            pool.label(*self.data.seed_labels, 0)
+        return pool
 
 
 def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: Engine | None = None,
@@ -82,6 +103,7 @@ def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: E
         run_dir.check_pool(parts.data.fingerprint())
     engine = engine or Engine(cfg.train.mixed_precision, cfg.data.num_workers, progress=progress)
     run_dir.writer = engine.is_main
+    run_dir.names = parts.data.names()
     notes = engine.guarded(run_dir.lock)
     try:
         for note in notes:
@@ -154,12 +176,15 @@ class _Rounds:
     def start(self, resume: bool, force: bool) -> Restored:
         eng, rd = self.engine, self.run_dir
         if not resume:
-            for note in eng.guarded(lambda: rd.create(self.cfg, self.parts.data.fingerprint(), force)):
+            data = self.parts.data
+            preprocess = {"classes": list(data.classes), "channels": data.channels, "image_size": data.image_size[0],
+                          "mean": list(data.mean), "std": list(data.std)}
+            for note in eng.guarded(lambda: rd.create(self.cfg, data.fingerprint(), force, preprocess)):
                 self.note(note)
             return Restored([], None)
         for change in eng.guarded(lambda: rd.update_recipe(self.cfg)):
             self.note(f"recipe changed on resume: {change}")
-        state = rd.restore(self.parts.oracle.query, len(self.parts.data.train), self.checkpoints_needed)
+        state = rd.restore(self.parts.oracle.answers, self.parts.new_pool, self.checkpoints_needed)
         for note in state.notes:
             self.note(note)
         return state
@@ -176,88 +201,202 @@ class _Rounds:
         self.encoder = pretrained_encoder(cfg, parts.data, eng, use_cache=self.use_cache, run_dir=rd)
         if pool is None:
             pool = self.buy_initial_set()
+            if pool is None:
+                return
+
+        ready, warm, prev_model = self.continue_from(state, pool)
+        if not ready:
+            return
         if resume:
             eng.print(f"resuming {rd.path} at round {state.start} ({pool.n_labeled} labels)")
 
-        warm, prev_model = self.continue_from(state, pool)
-
         for r in range(state.start, self.R + 1):
+            self.check_labels(r, pool)
             fit = self.train(r, pool, warm)
             t_eval = time.perf_counter()
-            metrics = eng.evaluate(fit.eval_model, parts.data.test, cfg.train.eval_batch_size,
-                                   desc=f"round {r} evaluate")
+            metrics = self.measure(r, fit, pool)
             eval_s = time.perf_counter() - t_eval
             rd.save_checkpoint(r, self.checkpoint(fit))
             labeled = pool.n_labeled
-            select_s = 0.0
+            select_s, received = 0.0, True
             if r < self.R:
                 if r == 0 and uses_previous_model(parts.strategy):
                     prev_model = round0_previous_model(fit)
-                select_s = self.buy(r, fit, pool, prev_model).seconds
+                acq, received = self.buy(r, fit, pool, prev_model)
+                select_s = acq.seconds
             rows.append({"round": r, "n_labeled": labeled, **metrics, "train_s": round(fit.seconds, 3),
                          "train_data_s": round(fit.data_seconds, 3),  # of train_s, waiting for batches
                          "select_s": round(select_s, 3), "eval_s": round(eval_s, 3),
                          **{f"train_{k}": round(v, 5) for k, v in fit.logs.items()},
-                         "pool": {"labeled": pool.n_labeled, "digest": files.json_digest(pool.state_dict())}})
+                         "pool": {"labeled": pool.n_entries, "digest": files.json_digest(pool.state_dict())}})
             rd.commit(rows)  # the round is done once this returns
             rd.prune_checkpoints(r)
-            rd.write_curve(cfg.name)
-            eng.print(f"[bold]round {r}[/bold]: {labeled} labels, test acc {100 * metrics['test_acc']:.2f} %, "
+            if parts.data.has_test:
+                rd.write_curve(cfg.name)
+            measured = (f"test acc {100 * metrics['test_acc']:.2f} %" if "test_acc" in metrics else
+                        f"mean confidence on the pool {100 * metrics['pool_mean_conf']:.1f} % (no test set)")
+            eng.print(f"[bold]round {r}[/bold]: {labeled} labels, {measured}, "
                       f"train {fit.seconds:.1f} s, select {select_s:.1f} s")
             failpoint("round.end")
+            if not received:
+                self.say_awaiting(acq)
+                return
             if not cfg.train.reinit:  # the next round continues from these weights (and teacher)
                 warm = ({k: v.detach().clone() for k, v in fit.model.state_dict().items()},
                         {k: v.detach().clone() for k, v in fit.objective_state.items()})
             if uses_previous_model(parts.strategy):  # the next round compares with this one
                 prev_model = fit.eval_model
             eng.accelerator.wait_for_everyone()
-        eng.print(f"done: {rd.path}/curve.png")
+        eng.print(f"done: {rd.path}" + ("/curve.png" if parts.data.has_test else ""))
 
-    def continue_from(self, state: Restored, pool: ActivePool) -> tuple[tuple[dict, dict] | None, Any]:
+    def continue_from(self, state: Restored, pool: ActivePool) -> tuple[bool, tuple[dict, dict] | None, Any]:
         """What round ``state.start`` continues from (weights and objective state, with ``train.reinit:
         false``) and what its selection compares with (the previous round's model), read from the last
-        round's checkpoint; first, when active.rounds grew, that round's missing batch is bought."""
+        round's checkpoint. First, the last round's batch is bought when it is not in the pool yet (its
+        labels were awaited from people, or active.rounds grew): False when labels are still awaited."""
         warm, prev_model = None, None
         last = state.checkpoints.get(state.start - 1)
         if last is None:
-            return warm, prev_model
+            return True, warm, prev_model
         fit = self.restore_fit(last)
         compares = uses_previous_model(self.parts.strategy)
         if state.pending_selection:
+            r = state.start - 1
             prev = None
             if compares:
                 prev = (round0_previous_model(fit) if state.start == 1 else
                         self.restore_fit(state.checkpoints[state.start - 2]).eval_model)
-            self.engine.print(f"active.rounds is now {self.R}: round {state.start - 1} selects its batch first")
-            self.buy(state.start - 1, fit, pool, prev)
+            if self.run_dir.saved_selection(r) is None:
+                self.engine.print(f"active.rounds is now {self.R}: round {r} selects its batch first")
+            acq, received = self.buy(r, fit, pool, prev, reuse=True)
+            if not received:
+                self.say_awaiting(acq)
+                return False, None, None
         if not self.cfg.train.reinit:
             warm = (fit.model.state_dict(), fit.objective_state)
         if compares:
             prev_model = fit.eval_model
-        return warm, prev_model
+        return True, warm, prev_model
 
-    def buy_initial_set(self) -> ActivePool:
+    def wanted(self, r: int, pool: ActivePool) -> int:
+        """How many labels acquisition ``r`` buys: what brings round r + 1 to its share of the budget
+        (``active.budget``, plus what skipped answers left out earlier), as far as the pool allows."""
+        seed = 0 if self.parts.data.seed_labels is None else len(self.parts.data.seed_labels[0])
+        target = seed + self.cfg.active.initial + (r + 1) * self.cfg.active.budget
+        return max(0, min(target - pool.n_labeled, len(pool.unlabeled_indices)))
+
+    def reusable(self, r: int, pool: ActivePool) -> torch.Tensor | None:
+        """Acquisition ``r`` as recorded when it fits the pool (a selection made before the run stopped to
+        await labels is not made again), else None."""
+        saved = self.run_dir.saved_selection(r)
+        if saved is None:
+            return None
+        idx = torch.tensor(saved, dtype=torch.long)
+        fits = (len(idx) == self.wanted(r, pool) and len(torch.unique(idx)) == len(idx)
+                and bool(torch.isin(idx, pool.unlabeled_indices).all()))
+        return idx if fits else None
+
+    def buy_initial_set(self) -> ActivePool | None:
+        """The labels round 0 trains on (None while people's answers are awaited)."""
         parts, eng = self.parts, self.engine
-        pool = ActivePool(len(parts.data.train))
+        pool = parts.new_pool()
+        picked = self.reusable(-1, pool)
+        if picked is not None:
+            acq = Acquisition(-1, self.cfg.active.initial_strategy, picked, None, 0.0)
+        else:
+            def embed(indices: torch.Tensor) -> torch.Tensor:  # the pool's features, for a cold-start strategy
+                return eng.predict(self.fresh_model(), parts.data.train, indices, ("features",),
+                                   self.cfg.train.eval_batch_size, desc="initial features")["features"]
 
-        def embed(indices: torch.Tensor) -> torch.Tensor:  # the pool's features, for a cold-start strategy
-            return eng.predict(self.fresh_model(), parts.data.train, indices, ("features",),
-                               self.cfg.train.eval_batch_size, desc="initial features")["features"]
+            acq = initial_set(eng, self.cfg, parts.initial_strategy, pool.unlabeled_indices, parts.data.train.targets,
+                              embed, self.wanted(-1, pool))
+            self.run_dir.save_selection(acq.record())
+        if self.receive(acq, pool):
+            return pool
+        self.say_awaiting(acq)
+        return None
 
-        acq = initial_set(eng, self.cfg, parts.initial_strategy, pool.unlabeled_indices, parts.data.train.targets,
-                          embed)
-        pool.label(acq.indices, parts.oracle.query(acq.indices), 0)
-        self.run_dir.save_selection(acq.record())
+    def buy(self, r: int, fit: FitResult, pool: ActivePool, prev_model: torch.nn.Module | None,
+            reuse: bool = False) -> tuple[Acquisition, bool]:
+        """Round ``r``'s acquisition, answered for round r + 1 and recorded; False: answers are awaited."""
+        picked = self.reusable(r, pool) if reuse else None
+        if picked is not None:
+            acq = Acquisition(r, self.cfg.active.strategy, picked, None, 0.0)
+        else:
+            acq = acquire(self.engine, self.cfg, self.parts.strategy, self.parts.data, fit, pool, prev_model, r,
+                          self.wanted(r, pool))
+            record = acq.record()
+            if self.parts.oracle.asks_people:  # the model's guess, to speed people up
+                probs = self.engine.predict(fit.eval_model, self.parts.data.train, acq.indices, ("probs",),
+                                            self.cfg.train.eval_batch_size)["probs"]
+                conf, guess = probs.max(1) if len(probs) else (torch.empty(0), torch.empty(0, dtype=torch.long))
+                record["suggestions"] = [self.parts.data.classes[int(c)] for c in guess]
+                record["confidences"] = [round(float(c), 4) for c in conf]
+            self.run_dir.save_selection(record)
+        return acq, self.receive(acq, pool)
+
+    def receive(self, acq: Acquisition, pool: ActivePool) -> bool:
+        """Label acquisition ``acq`` with the oracle's answers (and save the pool); when people have not
+        answered all of it yet, write the queries and say so: False."""
+        answers = self.parts.oracle.answers(acq.round, acq.indices)
+        if answers is None:
+            self.write_queries(acq)
+            return False
+        pool.label(acq.indices, answers, acq.round + 1)
         self.run_dir.save_pool(pool)
-        return pool
+        return True
 
-    def buy(self, r: int, fit: FitResult, pool: ActivePool, prev_model: torch.nn.Module | None):
-        """Round ``r``'s acquisition, labeled by the oracle for round r + 1 and recorded."""
-        acq = acquire(self.engine, self.cfg, self.parts.strategy, self.parts.data, fit, pool, prev_model, r)
-        pool.label(acq.indices, self.parts.oracle.query(acq.indices), r + 1)
-        self.run_dir.save_selection(acq.record())
-        self.run_dir.save_pool(pool)
-        return acq
+    def write_queries(self, acq: Acquisition) -> None:
+        """``queries.csv`` and ``queries.png`` of an acquisition, unless they exist (a person may be filling
+        in the CSV)."""
+        rd, data = self.run_dir, self.parts.data
+        folder = rd.round_dir(acq.round)
+        csv_path, png_path = folder / "queries.csv", folder / "queries.png"
+        indices = acq.indices.tolist()
+        if rd.writer and not csv_path.exists():
+            record = rd.selection_record(acq.round)
+            suggestions = record.get("suggestions") or [""] * len(indices)
+            confidences = record.get("confidences") or [None] * len(indices)
+            rd.write_new(csv_path, queries_csv(indices, rd.names, suggestions, confidences, rd.run_id()))
+        if rd.writer and not png_path.exists():
+            record = rd.selection_record(acq.round)
+            guesses = record.get("suggestions") or [""] * len(indices)
+            captions = [f"#{q} {g}?" if g else f"#{q}" for q, g in enumerate(guesses, start=1)]
+            rd.write_new(png_path, contact_sheet(thumbnails(data.train, indices), captions))
+
+    def say_awaiting(self, acq: Acquisition) -> None:
+        rd = self.run_dir
+        folder = rd.round_dir(acq.round)
+        csv_path, png_path = folder / "queries.csv", folder / "queries.png"
+        indices = acq.indices.tolist()
+        missing = self.parts.oracle.missing(acq.round, acq.indices)
+        head = (f"{missing} images await labels" if missing == len(indices) else
+                f"{missing} of the {len(indices)} images of {folder.name} still await labels")
+        self.engine.print(f"[bold]{head}[/bold]: fill the label column of {csv_path} (see {png_path}), or label "
+                          f"them in Label Studio ('ssal label export {rd.path}'); then 'ssal label import {rd.path} "
+                          f"FILE' and 'ssal run --resume {rd.path}'")
+
+    def check_labels(self, r: int, pool: ActivePool) -> None:
+        if pool.n_labeled == 0:
+            raise ConfigError(f"round {r} has no label to train on: every answer so far is skip/unsure; label some of "
+                              f"the images of {self.run_dir.round_dir(r - 1)} (import again), then 'ssal run --resume "
+                              f"{self.run_dir.path}'")
+
+    def measure(self, r: int, fit: FitResult, pool: ActivePool) -> dict:
+        """Test accuracy; without a test set, what can be measured honestly: the model's class distribution
+        and mean confidence on (up to POOL_SAMPLE seeded images of) the unlabeled pool."""
+        eng, data, cfg = self.engine, self.parts.data, self.cfg
+        if data.has_test:
+            return eng.evaluate(fit.eval_model, data.test, cfg.train.eval_batch_size, desc=f"round {r} evaluate")
+        sample = candidates(pool.unlabeled_indices, POOL_SAMPLE, generator(cfg.seed, "measure", r))
+        if len(sample) == 0:
+            sample = pool.labeled_indices
+        probs = eng.predict(fit.eval_model, data.train, sample, ("probs",), cfg.train.eval_batch_size,
+                            desc=f"round {r} measure")["probs"]
+        conf, guess = probs.max(1)
+        share = torch.bincount(guess, minlength=data.num_classes).float() / max(1, len(guess))
+        return {"pool_mean_conf": round(float(conf.mean()), 5),
+                "pool_class_dist": {c: round(float(v), 5) for c, v in zip(data.classes, share, strict=True)}}
 
     def train(self, r: int, pool: ActivePool, warm: tuple[dict, dict] | None) -> FitResult:
         cfg, parts = self.cfg, self.parts

@@ -136,6 +136,10 @@ def run_rows(run_dir: str | Path) -> list[dict]:
         metrics = read_metrics(run_dir)
     except DataError as e:
         raise DataError(f"cannot report on '{run_dir}': {e}") from None
+    if any("test_acc" not in m for m in metrics):
+        raise DataError(f"'{run_dir}' has no test accuracy (its data has no test set), and a report compares test "
+                        "accuracy: give the run a labeled test folder (data.test_root) to compare it; its rounds' "
+                        "pool statistics are in its metrics.jsonl")
     return [{"method": str(labels["method"]), "strategy": str(labels["strategy"]), "seed": seed,
              "round": int(m["round"]), "n_labeled": int(m["n_labeled"]), "test_acc": float(m["test_acc"]),
              "train_s": _seconds(m, "train_s"), "select_s": _seconds(m, "select_s"),

@@ -8,6 +8,8 @@ and the commit of a round.
     metrics.jsonl             one line per committed round; rewriting it with a new line commits the round
     pool.json                 {"n", "labeled": [[index, label, round], ...], "checksum"}
     rounds/initial/selected.json, rounds/rXX/selected.json     what was bought, for the pool's rebuild
+    rounds/*/queries.csv, queries.png, answers.json            with a human oracle: the questions for
+                              people, and their answers (``ssal label import``; sealed)
     checkpoints/round_XX.pt   the last two rounds' models (checksummed)
     curve.csv, curve.png, pretrain.jsonl
     .lock                     held (flock) by the process that runs the directory; says who that is
@@ -95,7 +97,9 @@ def _row_problem(row: Any, i: int) -> str | None:
     if row.get("round") != i or isinstance(row.get("round"), bool):
         return f"should be round {i}, found round {row.get('round')!r}"
     acc, n = row.get("test_acc"), row.get("n_labeled")
-    if not isinstance(acc, (int, float)) or isinstance(acc, bool) or not (0 <= acc <= 1):
+    if "test_acc" not in row and "pool_mean_conf" not in row:  # a run without a test set has the latter
+        return "has neither test_acc nor pool_mean_conf"
+    if "test_acc" in row and (not isinstance(acc, (int, float)) or isinstance(acc, bool) or not (0 <= acc <= 1)):
         return f"has no test_acc in [0, 1] (found {acc!r})"
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         return f"has no n_labeled >= 1 (found {n!r})"
@@ -212,16 +216,18 @@ class Restored:
 
     @property
     def pending_selection(self) -> bool:
-        """The last committed round bought nothing (it was the last round before active.rounds grew)."""
-        return bool(self.rows) and self.pool is not None and self.pool.n_labeled == self.rows[-1]["n_labeled"]
+        """The last committed round's batch is not in the pool: it was the last round before active.rounds
+        grew, or its labels were awaited from people (see :mod:`ssal.oracle`)."""
+        return bool(self.rows) and self.pool is not None and len(self.pool.round_of(self.start)) == 0
 
 
 class RunDir:
     """One run directory. ``writer=False`` (processes other than the main one): reads only."""
 
-    def __init__(self, path: str | os.PathLike, writer: bool = True):
+    def __init__(self, path: str | os.PathLike, writer: bool = True, names: list[str] | None = None):
         self.path = Path(path)
         self.writer = writer
+        self.names = names  # the pool's image paths (relative to data.root) for folder data sets
         self._lock = Lock(self.path / LOCK)
 
     def __repr__(self) -> str:
@@ -348,8 +354,9 @@ class RunDir:
     def unlock(self) -> None:
         self._lock.release()
 
-    def create(self, cfg: DictConfig, pool_fingerprint: dict, force: bool) -> list[str]:
-        """Write a new run (lock held): with ``force`` an existing run is deleted first."""
+    def create(self, cfg: DictConfig, pool_fingerprint: dict, force: bool, preprocess: dict | None = None) -> list[str]:
+        """Write a new run (lock held): with ``force`` an existing run is deleted first. ``preprocess``
+        (class names, channels, image size, mean and std) is what a model of the run expects as input."""
         notes = []
         if not self.writer:
             return notes
@@ -371,7 +378,8 @@ class RunDir:
         recipe = OmegaConf.to_container(cfg)
         files.write_json(self._p(IDENTITY), files.seal({
             "format": FORMAT, "ssal": __version__, "created": _now(), "recipe": recipe,
-            "recipe_digest": files.json_digest(recipe), "pool": pool_fingerprint}))
+            "recipe_digest": files.json_digest(recipe), "pool": pool_fingerprint,
+            **({"preprocess": preprocess} if preprocess is not None else {})}))
         self._write_recipe(cfg)
         files.write_text(self._p(METRICS), "")
         for sub in ("checkpoints", "rounds"):
@@ -423,9 +431,19 @@ class RunDir:
         if self.writer:
             files.write_text(self._p(METRICS), "".join(files.dumps(row) + "\n" for row in rows))
 
+    def run_id(self) -> str:
+        """A short id of this run (label files say which run they answer)."""
+        identity = self.identity()
+        return files.json_digest({"created": identity.get("created"), "recipe": identity.get("recipe_digest"),
+                                  "pool": identity.get("pool")})[:12]
+
+    def _paths(self, indices: list[int]) -> dict:
+        return {} if self.names is None else {"paths": [self.names[i] for i in indices]}
+
     def save_pool(self, pool: ActivePool) -> None:
         if self.writer:
-            files.write_json(self._p(POOL), files.seal(pool.state_dict()))
+            state = pool.state_dict()
+            files.write_json(self._p(POOL), files.seal({**state, **self._paths([i for i, _, _ in state["labeled"]])}))
 
     def load_pool(self, pool_size: int) -> ActivePool:
         """pool.json verified (checksum, size, structure), or :class:`Damaged`."""
@@ -437,21 +455,76 @@ class RunDir:
         except (ValueError, KeyError, TypeError, IndexError, RuntimeError, OverflowError) as e:
             raise Damaged(self._p(POOL), f"malformed ({e})") from None
 
+    def round_dir(self, r: int) -> Path:
+        """``rounds/rXX`` of acquisition ``r`` (round -1: the initial set, ``rounds/initial``)."""
+        return self._p("rounds", "initial" if r < 0 else f"r{r:02d}")
+
     def _selection_path(self, r: int) -> Path:
-        return self._p("rounds", "initial" if r < 0 else f"r{r:02d}", "selected.json")
+        return self.round_dir(r) / "selected.json"
 
     def save_selection(self, record: dict) -> None:
         """``rounds/rXX/selected.json`` (round -1: the initial set, ``rounds/initial/``)."""
         if self.writer:
             path = self._selection_path(record["round"])
             files.mkdirs(path.parent)
-            files.write_json(path, record)
+            files.write_json(path, {**record, **self._paths(record["indices"])})
+
+    def saved_selection(self, r: int) -> list[int] | None:
+        """Acquisition ``r``'s indices as recorded, or None when there is no readable record."""
+        try:
+            return self.read_selection(r)
+        except Damaged:
+            return None
+
+    # ------------------------------------------------------------------ people's answers
+    def answers_path(self, r: int) -> Path:
+        return self.round_dir(r) / "answers.json"
+
+    def read_answers(self, r: int) -> dict[int, int]:
+        """The stored answers to acquisition ``r`` (index -> class, or -1: skipped); {} when none."""
+        path = self.answers_path(r)
+        if not path.exists():
+            return {}
+        try:
+            body = files.read_sealed_json(path)
+            rows = body["answers"]
+            if body.get("round") != r or not all(isinstance(i, int) and isinstance(y, int) for i, y in rows):
+                raise ValueError
+            return {i: y for i, y in rows}
+        except Damaged as d:
+            reason = d.reason
+        except (KeyError, TypeError, ValueError):
+            reason = "malformed"
+        raise DataError(f"{path} is {reason}; the labels it held are lost: delete it and import the label file "
+                        "again with 'ssal label import'")
+
+    def save_answers(self, r: int, answers: dict[int, int]) -> None:
+        if self.writer:
+            rows = sorted(answers.items())
+            files.write_json(self.answers_path(r), files.seal(
+                {"round": r, "answers": [[i, y] for i, y in rows], **self._paths([i for i, _ in rows])}))
+
+    def write_new(self, path: Path, data: bytes) -> bool:
+        """Write ``path`` unless it exists (a query file a person may be filling in is never replaced)."""
+        if not self.writer or path.exists():
+            return False
+        files.mkdirs(path.parent)
+        files.write_bytes(path, data)
+        return True
+
+    def selection_record(self, r: int) -> dict:
+        """Acquisition ``r``'s ``selected.json``, checked, or :class:`Damaged`."""
+        data = files.read_json(self._selection_path(r))
+        if not isinstance(data, dict) or data.get("round") != r or not isinstance(data.get("indices"), list) \
+                or not all(isinstance(i, int) and not isinstance(i, bool) for i in data["indices"]):
+            raise Damaged(self._selection_path(r), "malformed")
+        for key in ("paths", "suggestions", "confidences"):
+            if key in data and (not isinstance(data[key], list) or len(data[key]) != len(data["indices"])):
+                raise Damaged(self._selection_path(r), "malformed")
+        return data
 
     def read_selection(self, r: int) -> list[int]:
-        data = files.read_json(self._selection_path(r))
-        if not isinstance(data, dict) or data.get("round") != r or not isinstance(data.get("indices"), list):
-            raise Damaged(self._selection_path(r), "malformed")
-        return data["indices"]
+        return self.selection_record(r)["indices"]
 
     def _checkpoint_path(self, r: int) -> Path:
         return self._p("checkpoints", f"round_{r:02d}.pt")
@@ -502,11 +575,13 @@ class RunDir:
             files.write_text(self._p("pretrain.jsonl"), "".join(files.dumps(line) + "\n" for line in lines))
 
     # ------------------------------------------------------------------ --resume
-    def restore(self, labels_of: Callable[[torch.Tensor], torch.Tensor], pool_size: int,
-                checkpoints_needed: Callable[[int, bool], list[int]]) -> Restored:
+    def restore(self, labels_of: Callable[[int, torch.Tensor], torch.Tensor | None],
+                new_pool: Callable[[], ActivePool], checkpoints_needed: Callable[[int, bool], list[int]]) -> Restored:
         """The verified state to continue from (lock held).
 
-        ``labels_of(indices)`` are the oracle's answers (to rebuild pool.json from the selections);
+        ``labels_of(r, indices)`` are the answers to acquisition ``r`` (to rebuild pool.json from the
+        selections; None when they are not all there);
+        ``new_pool()`` the pool before the initial set (with the recipe's seed labels, if any);
         ``checkpoints_needed(start, pending_selection)`` the rounds whose checkpoints resuming at round
         ``start`` reads. A damaged one makes its round run again (the rounds are deterministic, so
         the result is the same), as far back as needed.
@@ -514,7 +589,7 @@ class RunDir:
         if self.writer:
             files.remove_stale_tmp(self.path)
         state = Restored(self.committed(), None)
-        state.pool = self._restore_pool(state, labels_of, pool_size)
+        state.pool = self._restore_pool(state, labels_of, new_pool)
         while state.start > 0:
             needed = checkpoints_needed(state.start, state.pending_selection)
             try:
@@ -536,9 +611,9 @@ class RunDir:
             return pool.head(len(initial))
         return pool.head(state.rows[-1]["pool"]["labeled"])
 
-    def _restore_pool(self, state: Restored, labels_of, pool_size: int) -> ActivePool | None:
+    def _restore_pool(self, state: Restored, labels_of, new_pool) -> ActivePool | None:
         try:
-            pool = self.load_pool(pool_size)
+            pool = self.load_pool(new_pool().n)
             problem = self._pool_problem(state, pool)
             if problem is None:
                 return self._pool_after(state, pool)
@@ -549,7 +624,7 @@ class RunDir:
             if reason != "missing":
                 state.notes.append(f"{POOL} is {reason}; the initial set is chosen again (seeded: the same one)")
             return None
-        rebuilt = self._rebuild_pool(state, labels_of, pool_size)
+        rebuilt = self._rebuild_pool(state, labels_of, new_pool())
         if rebuilt is None or self._pool_problem(state, rebuilt) is not None:
             raise DataError(f"{self._p(POOL)} is {reason}, and the selections in {self._p('rounds')} do not rebuild "
                             "the committed labels; restore pool.json from a backup, or start a new run")
@@ -566,20 +641,22 @@ class RunDir:
         if not isinstance(want, dict) or not isinstance(want.get("labeled"), int):
             raise DataError(f"the last line of {METRICS} does not record the pool (written by an older ssal?); "
                             "start the run again with --force")
-        if pool.n_labeled < want["labeled"]:
-            return f"missing labels the committed rounds bought ({pool.n_labeled} of {want['labeled']})"
+        if pool.n_entries < want["labeled"]:
+            return f"missing labels the committed rounds bought ({pool.n_entries} of {want['labeled']})"
         if files.json_digest(pool.head(want["labeled"]).state_dict()) != want.get("digest"):
             return "different from what the committed rounds bought (labels changed?)"
         return None
 
-    def _rebuild_pool(self, state: Restored, labels_of, pool_size: int) -> ActivePool | None:
-        pool = ActivePool(pool_size)
+    def _rebuild_pool(self, state: Restored, labels_of, pool: ActivePool) -> ActivePool | None:
         try:
             for r in range(-1, state.start):
-                if r == state.start - 1 and state.rows[-1]["pool"]["labeled"] == pool.n_labeled:
+                if r == state.start - 1 and state.rows[-1]["pool"]["labeled"] == pool.n_entries:
                     break  # the last committed round bought nothing
                 idx = torch.tensor(self.read_selection(r), dtype=torch.long)
-                pool.label(idx, labels_of(idx), r + 1)
+                answers = labels_of(r, idx)
+                if answers is None:
+                    return None
+                pool.label(idx, answers, r + 1)
         except (Damaged, ValueError, IndexError):
             return None
         return pool

@@ -73,7 +73,7 @@ def test_empty_label_call_is_a_no_op():
     ([-1], [0], 1, IndexError),               # negative, would wrap around in torch indexing
     ([4, 5, 4], [0, 1, 2], 1, ValueError),    # duplicate in one call
     ([4, 5], [0], 1, ValueError),             # lengths differ
-    ([4], [-1], 1, ValueError),               # negative label
+    ([4], [-2], 1, ValueError),               # negative label (-1 is SKIP)
     ([4], [0], -1, ValueError),               # negative round
 ])
 def test_label_refusals_change_nothing(indices, labels, round, exc):
@@ -162,7 +162,7 @@ def test_failed_save_keeps_old_file_and_leaves_no_tmp(tmp_path, monkeypatch, bro
     {"n": 5, "labeled": [[5, 0, 0]]},
     {"n": 5, "labeled": [[-1, 0, 0]]},
     {"n": 5, "labeled": [[1, 0, 0], [1, 1, 0]]},
-    {"n": 5, "labeled": [[1, -1, 0]]},
+    {"n": 5, "labeled": [[1, -2, 0]]},  # -1 is "skipped"; below it nothing
     {"n": 5, "labeled": [[1, 0, -2]]},
     {"n": 5, "labeled": [[1, "cat", 0]]},
     {"n": 5, "labeled": [[1, None, 0]]},

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import torch
 
+SKIP = -1  # the answer "skip" / "unsure": the image leaves the candidates without a label
+_UNANSWERED = -2
+
 
 class ActivePool:
-    """``n`` pool indices; each is unlabeled or labeled with a class and the round it joined.
+    """``n`` pool indices; each is unanswered, labeled with a class, or skipped (an annotator could
+    not tell: :data:`SKIP`), and an answered one records the round it joined.
 
     The round of an index is the first round whose training uses its label: the initial set is
-    round 0, what round r selects is round r + 1.
+    round 0, what round r selects is round r + 1. The pool's *entries* are the answered indices
+    (labels and skips) in acquisition order; a skipped image is neither trained on nor selected again.
     """
 
     def __init__(self, n: int):
         if n <= 0:
             raise ValueError("a pool needs at least one sample")
         self.n = n
-        self._labels = torch.full((n,), -1, dtype=torch.long)
+        self._labels = torch.full((n,), _UNANSWERED, dtype=torch.long)
         self._round = torch.full((n,), -1, dtype=torch.long)
-        self._order: list[int] = []  # labeled indices in acquisition order
+        self._order: list[int] = []  # answered indices in acquisition order
 
     @property
     def labeled_mask(self) -> torch.Tensor:
@@ -27,14 +32,26 @@ class ActivePool:
     @property
     def labeled_indices(self) -> torch.Tensor:
         """Labeled indices in acquisition order."""
-        return torch.tensor(self._order, dtype=torch.long)
+        order = torch.tensor(self._order, dtype=torch.long)
+        return order[self._labels[order] >= 0]
 
     @property
     def unlabeled_indices(self) -> torch.Tensor:
-        return torch.nonzero(~self.labeled_mask).flatten()
+        """Indices nobody answered yet: the candidates of a selection."""
+        return torch.nonzero(self._labels == _UNANSWERED).flatten()
+
+    @property
+    def skipped_indices(self) -> torch.Tensor:
+        order = torch.tensor(self._order, dtype=torch.long)
+        return order[self._labels[order] == SKIP]
 
     @property
     def n_labeled(self) -> int:
+        return int(self.labeled_mask.sum())
+
+    @property
+    def n_entries(self) -> int:
+        """Answered indices, labels and skips: the length of ``state_dict()["labeled"]``."""
         return len(self._order)
 
     @property
@@ -46,9 +63,10 @@ class ActivePool:
         return self._round[self.labeled_indices]
 
     def label(self, indices, labels, round) -> None:
-        """Label ``indices`` (in this order) with ``labels``, acquired for ``round`` (int or per index).
+        """Label ``indices`` (in this order) with ``labels`` (a class, or :data:`SKIP`), acquired for
+        ``round`` (int or per index).
 
-        Refuses out-of-range, repeated or already-labeled indices and changes nothing then.
+        Refuses out-of-range, repeated or already-answered indices and changes nothing then.
         """
         idx = torch.as_tensor(indices, dtype=torch.long).flatten()
         lab = torch.as_tensor(labels, dtype=torch.long).flatten()
@@ -59,11 +77,11 @@ class ActivePool:
             raise IndexError(f"pool index out of range [0, {self.n})")
         if len(torch.unique(idx)) != len(idx):
             raise ValueError("the same index is labeled twice in one call")
-        if self.labeled_mask[idx].any():
-            already = idx[self.labeled_mask[idx]][:5].tolist()
-            raise ValueError(f"indices already labeled: {already}")
-        if len(lab) and lab.min() < 0:
-            raise ValueError("labels must be >= 0")
+        answered = self._labels[idx] != _UNANSWERED
+        if answered.any():
+            raise ValueError(f"indices already labeled: {idx[answered][:5].tolist()}")
+        if len(lab) and lab.min() < SKIP:
+            raise ValueError(f"labels must be >= 0 (or {SKIP}: skipped)")
         if len(rnd) and rnd.min() < 0:
             raise ValueError("rounds must be >= 0")
         self._labels[idx] = lab
@@ -71,20 +89,21 @@ class ActivePool:
         self._order.extend(idx.tolist())
 
     def head(self, count: int) -> ActivePool:
-        """A new pool with only the first ``count`` labels in acquisition order."""
-        if not 0 <= count <= self.n_labeled:
-            raise ValueError(f"head({count}) of a pool with {self.n_labeled} labels")
+        """A new pool with only the first ``count`` entries in acquisition order."""
+        if not 0 <= count <= self.n_entries:
+            raise ValueError(f"head({count}) of a pool with {self.n_entries} entries")
         out = ActivePool(self.n)
         keep = torch.tensor(self._order[:count], dtype=torch.long)
         out.label(keep, self._labels[keep], self._round[keep])
         return out
 
     def round_of(self, r: int) -> torch.Tensor:
-        """The indices acquired for round ``r``, in acquisition order."""
-        idx = self.labeled_indices
+        """The indices answered for round ``r`` (labels and skips), in acquisition order."""
+        idx = torch.tensor(self._order, dtype=torch.long)
         return idx[self._round[idx] == r]
 
     def state_dict(self) -> dict:
+        """``{"n", "labeled": [[index, label, round], ...]}`` in acquisition order; label -1: skipped."""
         return {"n": self.n, "labeled": [[i, int(self._labels[i]), int(self._round[i])] for i in self._order]}
 
     def load_state_dict(self, state: dict) -> None:

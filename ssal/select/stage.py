@@ -53,26 +53,28 @@ def round0_previous_model(fit: Any) -> nn.Module:
 
 
 def initial_set(engine: Any, cfg: Any, initial_strategy: Any, unlabeled: torch.Tensor, targets: torch.Tensor,
-                embed: Any) -> Acquisition:
-    """The labels bought before round 0 (``active.initial`` by ``active.initial_strategy``)."""
+                embed: Any, k: int) -> Acquisition:
+    """The ``k`` labels bought before round 0 (by ``active.initial_strategy``)."""
     t = time.perf_counter()
-    picked = initial_strategy(unlabeled, targets, cfg.active.initial, generator(cfg.seed, "initial"), embed=embed)
+    if k == 0:  # a seed set (data.labels) alone starts the run
+        return Acquisition(-1, cfg.active.initial_strategy, torch.empty(0, dtype=torch.long), None, 0.0)
+    picked = initial_strategy(unlabeled, targets, k, generator(cfg.seed, "initial"), embed=embed)
     return Acquisition(-1, cfg.active.initial_strategy, torch.as_tensor(picked, dtype=torch.long), None,
                        time.perf_counter() - t)
 
 
 def acquire(engine: Any, cfg: Any, strategy: Any, data: Any, fit: Any, pool: Any, prev_model: nn.Module | None,
-            r: int) -> Acquisition:
-    """Round ``r``'s acquisition: ``active.budget`` of the unlabeled pool (or of its ``active.subset``),
-    scored with the round's trained model ``fit`` (and ``prev_model`` when the strategy compares)."""
+            r: int, budget: int) -> Acquisition:
+    """Round ``r``'s acquisition: ``budget`` of the unlabeled pool (or of its ``active.subset``), scored
+    with the round's trained model ``fit`` (and ``prev_model`` when the strategy compares)."""
     t = time.perf_counter()
     ctx = SelectionContext(fit.eval_model, pool.labeled_indices, pool.labels, fit.objective, prev_model, data.hflip,
                            derive_seed(cfg.seed, "signals", r), cfg.train.eval_batch_size)
     cands = candidates(pool.unlabeled_indices, cfg.active.subset, generator(cfg.seed, "subset", r))
     signals = compute_signals(engine, strategy, ctx, data.train, cands)
     failpoint("signals")
-    picked = strategy.select(signals, cfg.active.budget, generator(cfg.seed, "select", r))
-    picked = check_selection(picked, cands, cfg.active.budget, cfg.active.strategy)
+    picked = strategy.select(signals, budget, generator(cfg.seed, "select", r))
+    picked = check_selection(picked, cands, budget, cfg.active.strategy)
     scores = strategy.scores(signals)
     if scores is not None:
         scores = scores[torch.searchsorted(cands, picked)]
