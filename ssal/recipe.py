@@ -29,12 +29,21 @@ class DataConfig:
     image_size: int = 32  # imagefolder: images are resized/cropped to this size
     channels: int = 3  # imagefolder: 1 (grayscale) or 3 (RGB)
     num_workers: int = 0  # DataLoader workers that load/augment batches (0: main process)
+    # imagefolder without labels: every image under root is the pool; these name its classes, in order
+    classes: Optional[list[str]] = None
+    labels: Optional[str] = None  # CSV of path,label for images already labeled (a seed set), paths under root
+    test_root: Optional[str] = None  # a labeled test folder (class subfolders); none: no test accuracy
+    hflip: Optional[bool] = None  # whether a horizontal flip keeps the label (None: the data set's default)
+    mean: Optional[list[float]] = None  # per-channel normalisation (None: the data set's, or computed on the pool)
+    std: Optional[list[float]] = None
 
 
 @dataclass
 class ModelConfig:
     backbone: str = "cnn_small"  # any timm model name, or cnn_small | resnet18_cifar | wrn_28_2
     drop_rate: float = 0.0  # dropout before the linear head
+    pretrained: bool = False  # start from timm's pretrained weights (needs the network or timm's cache)
+    checkpoint: Optional[str] = None  # start from the weights in this file (a state dict, timm/torchvision/ssal)
 
 
 @dataclass
@@ -80,6 +89,8 @@ class ActiveConfig:
     strategy: str = "random"
     initial_strategy: str = "random"
     subset: Optional[int] = None  # score a seeded random subset of this many unlabeled samples
+    oracle: str = "simulated"  # who answers: simulated (ground truth) | human (queries out, ssal label import)
+    oracle_noise: float = 0.0  # simulated: this seeded fraction of the answers is a wrong class
 
 
 @dataclass
@@ -370,6 +381,7 @@ def validate(cfg: DictConfig) -> None:
     """Names and values that can be checked without loading data."""
     from ssal.data import DATASETS
     from ssal.models import check_backbone
+    from ssal.oracle import ORACLES
     from ssal.pretrain import PRETRAINERS
     from ssal.select import INITIAL_STRATEGIES, STRATEGIES
     from ssal.semi import OBJECTIVES
@@ -379,12 +391,13 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         _require(value is None or 0 <= value < 2**63, f"{key} must be in [0, 2**63), got {value}")
     for key, reg in (("data.dataset", DATASETS), ("pretrain.method", PRETRAINERS), ("train.method", OBJECTIVES),
-                     ("active.strategy", STRATEGIES), ("active.initial_strategy", INITIAL_STRATEGIES)):
+                     ("active.strategy", STRATEGIES), ("active.initial_strategy", INITIAL_STRATEGIES),
+                     ("active.oracle", ORACLES)):
         name = OmegaConf.select(cfg, key)
         if name not in reg:
             raise ConfigError(f"{key}: unknown {reg.kind} '{name}'{did_you_mean(name, reg.names())}; "
                               f"choose one of: {', '.join(reg.names())}")
-    check_backbone(cfg.model.backbone)
+    check_backbone(cfg.model.backbone, cfg.model.pretrained)
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         _require(value in choices, f"{key}: '{value}' is not one of {', '.join(map(str, choices))}"
@@ -425,7 +438,18 @@ def validate(cfg: DictConfig) -> None:
     _validate_objective(t)
     _validate_strategy(cfg)
     _require(0 <= cfg.model.drop_rate < 1, f"model.drop_rate must be in [0, 1), got {cfg.model.drop_rate}")
-    _require(a.initial >= 1, f"active.initial must be >= 1 (round 0 trains on it), got {a.initial}")
+    if d.labels is None:
+        _require(a.initial >= 1, f"active.initial must be >= 1 (round 0 trains on it), got {a.initial}")
+    else:
+        _require(a.initial >= 0, f"active.initial must be >= 0, got {a.initial}")
+    _require(0 <= a.oracle_noise < 1, f"active.oracle_noise must be in [0, 1), got {a.oracle_noise}")
+    _require(a.oracle == "simulated" or a.oracle_noise == 0,
+             "active.oracle_noise simulates wrong answers of the simulated oracle; with active.oracle=human "
+             "set it to 0")
+    _require(a.oracle == "simulated" or a.initial_strategy != "class_balanced",
+             "active.initial_strategy=class_balanced reads the ground-truth labels, which people have not given "
+             "yet; with active.oracle=human use random or typiclust")
+    _validate_folder_keys(d)
     _require(a.budget >= 1, f"active.budget must be >= 1, got {a.budget}")
     _require(a.rounds >= 0, f"active.rounds must be >= 0, got {a.rounds}")
     _require(a.subset is None or a.subset >= a.budget,
@@ -439,6 +463,37 @@ def validate(cfg: DictConfig) -> None:
         _require(needed <= d.pool_size,
                  f"active.initial + active.rounds * active.budget = {needed} labels, more than data.pool_size="
                  f"{d.pool_size}; lower the budget or rounds, or enlarge the pool")
+
+
+def _validate_folder_keys(d: DictConfig) -> None:
+    """The data keys of image folders: classes, seed labels, a test folder, normalisation."""
+    for key in ("classes", "labels", "test_root"):
+        _require(d[key] is None or d.dataset == "imagefolder",
+                 f"data.{key} is for data.dataset=imagefolder; data.dataset={d.dataset} has its own classes, "
+                 "labels and test split: remove it")
+    if d.classes is not None:
+        names = list(d.classes)
+        _require(len(names) >= 2, f"data.classes needs at least 2 classes (got {names}); a classifier of one class "
+                                  "learns nothing")
+        _require(all(isinstance(c, str) and c.strip() == c and c for c in names),
+                 f"data.classes must be non-empty names without leading/trailing spaces, got {names}")
+        dup = sorted({c for c in names if names.count(c) > 1})
+        _require(not dup, f"data.classes names {', '.join(dup)} twice; give each class once")
+        lowered = [c.lower() for c in names]
+        _require("skip" not in lowered and "unsure" not in lowered,
+                 "data.classes may not use 'skip' or 'unsure': those answers mean 'no label' (the image is skipped)")
+    else:
+        _require(d.labels is None, "data.labels (a seed set of labeled images) needs data.classes (the class names, "
+                                   "in order), e.g. data.classes=[cat,dog]")
+    for key in ("mean", "std"):
+        values = d[key]
+        if values is not None:
+            _require(len(values) in (1, d.channels) if d.dataset == "imagefolder" else len(values) >= 1,
+                     f"data.{key} needs one value per channel (data.channels={d.channels}), got {list(values)}")
+    if d.std is not None:
+        _require(all(v > 0 for v in d.std), f"data.std values must be > 0, got {list(d.std)}")
+    _require((d.mean is None) == (d.std is None), "set data.mean and data.std together (or neither: the data "
+                                                  "set's own, computed on the pool for image folders)")
 
 
 def _require_finite(node: Any, prefix: str = "") -> None:

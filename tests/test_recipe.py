@@ -340,6 +340,8 @@ def test_shipped_recipes_are_found():
 def test_shipped_recipes_load_and_validate(path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # `extends:` must not depend on the working directory
     overrides = ["data.root=/data/somewhere"] if _needs_root(path) else []
+    if path.name == "human.yaml":  # a folder of one's own images: the classes are the user's too
+        overrides.append("data.classes=[cat,dog]")
     cfg = load_recipe(path, overrides)
     assert cfg.name  # a name, from the recipe or its stem
     assert cfg.output_dir

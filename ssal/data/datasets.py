@@ -7,6 +7,7 @@ indices: small data sets live in memory as one uint8 tensor; ``imagefolder`` dec
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ssal.errors import DataError
+from ssal.errors import DataError, did_you_mean
 from ssal.registry import Registry
 
 DATASETS = Registry("dataset")
@@ -106,10 +107,14 @@ class ImageDataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     hflip: bool  # whether a horizontal flip keeps the label (not for digits)
+    seed_labels: tuple[torch.Tensor, torch.Tensor] | None = None  # (indices, labels) given before any query
 
     def __post_init__(self) -> None:
+        if len(self.classes) < 2:
+            raise DataError(f"{self.name}: found {len(self.classes)} class ({', '.join(self.classes) or 'none'}); a "
+                            "classifier needs at least 2: add the other classes' images (or data.classes)")
         for which, split in (("train", self.train), ("test", self.test)):
-            bad = (split.targets < 0) | (split.targets >= len(self.classes))
+            bad = (split.targets < -1) | (split.targets >= len(self.classes))  # -1: not known (an unlabeled pool)
             if len(split) and bad.any():
                 i = int(bad.nonzero()[0])
                 raise DataError(f"{self.name}: the {which} split has label {int(split.targets[i])} at index {i}, "
@@ -120,10 +125,29 @@ class ImageDataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def has_truth(self) -> bool:
+        """Whether every pool image's label is known (a simulated oracle can answer)."""
+        return bool((self.train.targets >= 0).all())
+
+    @property
+    def has_test(self) -> bool:
+        return len(self.test) > 0
+
     def fingerprint(self) -> dict:
         """What the pool's indices mean (the run directory stores it; the pretraining cache key holds it)."""
-        return {"dataset": self.name, "n": len(self.train), "classes": list(self.classes),
-                "digest": self.train.fingerprint()}
+        out = {"dataset": self.name, "n": len(self.train), "classes": list(self.classes),
+               "digest": self.train.fingerprint()}
+        if self.seed_labels is not None:
+            idx, lab = self.seed_labels
+            out["seed_labels"] = hashlib.blake2b(idx.numpy().tobytes() + lab.numpy().tobytes(),
+                                                 digest_size=16).hexdigest()
+        return out
+
+    def names(self) -> list[str] | None:
+        """The pool's image paths relative to its root, for data decoded from files (else None)."""
+        got = self.train.files()
+        return None if got is None else got[1]
 
     def save_caches(self) -> None:
         """Remember the image check's results (see :mod:`ssal.data.imagecheck`); best effort."""
@@ -141,10 +165,68 @@ def load_dataset(cfg, seed: int = 0, cache_dir: str | None = None) -> ImageDatas
     builder = DATASETS.get(cfg.dataset)
     ds: ImageDataset = builder(cfg)
     ds.train = _subsample(ds.train, cfg.pool_size, seed, "data.pool_size", "train")
-    ds.test = _subsample(ds.test, cfg.test_size, seed + 1, "data.test_size", "test")
-    ds.pending_caches = [remember for split in (ds.train, ds.test) if split.files() is not None
+    if len(ds.test):
+        ds.test = _subsample(ds.test, cfg.test_size, seed + 1, "data.test_size", "test")
+    ds.pending_caches = [remember for split in (ds.train, ds.test) if split.files() is not None and len(split)
                          for remember in [check_images(*split.files(), cache_dir)]]
+    if cfg.hflip is not None:
+        ds.hflip = bool(cfg.hflip)
+    if cfg.labels is not None:
+        from ssal.labels import read_seed_labels
+
+        ds.seed_labels = read_seed_labels(cfg.labels, ds)
+    if cfg.mean is not None:
+        ds.mean, ds.std = _per_channel(cfg.mean, ds.channels), _per_channel(cfg.std, ds.channels)
+        if len(ds.mean) != ds.channels:
+            raise DataError(f"data.mean/data.std need {ds.channels} values (one per channel of {ds.name}), got "
+                            f"{len(cfg.mean)}")
+    elif ds.train.files() is not None:
+        ds.mean, ds.std = pool_statistics(ds.train, ds.channels, cache_dir)
     return ds
+
+
+def _per_channel(values, channels: int) -> tuple[float, ...]:
+    values = tuple(float(v) for v in values)
+    return values * channels if len(values) == 1 else values
+
+
+NORM_SAMPLE = 1000  # images whose pixels give a folder's mean/std (seeded; +-0.005 on natural photos)
+
+
+def pool_statistics(split: Split, channels: int, cache_dir: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of the pixels (in [0, 1]) of up to :data:`NORM_SAMPLE` seeded images of a
+    folder pool, remembered in ``<cache_dir>/norm/<fingerprint>.json``."""
+    from ssal import files
+
+    root, rels = split.files()
+    h = hashlib.blake2b(split.fingerprint().encode() + str(root.resolve()).encode(), digest_size=16)
+    for rel in rels:  # the files themselves: another folder with the same names, or an image edited in place
+        st = os.stat(root / rel)
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
+    path = Path(os.path.expanduser(cache_dir)) / "norm" / f"{h.hexdigest()}.json" if cache_dir else None
+    if path is not None and path.is_file():
+        try:
+            got = files.read_json(path)
+            return tuple(got["mean"]), tuple(got["std"])
+        except (files.Damaged, KeyError, TypeError):
+            pass  # computed again below
+    g = torch.Generator().manual_seed(0)
+    pick = torch.randperm(len(split), generator=g)[:NORM_SAMPLE].sort().values
+    c = channels
+    total, squares, count = torch.zeros(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64), 0
+    for chunk in pick.split(256):  # one pass: E[x] and E[x^2] in float64 (no cancellation at this size)
+        x = split.load(chunk).double() / 255
+        total += x.sum((0, 2, 3))
+        squares += (x * x).sum((0, 2, 3))
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = (squares / count - mean * mean).clamp_min(0).sqrt().clamp_min(1e-3)
+    out = tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
+    if path is not None:
+        with contextlib.suppress(OSError, files.StorageError):
+            files.mkdirs(path.parent)
+            files.write_json(path, {"mean": out[0], "std": out[1], "images": len(pick)})
+    return out
 
 
 def _subsample(split: Split, size: int | None, seed: int, key: str, what: str) -> Split:
@@ -343,29 +425,82 @@ class FolderSplit(Split):
         return torch.stack([self.load_one(int(i)) for i in indices])
 
 
+def _image_files(root: Path, skip: Path | None = None) -> list[str]:
+    """Every image file under ``root`` (recursively, symlinks followed, hidden entries skipped), sorted by
+    relative path; nothing under ``skip``."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    out = []
+    skip = None if skip is None else skip.resolve()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        dirs[:] = sorted(d for d in dirs
+                         if not d.startswith(".") and (skip is None or Path(folder, d).resolve() != skip))
+        out += [os.path.join(folder, n) for n in names
+                if not n.startswith(".") and n.lower().endswith(IMG_EXTENSIONS)]
+    return sorted(out, key=lambda p: os.path.relpath(p, root))
+
+
+def _labeled_folder(path: Path, classes: list[str] | None, what: str, howto: str) -> list[tuple[str, int]]:
+    """(file, class index) of ``path``/<class>/...; with ``classes`` the folder names must be among them."""
+    if not path.is_dir():
+        raise DataError(f"{what} '{path}' does not exist or is not a folder; {howto}")
+    folders = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if classes is None:
+        classes = folders
+    unknown = [f for f in folders if f not in classes]
+    if unknown:
+        raise DataError(f"{what} '{path}' has the folder '{unknown[0]}', which is not one of the classes "
+                        f"({', '.join(classes)}){did_you_mean(unknown[0], classes)}; rename it or fix data.classes")
+    per_class = {c: _image_files(path / c) for c in folders}
+    empty = [c for c, found in per_class.items() if not found]
+    if empty:
+        raise DataError(f"{what} '{path}': the class folder '{empty[0]}' holds no images; add its images or "
+                        "remove the folder")
+    samples = [(f, classes.index(c)) for c in folders for f in per_class[c]]
+    if not samples:
+        raise DataError(f"{what} '{path}' holds no images in class subfolders; {howto}")
+    return samples
+
+
 @DATASETS.register("imagefolder")
 def imagefolder(cfg) -> ImageDataset:
-    """``data.root`` with ``train/<class>/*.png`` and ``test/<class>/*`` (or ``val/``)."""
-    from torchvision.datasets import ImageFolder
-
-    howto = "point data.root at a folder holding train/<class>/<images> and test/<class>/<images>"
+    """A folder of images. With ``data.classes`` every image under ``data.root`` (flat, or nested in
+    folders with no class meaning) is the unlabeled pool, and ``data.test_root`` (class subfolders) an
+    optional test set. Without it, ``train/<class>/*`` is the pool (labels known: simulations) and
+    ``test/<class>/*`` (or ``val/``) the test set."""
+    size, channels = (cfg.image_size, cfg.image_size), cfg.channels
+    if cfg.classes is not None:
+        howto = "point data.root at the folder of images to label"
+        root = _root(cfg, None, howto)
+        classes = list(cfg.classes)
+        test_root = Path(os.path.expanduser(cfg.test_root)) if cfg.test_root is not None else None
+        paths = _image_files(root, skip=test_root)
+        if not paths:
+            raise DataError(f"data.root '{root}' holds no image files (.jpg, .png, .bmp, .tif, .webp, ...); {howto}")
+        train = FolderSplit([(p, -1) for p in paths], size, channels, root)
+        test_samples = [] if test_root is None else _labeled_folder(
+            test_root, classes, "data.test_root", "give a folder with one subfolder of images per class")
+        test = FolderSplit(test_samples, size, channels, test_root or root)
+        return ImageDataset("imagefolder", train, test, classes, channels=channels, image_size=size,
+                            mean=(0.5,) * channels, std=(0.25,) * channels, hflip=False)
+    howto = ("point data.root at a folder holding train/<class>/<images> and test/<class>/<images>, or give "
+             "data.classes to label a folder of unlabeled images")
     root = _root(cfg, None, howto)
     test_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
     if not (root / "train").is_dir() or test_dir is None:
-        raise DataError(f"{root} needs the subfolders train/ and test/ (or val/); {howto}")
-    try:
-        tr, te = ImageFolder(str(root / "train")), ImageFolder(str(test_dir))
-    except (FileNotFoundError, RuntimeError) as e:
-        raise DataError(f"{e}; {howto}") from None
-    if tr.classes != te.classes:
-        only_train = sorted(set(tr.classes) - set(te.classes))
-        only_test = sorted(set(te.classes) - set(tr.classes))
+        raise DataError(f"{root} needs the subfolders train/ and test/ (or val/), or data.classes (the class "
+                        "names) when it is a folder of unlabeled images")
+    train_samples = _labeled_folder(root / "train", None, "data.root", howto)
+    classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir() and not d.name.startswith("."))
+    test_classes = sorted(d.name for d in test_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if classes != test_classes:
+        only_train = sorted(set(classes) - set(test_classes))
+        only_test = sorted(set(test_classes) - set(classes))
         raise DataError(f"{root}: train/ and {test_dir.name}/ have different class folders (only in train/: "
                         f"{', '.join(only_train) or '-'}; only in {test_dir.name}/: {', '.join(only_test) or '-'}); "
                         "make them match")
-    size = (cfg.image_size, cfg.image_size)
-    channels = cfg.channels
-    return ImageDataset("imagefolder", FolderSplit(tr.samples, size, channels, root / "train"),
-                        FolderSplit(te.samples, size, channels, test_dir),
-                        tr.classes, channels=channels, image_size=size,
-                        mean=(0.5,) * channels, std=(0.25,) * channels, hflip=True)
+    test_samples = _labeled_folder(test_dir, classes, "data.root", howto)
+    return ImageDataset("imagefolder", FolderSplit(train_samples, size, channels, root / "train"),
+                        FolderSplit(test_samples, size, channels, test_dir),
+                        classes, channels=channels, image_size=size,
+                        mean=(0.5,) * channels, std=(0.25,) * channels, hflip=False)

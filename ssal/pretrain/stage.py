@@ -29,7 +29,8 @@ from ssal.pretrain.knn import knn_accuracy, pixels
 
 FORMAT = 2
 MONITOR_KEYS = ("method", "eval_every", "knn_k", "knn_temperature")  # do not change the weights
-DATA_KEYS_IGNORED = ("num_workers", "test_size")
+DATA_KEYS_IGNORED = ("num_workers", "test_size", "labels", "test_root")  # the views never see them
+OPTIONAL_DATA_KEYS = ("classes", "hflip", "mean", "std")  # in the key only when set (older keys stay valid)
 
 
 def pretrain_seed(cfg: DictConfig) -> int:
@@ -46,9 +47,29 @@ def encoder_identity(cfg: DictConfig) -> dict:
     section["method"] = cfg.pretrain.method
     if isinstance(p.get(cfg.pretrain.method), dict):
         section[cfg.pretrain.method] = p[cfg.pretrain.method]
-    d = {k: v for k, v in OmegaConf.to_container(cfg.data).items() if k not in DATA_KEYS_IGNORED}
-    return {"format": FORMAT, "data": d, "backbone": cfg.model.backbone, "pretrain": section,
-            "seed": pretrain_seed(cfg)}
+    d = {k: v for k, v in OmegaConf.to_container(cfg.data).items()
+         if k not in DATA_KEYS_IGNORED and not (k in OPTIONAL_DATA_KEYS and v is None)}
+    out = {"format": FORMAT, "data": d, "backbone": cfg.model.backbone, "pretrain": section,
+           "seed": pretrain_seed(cfg)}
+    if cfg.model.pretrained:  # the encoder starts from these weights
+        out["pretrained"] = True
+    if cfg.model.checkpoint is not None:
+        out["checkpoint"] = _file_digest(cfg.model.checkpoint)
+    return out
+
+
+def _file_digest(path: str) -> str:
+    """The content digest of a weights file (its path alone would miss a file replaced in place)."""
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    try:
+        with open(os.path.expanduser(path), "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return f"unreadable:{path}"
+    return h.hexdigest()
 
 
 def key_fields(cfg: DictConfig, data: Any) -> dict:
@@ -146,7 +167,12 @@ def train_encoder(cfg: DictConfig, data: Any, engine: Engine) -> tuple[dict[str,
         return knn_accuracy(bank, data.train.targets, queries, data.test.targets, data.num_classes,
                             p.knn_k, p.knn_temperature)
 
+    labeled = data.has_truth and data.has_test
+
     def monitor(epoch: int) -> dict[str, float]:
+        if not labeled:  # a pool without labels (people label it): nothing to measure the features against
+            log.append({"epoch": epoch, "elapsed_s": round(time.perf_counter() - t0, 2)})
+            return {}
         bs = cfg.train.eval_batch_size
         bank = engine.predict(encoder, data.train, pool, ("features",), bs)["features"]
         queries = engine.predict(encoder, data.test, test, ("features",), bs)["features"]
@@ -159,8 +185,9 @@ def train_encoder(cfg: DictConfig, data: Any, engine: Engine) -> tuple[dict[str,
         return {"knn": line["knn_acc"]}
 
     monitor(0)
-    engine.print(f"pretrain {p.method}: kNN accuracy at random init {100 * log[0]['knn_acc']:.2f} %, "
-                 f"raw pixels {100 * (log[0]['knn_pixels_acc'] or float('nan')):.2f} %")
+    if labeled:
+        engine.print(f"pretrain {p.method}: kNN accuracy at random init {100 * log[0]['knn_acc']:.2f} %, "
+                     f"raw pixels {100 * (log[0]['knn_pixels_acc'] or float('nan')):.2f} %")
 
     def on_epoch(epoch: int) -> dict[str, float]:
         if epoch == p.epochs or (p.eval_every > 0 and epoch % p.eval_every == 0):
@@ -170,7 +197,7 @@ def train_encoder(cfg: DictConfig, data: Any, engine: Engine) -> tuple[dict[str,
     fit = engine.pretrain(method, data.train, pool, p, seed=derive_seed(pretrain_seed(cfg), "pretrain"),
                           on_epoch=on_epoch, desc=f"pretrain {p.method}")
     log[-1].update({f"train_{k}": round(v, 5) for k, v in fit.logs.items()}, train_s=round(fit.seconds, 2))
-    engine.print(f"pretrain {p.method}: {p.epochs} epochs in {fit.seconds:.0f} s, "
-                 f"kNN accuracy {100 * log[-1]['knn_acc']:.2f} %")
+    knn_note = f", kNN accuracy {100 * log[-1]['knn_acc']:.2f} %" if labeled else ""
+    engine.print(f"pretrain {p.method}: {p.epochs} epochs in {fit.seconds:.0f} s{knn_note}")
     state = {k: v.detach().cpu().contiguous() for k, v in encoder.backbone.state_dict().items()}
     return state, log
