@@ -1,4 +1,4 @@
-"""``ssal`` command line: run | pretrain | compare | report | list."""
+"""``ssal`` command line: run | pretrain | compare | report | label | predict | export | init | list."""
 
 from __future__ import annotations
 
@@ -67,8 +67,107 @@ def _parser() -> argparse.ArgumentParser:
                     help="where to write (default: the comparison directory if one is given alone, else ./report)")
     rp.add_argument("--title", default=None, help="title of the tables and plots")
 
+    lb = sub.add_parser("label", help="labels from people: import answers, export queries",
+                        description="With active.oracle=human a run stops after each selection and waits for "
+                                    "labels: export the queries (or fill rounds/rXX/queries.csv), import the "
+                                    "answers, then 'ssal run --resume RUN_DIR'.")
+    lsub = lb.add_subparsers(dest="label_command", required=True, parser_class=_Parser)
+    li = lsub.add_parser("import", help="import answers (CSV or a Label Studio JSON export) into a run",
+                         description="Validate a label file against the run's open query batch and store its "
+                                     "answers: all or nothing. A CSV needs a 'label' column and a 'path' or 'index' "
+                                     "column (the filled-in queries.csv works as is); 'skip' or 'unsure' are "
+                                     "answers too. A Label Studio export is its JSON (or JSON-MIN) export.")
+    li.add_argument("run_dir", metavar="RUN_DIR")
+    li.add_argument("file", metavar="FILE", help="CSV or Label Studio JSON export")
+    le = lsub.add_parser("export", help="write the open query batch for a labeling tool",
+                         description="Write the run's open query batch as Label Studio tasks (local-file image "
+                                     "references, the model's guess as a pre-annotation) plus the labeling config "
+                                     "(same name, .xml), or as CSV.")
+    le.add_argument("run_dir", metavar="RUN_DIR")
+    le.add_argument("--format", choices=("labelstudio", "csv"), default="labelstudio")
+    le.add_argument("--out", metavar="FILE", help="default: RUN_DIR/rounds/rXX/tasks.json (or queries.csv)")
+
+    pr = sub.add_parser("predict", help="predict every image of a run's pool (or of another folder)",
+                        description="Write a CSV (path, index, prediction, confidence, label) with the model of the "
+                                    "run's last round, for every image of its pool or of --images.")
+    pr.add_argument("run_dir", metavar="RUN_DIR")
+    pr.add_argument("--out", metavar="FILE", required=True)
+    pr.add_argument("--images", metavar="FOLDER", help="predict these images (recursively) instead of the pool")
+    pr.add_argument("--batch-size", type=int, default=None, metavar="N")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    ex = sub.add_parser("export", help="write a run's model for timm: weights, class names, preprocessing",
+                        description="Write the model of the run's last round as a file that timm alone loads "
+                                    "(see the README for the snippet).")
+    ex.add_argument("run_dir", metavar="RUN_DIR")
+    ex.add_argument("--out", metavar="FILE", required=True)
+
+    it = sub.add_parser("init", help="write a recipe for labeling a folder of your images",
+                        description="Write DIR/recipe.yaml: the recipe recipes/imagefolder/human.yaml for your "
+                                    "folder and classes (its run goes to DIR/run). Then 'ssal run DIR/recipe.yaml'.")
+    it.add_argument("dir", metavar="DIR")
+    it.add_argument("--images", required=True, metavar="FOLDER", help="the folder of images to label")
+    it.add_argument("--classes", required=True, help="class names, comma-separated: cat,dog,bird")
+    it.add_argument("--test", metavar="FOLDER", help="a labeled test folder (one subfolder per class)")
+    it.add_argument("--labels", metavar="CSV", help="labels you already have (path,label)")
+    it.add_argument("--force", action="store_true", help="replace an existing DIR/recipe.yaml")
+
     sub.add_parser("list", help="list registered datasets, backbones, objectives and strategies")
     return p
+
+
+def cmd_label(args) -> int:
+    from pathlib import Path
+
+    from ssal import labels
+
+    if args.label_command == "import":
+        print(labels.import_labels(args.run_dir, args.file))
+        return 0
+    from ssal.rundir import RunDir
+
+    rd = RunDir(args.run_dir)
+    batch = labels.open_batch(rd, labels._human_run(rd))
+    if args.format == "csv":
+        src = rd.round_dir(batch.round) / "queries.csv"
+        out = Path(args.out) if args.out else src
+        if out != src:
+            from ssal import files
+
+            files.write_bytes(out, src.read_bytes())
+        print(f"queries of {batch.folder}: {out}")
+        return 0
+    out = Path(args.out) if args.out else rd.round_dir(batch.round) / "tasks.json"
+    tasks, config, n = labels.export_label_studio(args.run_dir, out)
+    print(f"wrote {n} Label Studio tasks to {tasks} and the labeling config to {config}; serve the images with "
+          f"LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<data.root>")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from ssal.deploy import predict
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise SsalError(f"--batch-size must be at least 1, got {args.batch_size}")
+    out, n = predict(args.run_dir, args.out, args.images, args.batch_size, progress=not args.no_progress)
+    print(f"wrote predictions for {n} images to {out}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from ssal.deploy import export
+
+    print(f"wrote {export(args.run_dir, args.out)} (load it with timm: see the README, 'Use the model')")
+    return 0
+
+
+def cmd_init(args) -> int:
+    from ssal.project import init_project
+
+    path = init_project(args.dir, args.images, [c.strip() for c in args.classes.split(",")], test=args.test,
+                        labels=args.labels, force=args.force)
+    print(f"wrote {path}; start with 'ssal run {path}'")
+    return 0
 
 
 def cmd_run(args) -> int:
@@ -192,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         faults.check_env()
         return {"run": cmd_run, "pretrain": cmd_pretrain, "compare": cmd_compare, "report": cmd_report,
+                "label": cmd_label, "predict": cmd_predict, "export": cmd_export, "init": cmd_init,
                 "list": cmd_list}[args.command](args)
     except SsalError as e:
         if main_process:

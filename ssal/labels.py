@@ -1,0 +1,422 @@
+"""Labels from people: the queries a run writes, the files people answer with, and their import.
+
+With ``active.oracle: human`` a round ends after selection: the run writes ``rounds/rXX/queries.csv``
+(one row per image: query number, pool index, path, the model's suggestion and confidence, an empty
+``label`` column) and ``queries.png`` (a contact sheet), then stops. People answer in that CSV or in
+Label Studio (``ssal label export``); ``ssal label import`` validates a whole file against the open
+batch (all or nothing) and stores the answers atomically in ``answers.json``; ``ssal run --resume``
+goes on once every query has an answer. "skip" / "unsure" are answers too: the image leaves the
+candidates and the next round buys one more.
+
+Every parser here turns a malformed file into one :class:`~ssal.errors.DataError` line that names the
+file, the line and what to do.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ssal import files
+from ssal.data.pool import SKIP, ActivePool
+from ssal.errors import ConfigError, DataError, closest
+from ssal.rundir import RunDir
+
+SKIP_WORDS = ("skip", "unsure")
+QUERY_COLUMNS = ("query", "index", "path", "suggestion", "confidence", "label", "run")
+LS_PREFIX = "/data/local-files/?d="  # how Label Studio serves local files
+
+
+@dataclass
+class Batch:
+    """The open query batch of a run: acquisition ``round``'s ``indices`` (and their paths)."""
+
+    round: int
+    indices: list[int]
+
+    @property
+    def folder(self) -> str:
+        return "rounds/initial" if self.round < 0 else f"rounds/r{self.round:02d}"
+
+
+# ----------------------------------------------------------------------------- reading answer files
+
+@dataclass
+class _Pool:
+    """What an answer file is checked against: the pool's size, paths and classes."""
+
+    n: int
+    names: dict[int, str] | None  # index -> path relative to data.root (the images a file may name)
+    classes: list[str]
+    root: Path | None = None
+    what: str = "an image of the pool"
+
+    def __post_init__(self) -> None:
+        self.by_path = {} if self.names is None else {p: i for i, p in self.names.items()}
+
+    def index_of_path(self, raw: str) -> int | None:
+        p = raw.strip()
+        if p.startswith(LS_PREFIX):
+            p = p[len(LS_PREFIX):]
+        if self.root is not None and os.path.isabs(p):
+            p = os.path.relpath(p, self.root)
+        p = os.path.normpath(p).replace(os.sep, "/")
+        return self.by_path.get(p)
+
+    def label_of(self, raw: str, where: str) -> int | None:
+        """A class index, SKIP, or None for an empty answer."""
+        text = raw.strip()
+        if not text:
+            return None
+        if text in self.classes:
+            return self.classes.index(text)
+        if text.lower() in SKIP_WORDS:
+            return SKIP
+        hint = closest(text.lower(), [c.lower() for c in self.classes])
+        hint = f" (did you mean '{self.classes[[c.lower() for c in self.classes].index(hint)]}'?)" if hint else ""
+        raise DataError(f"{where}: unknown class '{text}'{hint}; the classes are {', '.join(self.classes)} "
+                        f"(or {'/'.join(SKIP_WORDS)} for no label)")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"label file '{path}' not found; check the path") from None
+    except IsADirectoryError:
+        raise DataError(f"label file '{path}' is a folder; give a CSV or Label Studio JSON file") from None
+    except OSError as e:
+        raise DataError(f"cannot read label file '{path}': {e.strerror}") from None
+    try:
+        return data.decode("utf-8-sig")  # spreadsheets often add a byte-order mark
+    except UnicodeDecodeError:
+        raise DataError(f"label file '{path}' is not UTF-8 text; save it as 'CSV UTF-8' (or JSON) and import it "
+                        "again") from None
+
+
+def read_answer_file(path: str | os.PathLike, pool: _Pool, run_id: str | None = None) -> tuple[dict[int, int], int]:
+    """``({index: label or SKIP}, rows without an answer)`` of a CSV or Label Studio JSON file."""
+    path = Path(path)
+    text = _read_text(path)
+    if path.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{")):
+        rows = _label_studio_rows(path, text, run_id)
+    else:
+        rows = _csv_rows(path, text, run_id)
+    answers: dict[int, int] = {}
+    first_line: dict[int, tuple[str, str]] = {}
+    empty = 0
+    for where, index, path_text, label_text in rows:
+        i = _resolve(pool, where, index, path_text)
+        label = pool.label_of(label_text, where)
+        if label is None:
+            empty += 1
+            continue
+        if i in answers and answers[i] != label:
+            other_where, other = first_line[i]
+            name = pool.names[i] if pool.names else f"index {i}"
+            raise DataError(f"{path}: {other_where} and {where.split(': ')[-1]} give {name} two labels ('{other}' "
+                            f"and '{label_text.strip()}'); keep one of them")
+        answers[i] = label
+        first_line.setdefault(i, (where, label_text.strip()))
+    if not answers:
+        raise DataError(f"{path} has no labels (every label is empty); fill in the label column (a class name, or "
+                        f"{'/'.join(SKIP_WORDS)}), then import it")
+    return answers, empty
+
+
+def _resolve(pool: _Pool, where: str, index: str | int | None, path_text: str | None) -> int:
+    i = None
+    if index is not None and str(index).strip() != "":
+        try:
+            i = int(str(index).strip())
+        except ValueError:
+            raise DataError(f"{where}: index '{index}' is not a whole number") from None
+        if not 0 <= i < pool.n:
+            raise DataError(f"{where}: index {i} is not in the pool (0..{pool.n - 1})")
+    if path_text is not None and path_text.strip() and pool.names is not None:
+        j = pool.index_of_path(path_text)
+        if j is None:
+            raise DataError(f"{where}: '{path_text.strip()}' is not {pool.what} (paths are relative to data.root, "
+                            "as in queries.csv)")
+        if i is not None and i != j:
+            raise DataError(f"{where}: index {i} is not '{path_text.strip()}' (that is index {j}); fix one of them")
+        i = j
+    if i is None:
+        what = "an index or a path" if pool.names is not None else "an index (this pool has no file paths)"
+        raise DataError(f"{where}: the row names no image; give {what}")
+    return i
+
+
+def _csv_rows(path: Path, text: str, run_id: str | None) -> list[tuple[str, str | None, str | None, str]]:
+    try:
+        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t") if text.strip() else csv.excel
+    except csv.Error:
+        dialect = csv.excel
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""), dialect)
+        header = next(reader, None)
+        body = list(reader)
+    except csv.Error as e:
+        raise DataError(f"{path} is not a valid CSV file ({e}); export it again as CSV") from None
+    if header is None:
+        raise DataError(f"{path} is empty; give the filled-in queries.csv (or a CSV with path,label columns)")
+    columns = [h.strip().lower() for h in header]
+    if "label" not in columns or not ({"index", "path"} & set(columns)):
+        raise DataError(f"{path} needs a header with a 'label' column and a 'path' or 'index' column (found: "
+                        f"{', '.join(h.strip() for h in header) or 'nothing'}); start from queries.csv")
+    col = {c: columns.index(c) for c in ("index", "path", "label", "run") if c in columns}
+    rows = []
+    for n, row in enumerate(body, start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        where = f"{path} line {n}"
+
+        def cell(name: str, row=row) -> str | None:
+            return row[col[name]] if name in col and col[name] < len(row) else None
+
+        run = cell("run")
+        if run_id is not None and run and run.strip() and run.strip() != run_id:
+            raise DataError(f"{path} answers another run (run {run.strip()}; this run is {run_id}): import the "
+                            "queries.csv of this run")
+        rows.append((where, cell("index"), cell("path"), cell("label") or ""))
+    return rows
+
+
+def _label_studio_rows(path: Path, text: str, run_id: str | None) -> list[tuple[str, int | None, str | None, str]]:
+    try:
+        tasks = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON (line {e.lineno}: {e.msg}); export it again from Label "
+                        "Studio as JSON") from None
+    if isinstance(tasks, dict):
+        tasks = [tasks]
+    if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
+        raise DataError(f"{path} is not a Label Studio export (a JSON list of tasks); export it as JSON")
+    rows = []
+    for k, task in enumerate(tasks):
+        where = f"{path} task {k + 1}"
+        data = task.get("data") if isinstance(task.get("data"), dict) else task  # JSON or JSON-MIN export
+        run = data.get("ssal_run")
+        if run_id is not None and run and run != run_id:
+            raise DataError(f"{path} answers another run (run {run}; this run is {run_id}): export and import the "
+                            "tasks of this run")
+        index = data.get("ssal_index")
+        image = data.get("image") or data.get("path")
+        if "data" in task:
+            label = _ls_choice(task, where)
+        else:
+            value = task.get("label", "")
+            label = value if isinstance(value, str) else ""
+            if isinstance(value, dict) and isinstance(value.get("choices"), list) and value["choices"]:
+                label = str(value["choices"][0])
+        if label is None:
+            continue
+        rows.append((where, index, image if isinstance(image, str) else None, label))
+    return rows
+
+
+def _ls_choice(task: dict, where: str) -> str | None:
+    """The latest annotation's choice ('skip' when the annotator skipped the task; None: not annotated)."""
+    annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict)]
+    if not annotations:
+        return None
+    latest = max(annotations, key=lambda a: str(a.get("updated_at") or a.get("created_at") or ""))
+    if latest.get("was_cancelled"):
+        return SKIP_WORDS[0]
+    choices = [c for r in latest.get("result") or [] if isinstance(r, dict) and r.get("type") == "choices"
+               for c in (r.get("value") or {}).get("choices") or []]
+    if not choices:
+        return ""
+    if len(choices) > 1:
+        raise DataError(f"{where}: the annotation chose {len(choices)} classes ({', '.join(map(str, choices))}); "
+                        "choose one per image")
+    return str(choices[0])
+
+
+def read_seed_labels(path: str | os.PathLike, data) -> tuple[torch.Tensor, torch.Tensor]:
+    """``data.labels``: (indices, labels) of a CSV of path,label (or index,label) for pool images."""
+    root = data.train.files()[0] if data.train.files() is not None else None
+    names = data.names()
+    pool = _Pool(len(data.train), None if names is None else dict(enumerate(names)), list(data.classes), root,
+                 "an image of the pool")
+    try:
+        answers, _ = read_answer_file(Path(os.path.expanduser(str(path))), pool)
+    except DataError as e:
+        raise DataError(f"data.labels: {e}") from None
+    skipped = [i for i, y in answers.items() if y == SKIP]
+    if skipped:
+        raise DataError(f"data.labels: '{path}' says skip/unsure for {len(skipped)} images; a seed set holds labels "
+                        "only: remove those rows")
+    idx = torch.tensor(sorted(answers), dtype=torch.long)
+    return idx, torch.tensor([answers[int(i)] for i in idx], dtype=torch.long)
+
+
+# ----------------------------------------------------------------------------- the open batch of a run
+
+def _human_run(rd: RunDir) -> dict:
+    identity = rd.check_resumable()
+    oracle = (identity["recipe"].get("active") or {}).get("oracle", "simulated")
+    if oracle != "human":
+        raise ConfigError(f"{rd.path} uses active.oracle={oracle}: its labels come from the data set, not from "
+                          "people; start a run with active.oracle=human to label images")
+    return identity
+
+
+def open_batch(rd: RunDir, identity: dict) -> Batch:
+    """The acquisition the run waits on, or a one-line error saying why nothing awaits labels."""
+    rows = rd.committed()
+    r = rows[-1]["round"] if rows else -1
+    indices = rd.saved_selection(r)
+    rounds = (identity["recipe"].get("active") or {}).get("rounds")
+    if indices is None:
+        if rows and r >= rounds:
+            raise ConfigError(f"{rd.path} is complete ({len(rows)} rounds): it awaits no labels; 'ssal predict' "
+                              "and 'ssal export' use its model")
+        raise ConfigError(f"{rd.path} has no open query batch yet; continue it with 'ssal run --resume {rd.path}', "
+                          "which writes the queries")
+    try:
+        entries = pool_entries(rd.load_pool(identity["pool"]["n"]))
+    except files.Damaged:
+        entries = set()  # no readable pool.json (the initial batch is open): nothing of the batch is in it
+    if any(i in entries for i in indices):
+        raise ConfigError(f"the batch of {rd.path}/{Batch(r, indices).folder} is already labeled and in the pool; "
+                          f"continue with 'ssal run --resume {rd.path}'")
+    return Batch(r, indices)
+
+
+def import_labels(run_dir: str | os.PathLike, label_file: str | os.PathLike) -> str:
+    """Validate ``label_file`` against the open batch of a run and store its answers (all or nothing).
+    Returns what happened, for people."""
+    rd = RunDir(run_dir)
+    identity = _human_run(rd)
+    for note in rd.lock():
+        print(f"note: {note}")
+    try:
+        files.remove_stale_tmp(rd.path)  # of a killed import (the lock is held: no live writer)
+        batch = open_batch(rd, identity)
+        record = rd.selection_record(batch.round)
+        names = dict(zip(batch.indices, record["paths"], strict=True)) if "paths" in record else None
+        root = (identity["recipe"].get("data") or {}).get("root")
+        pool = _Pool(identity["pool"]["n"], names, list(identity["pool"]["classes"]),
+                     Path(os.path.expanduser(root)) if root else None, f"one of the images queried in {batch.folder}")
+        answers, empty = read_answer_file(label_file, pool, rd.run_id())
+        queried = set(batch.indices)
+        stray = sorted(i for i in answers if i not in queried)
+        if stray:
+            name = f"index {stray[0]}"
+            raise DataError(f"{label_file} labels {len(stray)} images that the open batch ({batch.folder}, "
+                            f"{len(queried)} images) did not query, e.g. {name}; import only answers to "
+                            f"{batch.folder}/queries.csv")
+        stored = rd.read_answers(batch.round)
+        changed = sum(1 for i, y in answers.items() if i in stored and stored[i] != y)
+        stored.update(answers)
+        rd.save_answers(batch.round, stored)
+    finally:
+        rd.unlock()
+    missing = len(queried) - sum(1 for i in queried if i in stored)
+    skipped = sum(1 for i in queried if stored.get(i) == SKIP)
+    head = (f"imported {len(answers)} answers for {batch.folder}" + (f" ({changed} changed)" if changed else "") +
+            (f", {skipped} skipped" if skipped else "") + (f"; {empty} rows had no label" if empty else ""))
+    if missing:
+        return f"{head}; {missing} of {len(queried)} images still await labels"
+    return f"{head}; all {len(queried)} answered: continue with 'ssal run --resume {rd.path}'"
+
+
+# ----------------------------------------------------------------------------- the queries people see
+
+def queries_csv(indices: list[int], names: list[str] | None, suggestions: list[str], confidences: list[float | None],
+                run_id: str) -> bytes:
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(QUERY_COLUMNS)
+    for q, i in enumerate(indices, start=1):
+        conf = confidences[q - 1]
+        w.writerow([q, i, names[i] if names else "", suggestions[q - 1], "" if conf is None else f"{conf:.3f}", "",
+                    run_id])
+    return text.getvalue().encode()
+
+
+def contact_sheet(thumbnails: list, captions: list[str], size: int = 128, columns: int = 10) -> bytes:
+    """A PNG grid of ``thumbnails`` (PIL images) with their ``captions`` (query number, suggestion)."""
+    from PIL import Image, ImageDraw
+
+    rows = max(1, -(-len(thumbnails) // columns))
+    cell_h = size + 16
+    sheet = Image.new("RGB", (columns * size, rows * cell_h), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, (im, caption) in enumerate(zip(thumbnails, captions, strict=True)):
+        x, y = (k % columns) * size, (k // columns) * cell_h
+        im = im.convert("RGB")
+        im.thumbnail((size - 4, size - 4))
+        sheet.paste(im, (x + (size - im.width) // 2, y + (size - im.height) // 2))
+        draw.text((x + 3, y + size + 1), caption[:22], fill="black")
+    buf = io.BytesIO()
+    sheet.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def thumbnails(split, indices: list[int]) -> list:
+    """PIL images of ``split[indices]``: the original files when there are any, else the tensors."""
+    from PIL import Image
+    from torchvision.transforms.functional import to_pil_image
+
+    got = split.files()
+    if got is not None:
+        root, names = got
+        out = []
+        for i in indices:
+            with Image.open(root / names[i]) as im:
+                im.draft("RGB", (256, 256))
+                out.append(im.convert("RGB").copy())
+        return out
+    return [to_pil_image(x) for x in split.load(torch.tensor(indices, dtype=torch.long))]
+
+
+# ----------------------------------------------------------------------------- Label Studio
+
+def label_studio_config(classes: list[str]) -> str:
+    choices = "\n".join(f'    <Choice value="{_xml(c)}"/>' for c in classes)
+    return (f'<View>\n  <Image name="image" value="$image"/>\n  <Choices name="label" toName="image" '
+            f'choice="single" showInline="true">\n{choices}\n  </Choices>\n</View>\n')
+
+
+def _xml(text: str) -> str:
+    return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def export_label_studio(run_dir: str | os.PathLike, out: str | os.PathLike) -> tuple[Path, Path, int]:
+    """Label Studio tasks for the open batch (``out``) and its labeling config (``out`` with .xml)."""
+    rd = RunDir(run_dir)
+    identity = _human_run(rd)
+    batch = open_batch(rd, identity)
+    record = rd.selection_record(batch.round)
+    classes = list(identity["pool"]["classes"])
+    run_id = rd.run_id()
+    tasks = []
+    for q, i in enumerate(batch.indices, start=1):
+        data = {"ssal_index": i, "ssal_run": run_id, "query": q}
+        if "paths" in record:
+            data["image"] = LS_PREFIX + record["paths"][q - 1]
+            data["path"] = record["paths"][q - 1]
+        task = {"data": data}
+        label = (record.get("suggestions") or [""] * len(batch.indices))[q - 1]
+        conf = (record.get("confidences") or [None] * len(batch.indices))[q - 1]
+        if label:
+            task["predictions"] = [{"model_version": f"ssal {batch.folder}", "score": conf, "result": [
+                {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]}]
+        tasks.append(task)
+    out = Path(out)
+    config = out.with_suffix(".xml")
+    files.write_text(out, json.dumps(tasks, indent=1) + "\n")
+    files.write_text(config, label_studio_config(classes))
+    return out, config, len(tasks)
+
+
+def pool_entries(pool: ActivePool) -> set[int]:
+    return {i for i, _, _ in pool.state_dict()["labeled"]}

@@ -1,0 +1,64 @@
+"""``ssal init``: a recipe for labeling a folder of one's own images.
+
+:data:`HUMAN_RECIPE` is the recipe ``recipes/imagefolder/human.yaml`` holds (a test keeps them equal);
+``init`` fills in the folder and the classes and writes it where the user says.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from ssal import files
+from ssal.errors import ConfigError
+
+HUMAN_RECIPE = {
+    "data": {"dataset": "imagefolder", "root": "???", "classes": "???", "image_size": 64, "channels": 3,
+             "hflip": True},
+    "model": {"backbone": "resnet18", "pretrained": False},
+    "pretrain": {"method": "simclr", "epochs": 20, "batch_size": 128, "view_size": 64},
+    "train": {"method": "fixmatch", "steps": 500, "batch_size": 32, "lr": 0.03, "backbone_lr_scale": 0.1,
+              "ema": 0.99},
+    "active": {"oracle": "human", "initial": 50, "budget": 50, "rounds": 10, "initial_strategy": "typiclust",
+               "strategy": "margin"},
+}
+
+HEADER = """\
+# Label your own images with ssal: {images}
+# 'ssal run {recipe}' pretrains on the folder, picks a first batch, writes its queries and stops;
+# 'ssal label import RUN_DIR FILE' stores answers; 'ssal run --resume RUN_DIR' trains and picks the next batch.
+# With the network (or timm's cache), ImageNet weights start much better on photos:
+#   model.backbone: resnet18.a1_in1k, model.pretrained: true, pretrain.method: none
+"""
+
+
+def init_project(folder: str | os.PathLike, images: str | os.PathLike, classes: list[str], test: str | None = None,
+                 labels: str | None = None, force: bool = False) -> Path:
+    """Write ``folder/recipe.yaml`` (checked like any recipe) and return its path."""
+    from ssal.recipe import from_dict
+
+    folder = Path(os.path.expanduser(str(folder)))
+    path = folder / "recipe.yaml"
+    if path.exists() and not force:
+        raise ConfigError(f"{path} exists; edit it, or pass --force to write it again")
+    images = Path(os.path.expanduser(str(images))).resolve()
+    if not images.is_dir():
+        raise ConfigError(f"--images '{images}' is not a folder; give the folder of images to label")
+    recipe = {k: dict(v) for k, v in HUMAN_RECIPE.items()}
+    recipe["name"] = folder.resolve().name
+    recipe["output_dir"] = str((folder / "run").resolve())
+    recipe["data"].update(root=str(images), classes=list(classes))
+    if test is not None:
+        recipe["data"]["test_root"] = str(Path(os.path.expanduser(test)).resolve())
+    if labels is not None:
+        recipe["data"]["labels"] = str(Path(os.path.expanduser(labels)).resolve())
+    from_dict(recipe)  # the same checks as a recipe file (classes, names, values)
+    problem = files.writable_problem(folder)
+    if problem:
+        raise ConfigError(f"'{folder}' cannot be written: {problem}; choose another folder")
+    files.mkdirs(folder)
+    text = HEADER.format(images=images, recipe=path) + yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True)
+    files.write_text(path, text)
+    return path
