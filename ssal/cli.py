@@ -248,6 +248,7 @@ def cmd_list(args) -> int:
 
     from ssal.data import DATASETS
     from ssal.models.backbones import SMALL_BACKBONES
+    from ssal.oracle import ORACLES
     from ssal.pretrain import PRETRAINERS
     from ssal.select import INITIAL_STRATEGIES, STRATEGIES
     from ssal.semi import OBJECTIVES
@@ -263,6 +264,7 @@ def cmd_list(args) -> int:
         ("objective", "train.method", OBJECTIVES.names()),
         ("strategy", "active.strategy", STRATEGIES.names()),
         ("initial strategy", "active.initial_strategy", INITIAL_STRATEGIES.names()),
+        ("oracle", "active.oracle", ORACLES.names()),
     ):
         table.add_row(kind, key, ", ".join(names))
     Console().print(table)

@@ -119,9 +119,9 @@ def read_answer_file(path: str | os.PathLike, pool: _Pool, run_id: str | None = 
             continue
         if i in answers and answers[i] != label:
             other_where, other = first_line[i]
-            name = pool.names[i] if pool.names else f"index {i}"
-            raise DataError(f"{path}: {other_where} and {where.split(': ')[-1]} give {name} two labels ('{other}' "
-                            f"and '{label_text.strip()}'); keep one of them")
+            name = pool.names[i] if pool.names and i in pool.names else f"index {i}"
+            raise DataError(f"{other_where} and {where.removeprefix(str(path)).strip()} give {name} two labels "
+                            f"('{other}' and '{label_text.strip()}'); keep one of them")
         answers[i] = label
         first_line.setdefault(i, (where, label_text.strip()))
     if not answers:
@@ -194,8 +194,8 @@ def _label_studio_rows(path: Path, text: str, run_id: str | None) -> list[tuple[
     except json.JSONDecodeError as e:
         raise DataError(f"{path} is not valid JSON (line {e.lineno}: {e.msg}); export it again from Label "
                         "Studio as JSON") from None
-    if isinstance(tasks, dict):
-        tasks = [tasks]
+    if isinstance(tasks, dict) and ({"data", "ssal_index", "image", "path"} & tasks.keys()):
+        tasks = [tasks]  # one task
     if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
         raise DataError(f"{path} is not a Label Studio export (a JSON list of tasks); export it as JSON")
     rows = []
@@ -210,11 +210,8 @@ def _label_studio_rows(path: Path, text: str, run_id: str | None) -> list[tuple[
         image = data.get("image") or data.get("path")
         if "data" in task:
             label = _ls_choice(task, where)
-        else:
-            value = task.get("label", "")
-            label = value if isinstance(value, str) else ""
-            if isinstance(value, dict) and isinstance(value.get("choices"), list) and value["choices"]:
-                label = str(value["choices"][0])
+        else:  # JSON-MIN: the choice under the control's name ('label' in ssal's config)
+            label = _one_choice(task.get("label", ""), where)
         if label is None:
             continue
         rows.append((where, index, image if isinstance(image, str) else None, label))
@@ -229,14 +226,32 @@ def _ls_choice(task: dict, where: str) -> str | None:
     latest = max(annotations, key=lambda a: str(a.get("updated_at") or a.get("created_at") or ""))
     if latest.get("was_cancelled"):
         return SKIP_WORDS[0]
-    choices = [c for r in latest.get("result") or [] if isinstance(r, dict) and r.get("type") == "choices"
-               for c in (r.get("value") or {}).get("choices") or []]
-    if not choices:
-        return ""
-    if len(choices) > 1:
-        raise DataError(f"{where}: the annotation chose {len(choices)} classes ({', '.join(map(str, choices))}); "
+    results = latest.get("result") or []
+    if not isinstance(results, list):
+        raise DataError(f"{where}: the annotation's result is not a list; export the project again as JSON")
+    choices = []
+    for r in results:
+        if isinstance(r, dict) and r.get("type") == "choices":
+            value = r.get("value")
+            if not isinstance(value, dict):
+                raise DataError(f"{where}: a choice without a value object; export the project again as JSON")
+            found = value.get("choices")
+            choices += [found] if isinstance(found, str) else list(found or [])
+    return _one_choice(choices, where)
+
+
+def _one_choice(value, where: str) -> str:
+    """The single class of an answer given as a string, a list of choices or {"choices": [...]}."""
+    if isinstance(value, dict):
+        value = value.get("choices", [])
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, list) or not all(isinstance(c, (str, int, float)) for c in value):
+        raise DataError(f"{where}: the answer {value!r} is not a class name; export the project again")
+    if len(value) > 1:
+        raise DataError(f"{where}: the annotation chose {len(value)} classes ({', '.join(map(str, value))}); "
                         "choose one per image")
-    return str(choices[0])
+    return str(value[0]) if value else ""
 
 
 def read_seed_labels(path: str | os.PathLike, data) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,6 +275,10 @@ def read_seed_labels(path: str | os.PathLike, data) -> tuple[torch.Tensor, torch
 # ----------------------------------------------------------------------------- the open batch of a run
 
 def _human_run(rd: RunDir) -> dict:
+    kind = rd.kind()
+    if kind != "run":
+        what = {"absent": "does not exist", "file": "is a file"}.get(kind, "is not a run directory (no run.json)")
+        raise ConfigError(f"'{rd.path}' {what}; give the output_dir of a run made with active.oracle=human")
     identity = rd.check_resumable()
     oracle = (identity["recipe"].get("active") or {}).get("oracle", "simulated")
     if oracle != "human":
@@ -302,6 +321,7 @@ def import_labels(run_dir: str | os.PathLike, label_file: str | os.PathLike) -> 
         batch = open_batch(rd, identity)
         record = rd.selection_record(batch.round)
         names = dict(zip(batch.indices, record["paths"], strict=True)) if "paths" in record else None
+        rd.names = names  # answers.json names the images too
         root = (identity["recipe"].get("data") or {}).get("root")
         pool = _Pool(identity["pool"]["n"], names, list(identity["pool"]["classes"]),
                      Path(os.path.expanduser(root)) if root else None, f"one of the images queried in {batch.folder}")
@@ -321,7 +341,8 @@ def import_labels(run_dir: str | os.PathLike, label_file: str | os.PathLike) -> 
         rd.unlock()
     missing = len(queried) - sum(1 for i in queried if i in stored)
     skipped = sum(1 for i in queried if stored.get(i) == SKIP)
-    head = (f"imported {len(answers)} answers for {batch.folder}" + (f" ({changed} changed)" if changed else "") +
+    head = (f"imported {len(answers)} answer{'s' if len(answers) != 1 else ''} for {batch.folder}" +
+            (f" ({changed} changed)" if changed else "") +
             (f", {skipped} skipped" if skipped else "") + (f"; {empty} rows had no label" if empty else ""))
     if missing:
         return f"{head}; {missing} of {len(queried)} images still await labels"

@@ -224,10 +224,10 @@ class Restored:
 class RunDir:
     """One run directory. ``writer=False`` (processes other than the main one): reads only."""
 
-    def __init__(self, path: str | os.PathLike, writer: bool = True, names: list[str] | None = None):
+    def __init__(self, path: str | os.PathLike, writer: bool = True, names: list[str] | dict[int, str] | None = None):
         self.path = Path(path)
         self.writer = writer
-        self.names = names  # the pool's image paths (relative to data.root) for folder data sets
+        self.names = names  # image paths relative to data.root (the pool's list, or index -> path), for folders
         self._lock = Lock(self.path / LOCK)
 
     def __repr__(self) -> str:
@@ -438,7 +438,7 @@ class RunDir:
                                   "pool": identity.get("pool")})[:12]
 
     def _paths(self, indices: list[int]) -> dict:
-        return {} if self.names is None else {"paths": [self.names[i] for i in indices]}
+        return {} if self.names is None else {"paths": [self.names[i] for i in indices]}  # a list, or index -> path
 
     def save_pool(self, pool: ActivePool) -> None:
         if self.writer:

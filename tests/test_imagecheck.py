@@ -40,8 +40,10 @@ def folder(tmp_path) -> Path:
 
 
 def cfg(root: Path, **kw):
-    return OmegaConf.create({"dataset": "imagefolder", "root": str(root), "pool_size": None, "test_size": None,
-                             "image_size": 8, "channels": 3, "num_workers": 0, **kw})
+    from ssal.recipe import DataConfig
+
+    return OmegaConf.merge(OmegaConf.structured(DataConfig), {"dataset": "imagefolder", "root": str(root),
+                                                              "image_size": 8, "channels": 3, **kw})
 
 
 @pytest.fixture
@@ -62,7 +64,7 @@ def test_an_image_that_does_not_decode_is_refused_at_load_naming_it(folder, tmp_
     with pytest.raises(DataError) as e:
         load_dataset(cfg(folder), cache_dir=str(tmp_path / "cache"))
     message = str(e.value)
-    assert "1 of 7 images" in message and target.name in message and "remove or replace" in message
+    assert "1 of 13 images" in message and target.name in message and "remove or replace" in message
     assert "\n" not in message
     assert not (tmp_path / "cache").exists()  # nothing remembered for a folder that failed
 
@@ -73,13 +75,13 @@ def test_every_bad_image_is_counted_and_the_first_three_named(folder, tmp_path):
         p.write_bytes(b"x")
     with pytest.raises(DataError) as e:
         load_dataset(cfg(folder), cache_dir=str(tmp_path / "cache"))
-    assert "4 of 7 images" in str(e.value) and "and 1 more" in str(e.value)
+    assert "4 of 13 images" in str(e.value) and "and 1 more" in str(e.value)
     assert sum(f"{p.parent.name}/{p.name}" in str(e.value) for p in bad) == 3
 
 
 def test_the_test_split_is_checked_too(folder, tmp_path):
     (folder / "test" / "dog" / "0.png").write_bytes(b"x")
-    with pytest.raises(DataError, match=r"1 of 6 images in .*test cannot be decoded: dog/0.png"):
+    with pytest.raises(DataError, match=r"1 of 13 images in .*data cannot be decoded: test/dog/0.png"):
         load_dataset(cfg(folder), cache_dir=str(tmp_path / "cache"))
 
 

@@ -362,6 +362,8 @@ def test_pool_mean_and_std_are_computed_over_the_pool_pixels_and_cached(tmp_path
     assert np.allclose(ds.mean, mean, atol=1e-4) and np.allclose(ds.std, std, atol=1e-4), (ds.mean, mean, ds.std, std)
     if channels == 3:  # the channels really differ: per-channel numbers, not one for all
         assert ds.mean[1] < 0.25 < ds.mean[2]
+    assert not (cache / "norm").exists()  # remembered only once the run goes ahead
+    ds.save_caches()
     saved = list((cache / "norm").glob("*.json"))
     assert len(saved) == 1
     body = json.loads(saved[0].read_text())

@@ -167,8 +167,12 @@ def load_dataset(cfg, seed: int = 0, cache_dir: str | None = None) -> ImageDatas
     ds.train = _subsample(ds.train, cfg.pool_size, seed, "data.pool_size", "train")
     if len(ds.test):
         ds.test = _subsample(ds.test, cfg.test_size, seed + 1, "data.test_size", "test")
-    ds.pending_caches = [remember for split in (ds.train, ds.test) if split.files() is not None and len(split)
-                         for remember in [check_images(*split.files(), cache_dir)]]
+    by_root: dict[Path, list[str]] = {}  # one check per folder (the splits of a folder data set share its root)
+    for split in (ds.train, ds.test):
+        if split.files() is not None and len(split):
+            root, rels = split.files()
+            by_root.setdefault(root, []).extend(rels)
+    ds.pending_caches = [check_images(root, rels, cache_dir) for root, rels in by_root.items()]
     if cfg.hflip is not None:
         ds.hflip = bool(cfg.hflip)
     if cfg.labels is not None:
@@ -181,7 +185,8 @@ def load_dataset(cfg, seed: int = 0, cache_dir: str | None = None) -> ImageDatas
             raise DataError(f"data.mean/data.std need {ds.channels} values (one per channel of {ds.name}), got "
                             f"{len(cfg.mean)}")
     elif ds.train.files() is not None:
-        ds.mean, ds.std = pool_statistics(ds.train, ds.channels, cache_dir)
+        ds.mean, ds.std, remember = pool_statistics(ds.train, ds.channels, cache_dir)
+        ds.pending_caches.append(remember)
     return ds
 
 
@@ -193,9 +198,10 @@ def _per_channel(values, channels: int) -> tuple[float, ...]:
 NORM_SAMPLE = 1000  # images whose pixels give a folder's mean/std (seeded; +-0.005 on natural photos)
 
 
-def pool_statistics(split: Split, channels: int, cache_dir: str | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def pool_statistics(split: Split, channels: int, cache_dir: str | None):
     """Per-channel mean and std of the pixels (in [0, 1]) of up to :data:`NORM_SAMPLE` seeded images of a
-    folder pool, remembered in ``<cache_dir>/norm/<fingerprint>.json``."""
+    folder pool, and a callable that remembers them in ``<cache_dir>/norm/<digest>.json`` (called once the
+    run goes ahead, like the image check's)."""
     from ssal import files
 
     root, rels = split.files()
@@ -207,7 +213,7 @@ def pool_statistics(split: Split, channels: int, cache_dir: str | None) -> tuple
     if path is not None and path.is_file():
         try:
             got = files.read_json(path)
-            return tuple(got["mean"]), tuple(got["std"])
+            return tuple(got["mean"]), tuple(got["std"]), lambda: None
         except (files.Damaged, KeyError, TypeError):
             pass  # computed again below
     g = torch.Generator().manual_seed(0)
@@ -222,11 +228,14 @@ def pool_statistics(split: Split, channels: int, cache_dir: str | None) -> tuple
     mean = total / count
     std = (squares / count - mean * mean).clamp_min(0).sqrt().clamp_min(1e-3)
     out = tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std)
-    if path is not None:
-        with contextlib.suppress(OSError, files.StorageError):
-            files.mkdirs(path.parent)
-            files.write_json(path, {"mean": out[0], "std": out[1], "images": len(pick)})
-    return out
+
+    def remember() -> None:
+        if path is not None:
+            with contextlib.suppress(OSError, files.StorageError):
+                files.mkdirs(path.parent)
+                files.write_json(path, {"mean": out[0], "std": out[1], "images": len(pick)})
+
+    return (*out, remember)
 
 
 def _subsample(split: Split, size: int | None, seed: int, key: str, what: str) -> Split:
@@ -500,7 +509,7 @@ def imagefolder(cfg) -> ImageDataset:
                         f"{', '.join(only_train) or '-'}; only in {test_dir.name}/: {', '.join(only_test) or '-'}); "
                         "make them match")
     test_samples = _labeled_folder(test_dir, classes, "data.root", howto)
-    return ImageDataset("imagefolder", FolderSplit(train_samples, size, channels, root / "train"),
-                        FolderSplit(test_samples, size, channels, test_dir),
+    return ImageDataset("imagefolder", FolderSplit(train_samples, size, channels, root),  # paths name data.root/...
+                        FolderSplit(test_samples, size, channels, root),
                         classes, channels=channels, image_size=size,
                         mean=(0.5,) * channels, std=(0.25,) * channels, hflip=False)
