@@ -1,7 +1,8 @@
 """The human labeling loop on real images, with a scripted annotator, against the simulated oracle.
 
-Writes Fashion-MNIST images as PNG files (a flat folder of unlabeled pool images, and a labeled test
-folder), runs a recipe with ``active.oracle: human`` through ``ssal run`` / ``ssal label import`` /
+Writes Fashion-MNIST images as PNG files in class folders (``train/<class>/``, ``test/<class>/``: the
+simulated oracle needs the labels; the human one never reads them), runs a recipe with
+``active.oracle: human`` through ``ssal run`` / ``ssal label import`` /
 ``ssal run --resume`` (the annotator answers each queries.csv from the hidden labels), runs the same
 recipe with the simulated oracle, and prints the time of each command, the accuracies, and whether
 the two runs made the same selections. ``--sheet PATH`` copies round 0's contact sheet there.
@@ -32,16 +33,15 @@ CLASSES = [c.replace("/", "-") for c in FASHION_MNIST_CLASSES]  # folder names c
 def write_images(out: Path, pool: int, test: int) -> dict[str, str]:
     root = Path(FASHION_MNIST_DEBIAN)
     truth = {}
-    for split, prefix, n in (("pool", "train", pool), ("test", "t10k", test)):
+    for split, prefix, n in (("train", "train", pool), ("test", "t10k", test)):
         images = read_idx(_find_idx(root, f"{prefix}-images-idx3-ubyte"))[:n]
         labels = read_idx(_find_idx(root, f"{prefix}-labels-idx1-ubyte"))[:n]
         for i, (im, y) in enumerate(zip(images, labels, strict=True)):
-            rel = f"img{i:05d}.png" if split == "pool" else f"{CLASSES[y]}/img{i:05d}.png"
-            path = out / split / rel
+            rel = f"{split}/{CLASSES[y]}/img{i:05d}.png"
+            path = out / "data" / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(np.asarray(im)).save(path)
-            if split == "pool":
-                truth[rel] = CLASSES[y]
+            truth[rel] = CLASSES[y]
     return truth
 
 
@@ -65,8 +65,8 @@ def main() -> None:
     truth = write_images(args.out, args.pool, 500)
     recipe = {
         "seed": 0, "cache_dir": str(args.out / "cache"),
-        "data": {"dataset": "imagefolder", "root": str(args.out / "pool"), "classes": CLASSES,
-                 "test_root": str(args.out / "test"), "image_size": 28, "channels": 1, "hflip": True},
+        "data": {"dataset": "imagefolder", "root": str(args.out / "data"), "image_size": 28, "channels": 1,
+                 "hflip": True},
         "model": {"backbone": "cnn_small"},
         "train": {"method": "supervised", "steps": 300, "batch_size": 32},
         "active": {"oracle": "human", "initial": 50, "budget": 50, "rounds": args.rounds,

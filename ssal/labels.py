@@ -374,7 +374,9 @@ def contact_sheet(thumbnails: list, captions: list[str], size: int = 128, column
     for k, (im, caption) in enumerate(zip(thumbnails, captions, strict=True)):
         x, y = (k % columns) * size, (k // columns) * cell_h
         im = im.convert("RGB")
-        im.thumbnail((size - 4, size - 4))
+        scale = (size - 4) / max(im.width, im.height)  # small images (28 px) are enlarged to be seen
+        im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))),
+                       Image.NEAREST if scale > 1 else Image.LANCZOS)
         sheet.paste(im, (x + (size - im.width) // 2, y + (size - im.height) // 2))
         draw.text((x + 3, y + size + 1), caption[:22], fill="black")
     buf = io.BytesIO()

@@ -313,6 +313,8 @@ def _expected_type(cfg: DictConfig, key: str | None) -> str:
         name = getattr(t, "__name__", str(t))
         if "Optional" in str(t):
             name = str(t).replace("typing.", "")
+        if "List" in name or "list" in name:
+            return "a list, e.g. [a, b]"
         return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}.get(name, name)
     except Exception:  # pragma: no cover - best effort wording only
         return "of the declared type"
@@ -488,6 +490,8 @@ def _validate_folder_keys(d: DictConfig) -> None:
     for key in ("mean", "std"):
         values = d[key]
         if values is not None:
+            _require(all(isinstance(v, (int, float)) and math.isfinite(v) for v in values),
+                     f"data.{key} must be finite numbers, got {list(values)}")
             _require(len(values) in (1, d.channels) if d.dataset == "imagefolder" else len(values) >= 1,
                      f"data.{key} needs one value per channel (data.channels={d.channels}), got {list(values)}")
     if d.std is not None:

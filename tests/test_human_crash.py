@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import signal
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,7 +16,15 @@ import yaml
 from ssal.data import load_dataset
 from ssal.recipe import load_recipe
 from ssal.rundir import read_metrics
-from tests.test_crash_safety import ssal
+from tests.test_crash_safety import SSAL, _env, faults, ssal
+
+
+def command(*args: str, failpoints: str | None = None) -> subprocess.CompletedProcess:
+    """``ssal run ...`` (without progress bars) or ``ssal label ...``, in a subprocess."""
+    if args[0] == "run":
+        return ssal(*args, failpoints=failpoints)
+    env = _env(**({faults.ENV: failpoints} if failpoints else {}))
+    return subprocess.run([SSAL, *args], env=env, capture_output=True, text=True, timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +59,12 @@ def drive(recipe: Path, truth, run: Path, kill: tuple[int, str] | None = None) -
     while True:
         for args in steps:
             if kill is not None and k == kill[0]:
-                killed = ssal(*args, failpoints=kill[1])
+                killed = command(*args, failpoints=kill[1])
                 if killed.returncode != -signal.SIGKILL:
                     problems.append(f"step {k} {args[0]} not killed by {kill[1]}: exit {killed.returncode}")
-                if list(run.rglob(".*.tmp")) and args[0] != "label":
-                    pass  # a killed write leaves its temp file; the next start removes it
-            proc = ssal(*args)
+                if args[0] == "run" and "--resume" not in args:  # a killed first run is continued, as ever
+                    args = ("run", "--resume", str(run))
+            proc = command(*args)
             if proc.returncode != 0:
                 return [*problems, f"step {k} {' '.join(args)}: exit {proc.returncode}: {proc.stderr[-400:]}"]
             k += 1
