@@ -7,7 +7,7 @@ simulated oracle needs the labels; the human one never reads them), runs a recip
 recipe with the simulated oracle, and prints the time of each command, the accuracies, and whether
 the two runs made the same selections. ``--sheet PATH`` copies round 0's contact sheet there.
 
-    .venv/bin/python scripts/label_demo.py --out /tmp/label_demo [--sheet docs/images/contact_sheet.png]
+    .venv/bin/python scripts/label_demo.py --out /tmp/label_demo [--sheet docs/img/contact_sheet.png]
 """
 
 from __future__ import annotations
