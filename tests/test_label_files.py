@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import json
 import os
@@ -36,6 +35,7 @@ from ssal.cli import main
 from ssal.labels import QUERY_COLUMNS
 from ssal.oracle import HumanOracle
 from ssal.rundir import RunDir
+from tests.test_bad_inputs import diff, snapshot
 
 PREFIX = "ssal: error: "
 CLASSES = ["red", "green", "blue"]
@@ -45,27 +45,6 @@ INITIAL, BUDGET = 6, 3
 
 # ----------------------------------------------------------------------------- helpers
 
-def snapshot(*roots: Path) -> dict[str, tuple]:
-    """Every folder and file under ``roots`` (the roots included): path -> ("dir",) or (size, sha256).
-    A root that does not exist contributes nothing, so creating it shows up as a difference."""
-    out: dict[str, tuple] = {}
-    for root in map(Path, roots):
-        if not root.exists():
-            continue
-        for p in [root, *sorted(root.rglob("*"))] if root.is_dir() else [root]:
-            if p.is_dir():
-                out[str(p)] = ("dir",)
-            else:
-                data = p.read_bytes()
-                out[str(p)] = (len(data), hashlib.sha256(data).hexdigest())
-    return out
-
-
-def diff(before: dict, after: dict) -> str:
-    added = sorted(set(after) - set(before))
-    removed = sorted(set(before) - set(after))
-    changed = sorted(k for k in set(before) & set(after) if before[k] != after[k])
-    return f"added {added}, removed {removed}, changed {changed}"
 
 
 def quiet_main(argv: list) -> tuple[int, str, str]:
