@@ -127,7 +127,8 @@ def cmd_label(args) -> int:
     from ssal.rundir import RunDir
 
     rd = RunDir(args.run_dir)
-    batch = labels.open_batch(rd, labels._human_run(rd))
+    identity = labels.human_run(rd)
+    batch = labels.open_batch(rd, identity)
     if args.format == "csv":
         src = rd.round_dir(batch.round) / "queries.csv"
         out = Path(args.out) if args.out else src
@@ -139,8 +140,9 @@ def cmd_label(args) -> int:
         return 0
     out = Path(args.out) if args.out else rd.round_dir(batch.round) / "tasks.json"
     tasks, config, n = labels.export_label_studio(args.run_dir, out)
-    print(f"wrote {n} Label Studio tasks to {tasks} and the labeling config to {config}; serve the images with "
-          f"LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<data.root>")
+    root = (identity["recipe"].get("data") or {}).get("root") or "<data.root>"
+    print(f"wrote {n} Label Studio tasks to {tasks} and the labeling config to {config}; let Label Studio serve the "
+          f"images with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}")
     return 0
 
 

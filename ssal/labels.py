@@ -274,7 +274,7 @@ def read_seed_labels(path: str | os.PathLike, data) -> tuple[torch.Tensor, torch
 
 # ----------------------------------------------------------------------------- the open batch of a run
 
-def _human_run(rd: RunDir) -> dict:
+def human_run(rd: RunDir) -> dict:
     kind = rd.kind()
     if kind != "run":
         what = {"absent": "does not exist", "file": "is a file"}.get(kind, "is not a run directory (no run.json)")
@@ -313,7 +313,7 @@ def import_labels(run_dir: str | os.PathLike, label_file: str | os.PathLike) -> 
     """Validate ``label_file`` against the open batch of a run and store its answers (all or nothing).
     Returns what happened, for people."""
     rd = RunDir(run_dir)
-    identity = _human_run(rd)
+    identity = human_run(rd)
     for note in rd.lock():
         print(f"note: {note}")
     try:
@@ -416,7 +416,7 @@ def _xml(text: str) -> str:
 def export_label_studio(run_dir: str | os.PathLike, out: str | os.PathLike) -> tuple[Path, Path, int]:
     """Label Studio tasks for the open batch (``out``) and its labeling config (``out`` with .xml)."""
     rd = RunDir(run_dir)
-    identity = _human_run(rd)
+    identity = human_run(rd)
     batch = open_batch(rd, identity)
     record = rd.selection_record(batch.round)
     classes = list(identity["pool"]["classes"])
