@@ -377,10 +377,10 @@ class _Rounds:
                           f"FILE' and 'ssal run --resume {rd.path}'")
 
     def check_labels(self, r: int, pool: ActivePool) -> None:
-        if pool.n_labeled == 0:
-            raise ConfigError(f"round {r} has no label to train on: every answer so far is skip/unsure; label some of "
-                              f"the images of {self.run_dir.round_dir(r - 1)} (import again), then 'ssal run --resume "
-                              f"{self.run_dir.path}'")
+        if pool.n_labeled == 0:  # only round 0 can get here: every answer to the first batch was skip/unsure
+            raise ConfigError(f"round {r} has no label to train on: every answer to the first batch was skip or "
+                              "unsure; start the run again (--force) with a larger active.initial, or with data.labels "
+                              "naming a few labeled images")
 
     def measure(self, r: int, fit: FitResult, pool: ActivePool) -> dict:
         """Test accuracy; without a test set, what can be measured honestly: the model's class distribution
