@@ -497,8 +497,9 @@ def test_a_write_error_on_the_commit_leaves_the_round_uncommitted(runs, tmp_path
 def test_an_interrupt_ends_with_one_line_saying_how_to_continue(runs, tmp_path, sig):
     recipe, full, _ = runs
     out = tmp_path / "int"
-    proc = subprocess.Popen([SSAL, "run", str(recipe), f"output_dir={out}", "--no-progress"], env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # rounds long enough (seconds) that the signal lands in round 1, whatever the machine's load
+    proc = subprocess.Popen([SSAL, "run", str(recipe), f"output_dir={out}", "train.steps=1500", "--no-progress"],
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
         while len(read_metrics(out)) < 1:  # watch for round 0's commit, then interrupt

@@ -72,7 +72,7 @@ def colour_pool(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 @pytest.fixture(scope="session")
 def labeled_colours(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """The same kind of images in the labeled layout train/<class>/, test/<class>/ (for a simulated
-    oracle); truth: {path relative to train/: class}."""
+    oracle); truth: {path relative to the root (train/<class>/...): class}."""
     root = tmp_path_factory.mktemp("labeled_colours")
     rng = np.random.default_rng(1)
     truth = {}
@@ -83,7 +83,7 @@ def labeled_colours(tmp_path_factory) -> tuple[Path, dict[str, str]]:
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(colour_image(rng, c)).save(path)
             if split == "train":
-                truth[f"{CLASSES[c]}/img_{i:03d}.png"] = CLASSES[c]
+                truth[f"train/{CLASSES[c]}/img_{i:03d}.png"] = CLASSES[c]
     return root, truth
 
 
@@ -537,7 +537,7 @@ def test_label_studio_tasks_of_a_labeled_layout_point_at_images_under_the_served
     root, _ = labeled_colours
     rc, out, err = ssal_here(capsys, "label", "export", str(labeled_layout_run), "--out", str(tmp_path / "t.json"))
     assert rc == 0, err
-    assert "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<data.root>" in out
+    assert f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}" in out
     tasks = json.loads((tmp_path / "t.json").read_text())
     assert len(tasks) == INITIAL
     missing = [t["data"]["image"] for t in tasks
@@ -554,7 +554,7 @@ def test_a_csv_of_absolute_paths_answers_a_labeled_layout_run(labeled_colours, l
         w = csv.writer(f)
         w.writerow(["path", "label"])
         for i in queried["indices"]:
-            w.writerow([str(root / "train" / order[i]), truth[order[i]]])
+            w.writerow([str(root / order[i]), truth[order[i]]])
     rc, out, err = ssal_here(capsys, "label", "import", str(labeled_layout_run), str(answers))
     assert rc == 0, err
     assert f"all {INITIAL} answered" in out, out
