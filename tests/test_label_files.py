@@ -695,6 +695,7 @@ def ssal(*args, failpoints: str | None = None) -> subprocess.CompletedProcess:
                           timeout=300, env=_env(**({faults.ENV: failpoints} if failpoints else {})))
 
 
+@pytest.mark.slow  # a process group or a real process: 9-21 s; CI runs it
 def test_the_command_line_in_a_real_process(run, world, tmp_path):
     bad = write_csv(tmp_path / "bad.csv", [[world.names[world.queried[0]], "gren"]], ["path", "label"])
     before = snapshot(run)

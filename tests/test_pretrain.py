@@ -352,6 +352,7 @@ def test_bad_pretrain_settings_are_one_line_errors(write_recipe, tmp_path, capsy
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow  # a process group or a real process: 9-21 s; CI runs it
 def test_pretraining_under_two_processes_keeps_replicas_in_sync(tmp_path):
     """torchrun, 2 CPU processes: each process takes its half of every global batch, SimCLR's loss
     gathers negatives across processes, and DDP keeps both replicas identical."""

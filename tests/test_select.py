@@ -74,7 +74,8 @@ def _default_cfg(name: str):
     return cls.Config() if cls.Config is not None else None
 
 
-@pytest.mark.parametrize("name", STRATEGIES.names())
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "batchbald" else n  # 29 s alone
+                                  for n in STRATEGIES.names()])
 @settings(max_examples=40, deadline=None)
 @given(n_pool=st.integers(1, 300), labeled_frac=st.floats(0.0, 0.95), budget=st.integers(1, 400),
        seed=st.integers(0, 2**31 - 1))

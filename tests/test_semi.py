@@ -466,6 +466,7 @@ def test_the_readme_objective_example_trains(write_recipe, monkeypatch):
     assert len(rows) == 1 and math.isfinite(rows[0]["train_entropy"])
 
 
+@pytest.mark.slow  # a process group or a real process: 9-21 s; CI runs it
 def test_objectives_with_extra_modules_under_two_processes(tmp_path):
     """torchrun, 2 CPU processes: the objective module is what DDP wraps, so TOD's trainable
     auxiliary head and contrastive's projection head train in sync on both replicas, and the EMA

@@ -181,6 +181,7 @@ def test_resume_of_a_tod_run_reloads_the_previous_round_model(tmp_path, tiny_rec
         assert json.loads((b / f).read_text()) == json.loads((full / f).read_text())
 
 
+@pytest.mark.slow  # a process group or a real process: 9-21 s; CI runs it
 def test_signals_under_two_processes_match_one(tmp_path):
     """torchrun, 2 CPU processes: signals are sharded and gathered once per index, so a selection
     made from them on each rank is the one a single process makes."""
