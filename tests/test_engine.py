@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 import torch
 from conftest import run_two_processes
 
@@ -123,6 +124,7 @@ def test_predict_is_aligned_with_indices_and_chunking_invariant():
     assert engine.predict(model, data.train, torch.empty(0, dtype=torch.long), ("probs",))["probs"].numel() == 0
 
 
+@pytest.mark.slow  # a process group: 15 s; CI runs it
 def test_predict_under_two_processes_matches_one(tmp_path):
     """torchrun with 2 CPU processes (gloo): sharded inference gathers every index exactly once."""
     script = tmp_path / "dist_predict.py"
