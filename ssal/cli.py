@@ -67,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="where to write (default: the comparison directory if one is given alone, else ./report)")
     rp.add_argument("--title", default=None, help="title of the tables and plots")
 
-    lb = sub.add_parser("label", help="labels from people: import answers, export queries",
+    lb = sub.add_parser("label", help="labels from people: a labeling page, import answers, export queries",
                         description="With active.oracle=human a run stops after each selection and waits for "
                                     "labels: export the queries (or fill rounds/rXX/queries.csv), import the "
                                     "answers, then 'ssal run --resume RUN_DIR'.")
@@ -86,6 +86,18 @@ def _parser() -> argparse.ArgumentParser:
     le.add_argument("run_dir", metavar="RUN_DIR")
     le.add_argument("--format", choices=("labelstudio", "csv"), default="labelstudio")
     le.add_argument("--out", metavar="FILE", help="default: RUN_DIR/rounds/rXX/tasks.json (or queries.csv)")
+    ls = lsub.add_parser("serve", help="label the open query batch in the browser",
+                         description="Serve a labeling page for the run's open query batch: one image at a time "
+                                     "with keys (1-9/0 class, s skip, Enter accept the suggestion, arrows move, z "
+                                     "undo, g grid). Every answer is stored in the run as it is given, like 'ssal "
+                                     "label import'. Stop it with Ctrl-C; nothing is lost.")
+    ls.add_argument("run_dir", metavar="RUN_DIR")
+    ls.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    ls.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free port)")
+    ls.add_argument("--allow-remote", action="store_true",
+                    help="allow a --host other machines can reach (the page has no password)")
+    ls.add_argument("--continue", dest="cont", action="store_true",
+                    help="when the batch is complete, the page runs the next round and then serves its batch")
 
     pr = sub.add_parser("predict", help="predict every image of a run's pool (or of another folder)",
                         description="Write a CSV (path, index, prediction, confidence, label) with the model of the "
@@ -123,6 +135,15 @@ def cmd_label(args) -> int:
 
     if args.label_command == "import":
         print(labels.import_labels(args.run_dir, args.file))
+        return 0
+    if args.label_command == "serve":
+        from ssal.serve import serve
+
+        if not 0 <= args.port <= 65535:
+            raise SsalError(f"--port must be in 0..65535, got {args.port}")
+        serve(args.run_dir, args.host, args.port, allow_remote=args.allow_remote, allow_continue=args.cont,
+              announce=lambda line: print(line, flush=True))
+        print("stopped the labeling page; every answer given is stored in the run")
         return 0
     from ssal.rundir import RunDir
 

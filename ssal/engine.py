@@ -154,6 +154,23 @@ class FitResult:
     data_seconds: float = 0.0  # of ``seconds``, the time the loop waited for batches
 
 
+def _plain_progress(desc: str, total: int) -> Callable[..., None]:
+    """``update`` for a non-terminal: ``desc: done/total (elapsed s) info`` at every tenth of ``total``."""
+    start, done, shown = time.perf_counter(), 0, 0
+
+    def update(advance: int = 1, **info: float) -> None:
+        nonlocal done, shown
+        done += advance
+        tenth = done * 10 // max(total, 1)
+        if tenth > shown or done == total:
+            shown = tenth
+            extra = "  ".join(f"{k} {v:.3g}" for k, v in info.items())
+            print(f"{desc}: {done}/{total} ({time.perf_counter() - start:.0f} s){'  ' + extra if extra else ''}",
+                  flush=True)
+
+    return update
+
+
 class Engine:
     """Owns the Accelerator; trains, evaluates and runs streamed inference."""
 
@@ -196,6 +213,11 @@ class Engine:
         """A rich progress bar on the main process; yields ``update(advance=1, **fields)``."""
         if not (self.show_progress and self.is_main):
             yield lambda advance=1, **kw: None
+            return
+        from rich.console import Console
+
+        if not Console().is_terminal:  # a log file or a pipe (the labeling page): a plain line per tenth
+            yield _plain_progress(desc, total)
             return
         columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}")]

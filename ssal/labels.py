@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -309,40 +310,82 @@ def open_batch(rd: RunDir, identity: dict) -> Batch:
     return Batch(r, indices)
 
 
-def import_labels(run_dir: str | os.PathLike, label_file: str | os.PathLike) -> str:
-    """Validate ``label_file`` against the open batch of a run and store its answers (all or nothing).
-    Returns what happened, for people."""
-    rd = RunDir(run_dir)
-    identity = human_run(rd)
+def batch_pool(rd: RunDir, identity: dict, batch: Batch) -> _Pool:
+    """What answers to ``batch`` are checked against (and names its images in answers.json)."""
+    record = rd.selection_record(batch.round)
+    names = dict(zip(batch.indices, record["paths"], strict=True)) if "paths" in record else None
+    rd.names = names  # answers.json names the images too
+    root = (identity["recipe"].get("data") or {}).get("root")
+    return _Pool(identity["pool"]["n"], names, list(identity["pool"]["classes"]),
+                 Path(os.path.expanduser(root)) if root else None, f"one of the images queried in {batch.folder}")
+
+
+class BatchChanged(ConfigError):
+    """The open batch is not the one an answer was given for (the run went on, or another batch opened)."""
+
+
+@dataclass
+class Stored:
+    """What :func:`update_answers` did: the batch, every stored answer, the answers given, how many changed."""
+
+    batch: Batch
+    answers: dict[int, int]
+    given: int
+    changed: int
+
+
+def update_answers(rd: RunDir, identity: dict, source: str, given: Callable[[Batch, _Pool], dict[int, int | None]],
+                   expect_round: int | None = None) -> Stored:
+    """The one way answers reach a run (``ssal label import`` and the labeling page): under the run's lock,
+    ``given(batch, pool)`` yields validated answers (index -> class, SKIP, or None to withdraw one) to the
+    open batch; any answer to an image the batch did not query refuses them all (``source`` names where they
+    came from); the merge with the stored answers is written atomically. ``expect_round``: refuse
+    (:class:`BatchChanged`) if another batch is open."""
     for note in rd.lock():
         print(f"note: {note}")
     try:
         files.remove_stale_tmp(rd.path)  # of a killed import (the lock is held: no live writer)
         batch = open_batch(rd, identity)
-        record = rd.selection_record(batch.round)
-        names = dict(zip(batch.indices, record["paths"], strict=True)) if "paths" in record else None
-        rd.names = names  # answers.json names the images too
-        root = (identity["recipe"].get("data") or {}).get("root")
-        pool = _Pool(identity["pool"]["n"], names, list(identity["pool"]["classes"]),
-                     Path(os.path.expanduser(root)) if root else None, f"one of the images queried in {batch.folder}")
-        answers, empty = read_answer_file(label_file, pool, rd.run_id())
+        if expect_round is not None and batch.round != expect_round:
+            raise BatchChanged(f"the open batch is {batch.folder} now, not the one answered; reload the page")
+        answers = given(batch, batch_pool(rd, identity, batch))
         queried = set(batch.indices)
         stray = sorted(i for i in answers if i not in queried)
         if stray:
-            name = f"index {stray[0]}"
-            raise DataError(f"{label_file} labels {len(stray)} images that the open batch ({batch.folder}, "
-                            f"{len(queried)} images) did not query, e.g. {name}; import only answers to "
+            raise DataError(f"{source} labels {len(stray)} images that the open batch ({batch.folder}, "
+                            f"{len(queried)} images) did not query, e.g. index {stray[0]}; answer only "
                             f"{batch.folder}/queries.csv")
         stored = rd.read_answers(batch.round)
         changed = sum(1 for i, y in answers.items() if i in stored and stored[i] != y)
-        stored.update(answers)
+        for i, y in answers.items():
+            if y is None:
+                stored.pop(i, None)
+            else:
+                stored[i] = y
         rd.save_answers(batch.round, stored)
     finally:
         rd.unlock()
-    missing = len(queried) - sum(1 for i in queried if i in stored)
-    skipped = sum(1 for i in queried if stored.get(i) == SKIP)
-    head = (f"imported {len(answers)} answer{'s' if len(answers) != 1 else ''} for {batch.folder}" +
-            (f" ({changed} changed)" if changed else "") +
+    return Stored(batch, stored, len(answers), changed)
+
+
+def import_labels(run_dir: str | os.PathLike, label_file: str | os.PathLike) -> str:
+    """Validate ``label_file`` against the open batch of a run and store its answers (all or nothing).
+    Returns what happened, for people."""
+    rd = RunDir(run_dir)
+    identity = human_run(rd)
+    empty = 0
+
+    def read(batch: Batch, pool: _Pool) -> dict[int, int]:
+        nonlocal empty
+        answers, empty = read_answer_file(label_file, pool, rd.run_id())
+        return answers
+
+    done = update_answers(rd, identity, str(label_file), read)
+    queried = done.batch.indices
+    missing = sum(1 for i in queried if i not in done.answers)
+    skipped = sum(1 for i in queried if done.answers.get(i) == SKIP)
+    head = (f"imported {done.given} answer{'s' if done.given != 1 else ''} for {done.batch.folder}" +
+            (f" ({done.changed} changed)" if done.changed else "") +
             (f", {skipped} skipped" if skipped else "") + (f"; {empty} rows had no label" if empty else ""))
     if missing:
         return f"{head}; {missing} of {len(queried)} images still await labels"

@@ -372,9 +372,9 @@ class _Rounds:
         missing = self.parts.oracle.missing(acq.round, acq.indices)
         head = (f"{missing} images await labels" if missing == len(indices) else
                 f"{missing} of the {len(indices)} images of {folder.name} still await labels")
-        self.engine.print(f"[bold]{head}[/bold]: fill the label column of {csv_path} (see {png_path}), or label "
-                          f"them in Label Studio ('ssal label export {rd.path}'); then 'ssal label import {rd.path} "
-                          f"FILE' and 'ssal run --resume {rd.path}'")
+        self.engine.print(f"[bold]{head}[/bold]: label them in the browser with 'ssal label serve {rd.path}', or fill "
+                          f"the label column of {csv_path} (see {png_path}) or use Label Studio ('ssal label export "
+                          f"{rd.path}') and 'ssal label import {rd.path} FILE'; then 'ssal run --resume {rd.path}'")
 
     def check_labels(self, r: int, pool: ActivePool) -> None:
         if pool.n_labeled == 0:  # only round 0 can get here: every answer to the first batch was skip/unsure

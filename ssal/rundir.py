@@ -354,6 +354,10 @@ class RunDir:
     def unlock(self) -> None:
         self._lock.release()
 
+    def holder(self) -> str | None:
+        """Who holds the run's lock now (pid, host, since, command), or None. Changes nothing."""
+        return self._lock.holder()
+
     def create(self, cfg: DictConfig, pool_fingerprint: dict, force: bool, preprocess: dict | None = None) -> list[str]:
         """Write a new run (lock held): with ``force`` an existing run is deleted first. ``preprocess``
         (class names, channels, image size, mean and std) is what a model of the run expects as input."""

@@ -1,0 +1,412 @@
+"""``ssal label serve``: a labeling page in the browser for the open query batch of a human run.
+
+One image at a time, large, with the class buttons and keys; a grid of the batch; every answer is
+stored as it is given through :func:`ssal.labels.update_answers`, the same validated, locked and
+atomic path as ``ssal label import``, so a reload, a closed tab or a killed server lose nothing.
+With ``--continue`` the page also runs ``ssal run --resume`` when the batch is complete and serves
+the next batch when it is ready.
+
+The server is Starlette on uvicorn (small, well kept, no build step); the page is one HTML file
+with its CSS and JS inline and no CDN, so it works offline. There is no authentication: it binds
+to loopback unless told otherwise, refuses requests for another host name (DNS rebinding) and
+takes answers only as ``application/json`` (a cross-site form cannot send that without a
+preflight this server never grants). Images are served by pool index, only for the open batch,
+from the paths the run recorded: a request never names a file.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import ipaddress
+import json
+import mimetypes
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from ssal import labels
+from ssal.data.pool import SKIP
+from ssal.errors import ConfigError, SsalError
+from ssal.files import Damaged
+from ssal.rundir import RunDir
+
+BROWSER_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp",
+                   "BMP": "image/bmp"}  # shown as they are; anything else (TIFF, ...) is sent as PNG
+MAX_BODY = 64 * 1024  # an answer is ~100 bytes
+LOG_LINES = 200  # of the --continue run, kept for the page
+
+
+class Problem(Exception):
+    """A bad request: an HTTP status and one line saying why (nothing was changed)."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclass
+class Item:
+    query: int
+    index: int
+    path: str | None
+    suggestion: str
+    confidence: float | None
+
+
+class Job:
+    """``ssal run --resume RUN_DIR`` in a child process, its output (plain progress lines, since it is a
+    pipe) kept for the page."""
+
+    def __init__(self, run_dir: Path):
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.started = time.time()
+        self.lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
+        self.proc = subprocess.Popen([sys.executable, "-m", "ssal", "run", "--resume", str(run_dir)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                     bufsize=1)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def state(self) -> dict:
+        rc = self.proc.poll()
+        return {"running": rc is None, "rc": rc, "seconds": round(time.time() - self.started, 1),
+                "log": list(self.lines)[-30:]}
+
+    def stop(self) -> None:
+        if self.running:
+            self.proc.terminate()  # SIGTERM: the run stops cleanly, committed rounds are kept
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+class Session:
+    """The labeling page's view of one run: its open batch, the answers, and what may be done now."""
+
+    def __init__(self, run_dir: str | os.PathLike, allow_continue: bool = False):
+        self.rd = RunDir(run_dir)
+        self.identity = labels.human_run(self.rd)  # a one-line error if this is not a human run
+        self.classes: list[str] = list(self.identity["pool"]["classes"])
+        root = (self.identity["recipe"].get("data") or {}).get("root")
+        self.root = Path(os.path.expanduser(root)).resolve() if root else None
+        self.allow_continue = allow_continue
+        self.run_id = self.rd.run_id()  # in image URLs: another run's image 5 is never taken from the browser cache
+        self.job: Job | None = None
+        self.write_lock = threading.Lock()  # one write at a time within this server (the run lock is between processes)
+        self._split = None  # the pool's images when they are not files (builtin data sets), loaded on first use
+        self._items: dict[int, tuple[int, list[Item]]] = {}  # round -> its items (a selection never changes)
+
+    # ------------------------------------------------------------------ reading
+    def batch(self) -> tuple[labels.Batch | None, str]:
+        """The open batch, or None and why there is none."""
+        try:
+            return labels.open_batch(self.rd, self.identity), ""
+        except (ConfigError, Damaged) as e:
+            return None, str(e)
+
+    def items(self, batch: labels.Batch) -> list[Item]:
+        if batch.round not in self._items:
+            record = self.rd.selection_record(batch.round)
+            n = len(batch.indices)
+            paths = record.get("paths") or [None] * n
+            suggestions = record.get("suggestions") or [""] * n
+            confidences = record.get("confidences") or [None] * n
+            self._items[batch.round] = [Item(q, i, p, s or "", c) for q, (i, p, s, c) in
+                                        enumerate(zip(batch.indices, paths, suggestions, confidences, strict=True),
+                                                  start=1)]
+        return self._items[batch.round]
+
+    def state(self) -> dict:
+        batch, why = self.batch()
+        holder = None if self.job and self.job.running else self.rd.holder()
+        out = {"run": str(self.rd.path), "run_id": self.run_id, "classes": self.classes, "skip": labels.SKIP_WORDS[0],
+               "locked": ("a run is in progress (the next round is training)" if self.job and self.job.running
+                          else f"the run is in use by another ssal process ({holder})" if holder else None),
+               "can_continue": self.allow_continue, "job": self.job.state() if self.job else None,
+               "continue_command": f"ssal run --resume {self.rd.path}"}
+        if batch is None:
+            rows = self.rd.committed()
+            rounds = (self.identity["recipe"].get("active") or {}).get("rounds")
+            out.update(round=None, items=[], answers={}, message=why,
+                       finished=bool(rows) and rows[-1]["round"] >= rounds)
+            return out
+        stored = self.rd.read_answers(batch.round)  # a damaged answers.json: a one-line DataError
+        out.update(round=batch.round, folder=batch.folder, finished=False,
+                   items=[{"query": it.query, "index": it.index, "path": it.path, "suggestion": it.suggestion,
+                           "confidence": it.confidence} for it in self.items(batch)],
+                   answers={str(i): self._name(y) for i, y in stored.items()})
+        return out
+
+    def _name(self, y: int) -> str:
+        return labels.SKIP_WORDS[0] if y == SKIP else self.classes[y]
+
+    # ------------------------------------------------------------------ answering
+    def answer(self, body: object) -> dict:
+        """Store one answer ``{"round": r, "index": i, "label": "cat" | "skip" | null}`` (null withdraws it)."""
+        if not isinstance(body, dict) or set(body) - {"round", "index", "label"} or {"round", "index"} - set(body) \
+                or "label" not in body:
+            raise Problem(400, 'give a JSON object {"round": R, "index": I, "label": "CLASS" | "skip" | null}')
+        r, i, label = body["round"], body["index"], body["label"]
+        if not _is_int(r) or not _is_int(i):
+            raise Problem(400, "round and index must be whole numbers")
+        if label is not None and not isinstance(label, str):
+            raise Problem(400, "label must be a class name, 'skip' or null")
+        if self.job and self.job.running:
+            raise Problem(409, "a run is in progress; the page is read-only until it ends")
+
+        def given(batch: labels.Batch, pool) -> dict[int, int | None]:
+            if i not in batch.indices:
+                raise Problem(400 if 0 <= i < pool.n else 404,
+                              f"index {i} is not one of the {len(batch.indices)} images of {batch.folder}")
+            if label is None:
+                return {i: None}
+            try:
+                y = pool.label_of(label, f"the answer to index {i}")
+            except SsalError as e:
+                raise Problem(400, str(e)) from None
+            if y is None:
+                raise Problem(400, "an empty label; give a class name, 'skip', or null to withdraw the answer")
+            return {i: y}
+
+        with self.write_lock:
+            try:
+                done = labels.update_answers(self.rd, self.identity, "the labeling page", given, expect_round=r)
+            except labels.BatchChanged as e:
+                raise Problem(409, str(e)) from None
+            except Problem:
+                raise
+            except SsalError as e:  # the run is in use, the batch is closed, answers.json is damaged, ...
+                raise Problem(409, str(e)) from None
+        answered = sum(1 for j in done.batch.indices if j in done.answers)
+        return {"index": i, "label": label, "answered": answered, "total": len(done.batch.indices)}
+
+    # ------------------------------------------------------------------ images
+    def image(self, index: int) -> tuple[bytes, str]:
+        batch, why = self.batch()
+        if batch is None:
+            raise Problem(404, why)
+        item = next((it for it in self.items(batch) if it.index == index), None)
+        if item is None:
+            raise Problem(404, f"index {index} is not an image of the open batch {batch.folder}")
+        if item.path is not None:
+            return self._file(item.path)
+        from torchvision.transforms.functional import to_pil_image
+
+        split = self._pool_split()
+        import torch
+
+        buf = io.BytesIO()
+        to_pil_image(split.load(torch.tensor([index]))[0]).save(buf, format="PNG")
+        return buf.getvalue(), "image/png"
+
+    def _file(self, rel: str) -> tuple[bytes, str]:
+        if self.root is None:
+            raise Problem(500, "the run's recipe has no data.root")
+        path = (self.root / rel).resolve()
+        if not path.is_relative_to(self.root):  # run.json names it, but never serve outside data.root
+            raise Problem(404, "not an image of the pool")
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise Problem(404, f"cannot read {rel} under data.root ({e.strerror}); was the image moved?") from None
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                if im.format in BROWSER_FORMATS:
+                    return data, BROWSER_FORMATS[im.format]
+                buf = io.BytesIO()
+                im.convert("RGB").save(buf, format="PNG")
+                return buf.getvalue(), "image/png"
+        except (UnidentifiedImageError, OSError):
+            return data, mimetypes.guess_type(rel)[0] or "application/octet-stream"
+
+    def _pool_split(self):
+        if self._split is None:
+            from ssal.data import load_dataset
+            from ssal.recipe import from_dict
+
+            cfg = from_dict({**self.identity["recipe"], "output_dir": str(self.rd.path)})
+            self._split = load_dataset(cfg.data, seed=cfg.seed, cache_dir=cfg.cache_dir).train
+        return self._split
+
+    # ------------------------------------------------------------------ the next round
+    def start_continue(self) -> dict:
+        if not self.allow_continue:
+            raise Problem(403, "start the server with --continue to run the next round from the page")
+        if self.job and self.job.running:
+            raise Problem(409, "the next round is already running")
+        batch, why = self.batch()
+        if batch is not None:
+            missing = sum(1 for i in batch.indices if i not in self.rd.read_answers(batch.round))
+            if missing:
+                raise Problem(409, f"{missing} of {len(batch.indices)} images of {batch.folder} still await labels")
+        elif self.state()["finished"]:
+            raise Problem(409, why)
+        holder = self.rd.holder()
+        if holder:
+            raise Problem(409, f"the run is in use by another ssal process ({holder})")
+        self.job = Job(self.rd.path)
+        return {"started": True}
+
+    def close(self) -> None:
+        if self.job:
+            self.job.stop()
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+# ----------------------------------------------------------------------------- HTTP
+
+def page() -> bytes:
+    return resources.files("ssal").joinpath("web/label.html").read_bytes()
+
+
+def create_app(session: Session, allowed_hosts: list[str]):
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+
+    html = page()
+
+    def problem(e: Problem) -> JSONResponse:
+        return JSONResponse({"error": str(e)}, status_code=e.status)
+
+    async def json_body(request: Request) -> object:
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            raise Problem(415, "send the answer as application/json")
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            raise Problem(413, f"the request is {len(raw)} bytes; an answer is a small JSON object")
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise Problem(400, f"malformed JSON ({e})") from None
+
+    def index(request: Request) -> Response:
+        return Response(html, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"})
+
+    def batch(request: Request) -> Response:
+        try:
+            return JSONResponse(session.state(), headers={"Cache-Control": "no-store"})
+        except SsalError as e:  # e.g. a damaged answers.json
+            return problem(Problem(500, str(e)))
+
+    async def answer(request: Request) -> Response:
+        try:
+            body = await json_body(request)
+            from starlette.concurrency import run_in_threadpool
+
+            return JSONResponse(await run_in_threadpool(session.answer, body))
+        except Problem as e:
+            return problem(e)
+
+    def image(request: Request) -> Response:
+        raw = request.path_params["index"]
+        if not raw.isdigit() or len(raw) > 12:
+            return problem(Problem(404, "an image is named by its pool index, a whole number"))
+        if request.query_params.get("run", session.run_id) != session.run_id:
+            return problem(Problem(404, "an image of another run; reload the page"))
+        try:
+            data, media = session.image(int(raw))
+        except Problem as e:
+            return problem(e)
+        return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+
+    def cont(request: Request) -> Response:
+        try:
+            return JSONResponse(session.start_continue())
+        except Problem as e:
+            return problem(e)
+
+    routes = [Route("/", index), Route("/api/batch", batch), Route("/api/answer", answer, methods=["POST"]),
+              Route("/api/image/{index}", image), Route("/api/continue", cont, methods=["POST"])]
+    return Starlette(routes=routes, middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)])
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket, or a one-line error (port in use, unknown host)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        raise ConfigError(f"--host '{host}' is not an address of this machine; use 127.0.0.1 (default)") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        if e.errno in (98, 48):  # EADDRINUSE (Linux, macOS)
+            raise ConfigError(f"port {port} on {host} is in use; pass --port N (or --port 0 for a free one)") from None
+        raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --host/--port") from None
+    sock.listen(64)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8765, allow_remote: bool = False,
+          allow_continue: bool = False, announce=print) -> None:
+    """Serve the labeling page of ``run_dir`` until Ctrl-C / SIGTERM."""
+    import uvicorn
+
+    if not is_loopback(host) and not allow_remote:
+        raise ConfigError(f"--host {host} would let other machines label (and read the images) without a password; "
+                          "pass --allow-remote to do it anyway, or keep the default 127.0.0.1")
+    session = Session(run_dir, allow_continue)
+    state = session.state()
+    # without a batch, serve only to wait for one: while a run is writing it, or to start the run (--continue)
+    if state["round"] is None and not state["locked"] and not (allow_continue and not state["finished"]):
+        raise ConfigError(state["message"])
+    sock = bind(host, port)
+    bound = sock.getsockname()[1]
+    names = {host, "localhost", "127.0.0.1", "::1", "[::1]"} if is_loopback(host) else {"*"}
+    app = create_app(session, sorted(names))
+    shown = f"[{host}]" if ":" in host else host
+    if not is_loopback(host):
+        announce(f"warning: the page on {host} has no authentication: anyone who can reach port {bound} can label "
+                 "this run and see its images")
+    if state["round"] is not None:
+        answered = len(state["answers"])
+        announce(f"labeling {len(state['items'])} images of {run_dir}/{state['folder']} ({answered} answered) at "
+                 f"http://{shown}:{bound}/ (Ctrl-C to stop)")
+    else:
+        announce(f"the labeling page of {run_dir} is at http://{shown}:{bound}/ ({state['message']}) (Ctrl-C to stop)")
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # Ctrl-C is how a server stops: every answer is stored already
+        pass
+    finally:
+        session.close()
+        sock.close()
