@@ -39,3 +39,16 @@ ssal_ensure_fashion_mnist() {
         return 1
     fi
 }
+
+ssal_ensure_chromium() {  # the labeling page's tests drive a real browser: Debian's chromium + chromium-driver
+    command -v chromium >/dev/null && command -v chromedriver >/dev/null && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "ssal: installing the Debian packages chromium and chromium-driver (for the labeling page's tests)" >&2
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+            >/dev/null || { echo "ssal: error: apt-get install chromium chromium-driver failed" >&2; return 1; }
+    else
+        echo "ssal: error: the labeling page's tests need Chromium; run" \
+             "'sudo apt-get install chromium chromium-driver'" >&2
+        return 1
+    fi
+}

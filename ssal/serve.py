@@ -398,7 +398,7 @@ def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8765,
                  "this run and see its images")
     if state["round"] is not None:
         answered = len(state["answers"])
-        announce(f"labeling {len(state['items'])} images of {run_dir}/{state['folder']} ({answered} answered) at "
+        announce(f"labeling {len(state['items'])} images of {run_dir}/{state['folder']} ({answered} of {len(state['items'])} answered) at "
                  f"http://{shown}:{bound}/ (Ctrl-C to stop)")
     else:
         announce(f"the labeling page of {run_dir} is at http://{shown}:{bound}/ ({state['message']}) (Ctrl-C to stop)")
