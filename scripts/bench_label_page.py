@@ -39,7 +39,8 @@ const urls = %s; const img = document.getElementById("image"); let k = 0; window
 const cache = urls.map((u) => { const i = new Image(); i.src = u; i.decode().catch(() => {}); return i; });
 function show(t0) { img.src = urls[k]; img.decode().then(() => requestAnimationFrame(() => {
   if (t0 !== null) window.ssalTimings.push(performance.now() - t0); img.dataset.shown = String(k); })); }
-document.addEventListener("keydown", () => { const t0 = performance.now(); k = Math.min(k + 1, urls.length - 1); show(t0); });
+document.addEventListener("keydown", () => {
+  const t0 = performance.now(); k = Math.min(k + 1, urls.length - 1); show(t0); });
 show(null);
 </script>"""
 

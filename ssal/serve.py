@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ssal import labels
 from ssal.data.pool import SKIP
-from ssal.errors import ConfigError, SsalError
+from ssal.errors import ConfigError, DataError, SsalError
 from ssal.files import Damaged
 from ssal.rundir import RunDir
 
@@ -109,7 +109,8 @@ class Session:
         self.run_id = self.rd.run_id()  # in image URLs: another run's image 5 is never taken from the browser cache
         self.job: Job | None = None
         self.write_lock = threading.Lock()  # one write at a time within this server (the run lock is between processes)
-        self._split = None  # the pool's images when they are not files (builtin data sets), loaded on first use
+        self._split = None  # the pool's images when they are not files (builtin data sets)
+        self._split_lock = threading.Lock()
         self._items: dict[int, tuple[int, list[Item]]] = {}  # round -> its items (a selection never changes)
 
     # ------------------------------------------------------------------ reading
@@ -238,13 +239,29 @@ class Session:
             return data, mimetypes.guess_type(rel)[0] or "application/octet-stream"
 
     def _pool_split(self):
-        if self._split is None:
-            from ssal.data import load_dataset
-            from ssal.recipe import from_dict
+        with self._split_lock:  # the page asks for several images at once; load the data set once
+            if self._split is None:
+                from ssal.data import load_dataset
+                from ssal.recipe import from_dict
 
-            cfg = from_dict({**self.identity["recipe"], "output_dir": str(self.rd.path)})
-            self._split = load_dataset(cfg.data, seed=cfg.seed, cache_dir=cfg.cache_dir).train
+                cfg = from_dict({**self.identity["recipe"], "output_dir": str(self.rd.path)})
+                self._split = load_dataset(cfg.data, seed=cfg.seed, cache_dir=cfg.cache_dir).train
         return self._split
+
+    def check_images(self) -> None:
+        """Before serving: every image of the open batch can be read (a one-line error if some moved);
+        a pool that is not files (a builtin data set) is loaded now, not on the first request."""
+        batch, _ = self.batch()
+        if batch is None:
+            return
+        paths = [it.path for it in self.items(batch) if it.path is not None]
+        if not paths:
+            self._pool_split()
+            return
+        missing = [p for p in paths if self.root is None or not (self.root / p).is_file()]
+        if missing:
+            raise DataError(f"{len(missing)} of the {len(paths)} images of {batch.folder} are not under data.root "
+                            f"({self.root}), e.g. {missing[0]}; put them back (the run's labels name these paths)")
 
     # ------------------------------------------------------------------ the next round
     def start_continue(self) -> dict:
@@ -388,6 +405,7 @@ def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8765,
     # without a batch, serve only to wait for one: while a run is writing it, or to start the run (--continue)
     if state["round"] is None and not state["locked"] and not (allow_continue and not state["finished"]):
         raise ConfigError(state["message"])
+    session.check_images()
     sock = bind(host, port)
     bound = sock.getsockname()[1]
     names = {host, "localhost", "127.0.0.1", "::1", "[::1]"} if is_loopback(host) else {"*"}
@@ -397,11 +415,12 @@ def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8765,
         announce(f"warning: the page on {host} has no authentication: anyone who can reach port {bound} can label "
                  "this run and see its images")
     if state["round"] is not None:
-        answered = len(state["answers"])
-        announce(f"labeling {len(state['items'])} images of {run_dir}/{state['folder']} ({answered} of {len(state['items'])} answered) at "
+        n = len(state["items"])
+        announce(f"labeling {n} images of {run_dir}/{state['folder']} ({len(state['answers'])} of {n} answered) at "
                  f"http://{shown}:{bound}/ (Ctrl-C to stop)")
     else:
-        announce(f"the labeling page of {run_dir} is at http://{shown}:{bound}/ ({state['message']}) (Ctrl-C to stop)")
+        why = state["locked"] or state["message"]
+        announce(f"the labeling page of {run_dir} is at http://{shown}:{bound}/ ({why}) (Ctrl-C to stop)")
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
     try:
         server.run(sockets=[sock])
