@@ -31,3 +31,8 @@ def closest(name: str, choices: Iterable[str]) -> str | None:
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     match = closest(name, choices)
     return f" (did you mean '{match}'?)" if match else ""
+
+
+def one_line(text: str) -> str:
+    """``text`` as it may appear in a one-line error: line breaks and other control characters escaped."""
+    return text if text.isprintable() else repr(text)[1:-1]

@@ -26,8 +26,8 @@ import torch
 
 from ssal import files
 from ssal.data.pool import SKIP, ActivePool
-from ssal.errors import ConfigError, DataError, closest
-from ssal.rundir import RunDir
+from ssal.errors import ConfigError, DataError, closest, one_line
+from ssal.rundir import RunDir, RunInUse
 
 SKIP_WORDS = ("skip", "unsure")
 QUERY_COLUMNS = ("query", "index", "path", "suggestion", "confidence", "label", "run")
@@ -81,7 +81,7 @@ class _Pool:
             return SKIP
         hint = closest(text.lower(), [c.lower() for c in self.classes])
         hint = f" (did you mean '{self.classes[[c.lower() for c in self.classes].index(hint)]}'?)" if hint else ""
-        raise DataError(f"{where}: unknown class '{text}'{hint}; the classes are {', '.join(self.classes)} "
+        raise DataError(f"{where}: unknown class '{one_line(text)}'{hint}; the classes are {', '.join(self.classes)} "
                         f"(or {'/'.join(SKIP_WORDS)} for no label)")
 
 
@@ -137,16 +137,17 @@ def _resolve(pool: _Pool, where: str, index: str | int | None, path_text: str | 
         try:
             i = int(str(index).strip())
         except ValueError:
-            raise DataError(f"{where}: index '{index}' is not a whole number") from None
+            raise DataError(f"{where}: index '{one_line(str(index))}' is not a whole number") from None
         if not 0 <= i < pool.n:
             raise DataError(f"{where}: index {i} is not in the pool (0..{pool.n - 1})")
     if path_text is not None and path_text.strip() and pool.names is not None:
         j = pool.index_of_path(path_text)
+        shown = one_line(path_text.strip())
         if j is None:
-            raise DataError(f"{where}: '{path_text.strip()}' is not {pool.what} (paths are relative to data.root, "
-                            "as in queries.csv)")
+            raise DataError(f"{where}: '{shown}' is not {pool.what} (paths are relative to data.root, as in "
+                            "queries.csv)")
         if i is not None and i != j:
-            raise DataError(f"{where}: index {i} is not '{path_text.strip()}' (that is index {j}); fix one of them")
+            raise DataError(f"{where}: index {i} is not '{shown}' (that is index {j}); fix one of them")
         i = j
     if i is None:
         what = "an index or a path" if pool.names is not None else "an index (this pool has no file paths)"
@@ -275,12 +276,19 @@ def read_seed_labels(path: str | os.PathLike, data) -> tuple[torch.Tensor, torch
 
 # ----------------------------------------------------------------------------- the open batch of a run
 
-def human_run(rd: RunDir) -> dict:
+def human_run(rd: RunDir, in_use_ok: bool = False) -> dict:
+    """The identity of a run made with ``active.oracle=human``, or a one-line error. ``in_use_ok``: a run
+    another process holds is fine (the labeling page waits for it, read-only)."""
     kind = rd.kind()
     if kind != "run":
         what = {"absent": "does not exist", "file": "is a file"}.get(kind, "is not a run directory (no run.json)")
         raise ConfigError(f"'{rd.path}' {what}; give the output_dir of a run made with active.oracle=human")
-    identity = rd.check_resumable()
+    try:
+        identity = rd.check_resumable()
+    except RunInUse:
+        if not in_use_ok:
+            raise
+        identity = rd.identity()
     oracle = (identity["recipe"].get("active") or {}).get("oracle", "simulated")
     if oracle != "human":
         raise ConfigError(f"{rd.path} uses active.oracle={oracle}: its labels come from the data set, not from "

@@ -27,13 +27,14 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from ssal import labels
 from ssal.data.pool import SKIP
-from ssal.errors import ConfigError, DataError, SsalError
+from ssal.errors import ConfigError, DataError, SsalError, one_line
 from ssal.files import Damaged
 from ssal.rundir import RunDir
 
@@ -101,7 +102,7 @@ class Session:
 
     def __init__(self, run_dir: str | os.PathLike, allow_continue: bool = False):
         self.rd = RunDir(run_dir)
-        self.identity = labels.human_run(self.rd)  # a one-line error if this is not a human run
+        self.identity = labels.human_run(self.rd, in_use_ok=True)  # a one-line error if this is not a human run
         self.classes: list[str] = list(self.identity["pool"]["classes"])
         root = (self.identity["recipe"].get("data") or {}).get("root")
         self.root = Path(os.path.expanduser(root)).resolve() if root else None
@@ -219,9 +220,10 @@ class Session:
     def _file(self, rel: str) -> tuple[bytes, str]:
         if self.root is None:
             raise Problem(500, "the run's recipe has no data.root")
-        path = (self.root / rel).resolve()
-        if not path.is_relative_to(self.root):  # run.json names it, but never serve outside data.root
+        parts = Path(rel).parts
+        if Path(rel).is_absolute() or ".." in parts:  # selected.json names it, but never serve above data.root
             raise Problem(404, "not an image of the pool")
+        path = self.root / rel  # not resolved: a pool image may be a link to a file elsewhere, as the pool allows
         try:
             data = path.read_bytes()
         except OSError as e:
@@ -311,15 +313,20 @@ def create_app(session: Session, allowed_hosts: list[str]):
         return JSONResponse({"error": str(e)}, status_code=e.status)
 
     async def json_body(request: Request) -> object:
-        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
             raise Problem(415, "send the answer as application/json")
-        raw = await request.body()
-        if len(raw) > MAX_BODY:
-            raise Problem(413, f"the request is {len(raw)} bytes; an answer is a small JSON object")
+        too_big = Problem(413, f"the request is over {MAX_BODY} bytes; an answer is a small JSON object")
+        if int(request.headers.get("content-length") or 0) > MAX_BODY:
+            raise too_big
+        raw = b""
+        async for chunk in request.stream():  # stop reading at the limit, whatever the headers said
+            raw += chunk
+            if len(raw) > MAX_BODY:
+                raise too_big
         try:
             return json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise Problem(400, f"malformed JSON ({e})") from None
+        except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, nesting deeper than Python's stack
+            raise Problem(400, f"malformed JSON ({one_line(str(e))[:200]})") from None
 
     def index(request: Request) -> Response:
         return Response(html, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"})
@@ -341,7 +348,7 @@ def create_app(session: Session, allowed_hosts: list[str]):
 
     def image(request: Request) -> Response:
         raw = request.path_params["index"]
-        if not raw.isdigit() or len(raw) > 12:
+        if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:  # '²'.isdigit() is True
             return problem(Problem(404, "an image is named by its pool index, a whole number"))
         if request.query_params.get("run", session.run_id) != session.run_id:
             return problem(Problem(404, "an image of another run; reload the page"))
@@ -411,20 +418,22 @@ def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8765,
     names = {host, "localhost", "127.0.0.1", "::1", "[::1]"} if is_loopback(host) else {"*"}
     app = create_app(session, sorted(names))
     shown = f"[{host}]" if ":" in host else host
-    if not is_loopback(host):
-        announce(f"warning: the page on {host} has no authentication: anyone who can reach port {bound} can label "
-                 "this run and see its images")
-    if state["round"] is not None:
-        n = len(state["items"])
-        announce(f"labeling {n} images of {run_dir}/{state['folder']} ({len(state['answers'])} of {n} answered) at "
-                 f"http://{shown}:{bound}/ (Ctrl-C to stop)")
-    else:
-        why = state["locked"] or state["message"]
-        announce(f"the labeling page of {run_dir} is at http://{shown}:{bound}/ ({why}) (Ctrl-C to stop)")
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    # Ctrl-C is how a server stops (every answer is stored already), even before uvicorn takes the signal over
+    warnings.filterwarnings("ignore", message="coroutine 'Server.serve' was never awaited")
     try:
+        if not is_loopback(host):
+            announce(f"warning: the page on {host} has no authentication: anyone who can reach port {bound} can "
+                     "label this run and see its images")
+        if state["round"] is not None:
+            n = len(state["items"])
+            announce(f"labeling {n} images of {run_dir}/{state['folder']} ({len(state['answers'])} of {n} answered) "
+                     f"at http://{shown}:{bound}/ (Ctrl-C to stop)")
+        else:
+            why = state["locked"] or state["message"]
+            announce(f"the labeling page of {run_dir} is at http://{shown}:{bound}/ ({why}) (Ctrl-C to stop)")
         server.run(sockets=[sock])
-    except KeyboardInterrupt:  # Ctrl-C is how a server stops: every answer is stored already
+    except KeyboardInterrupt:
         pass
     finally:
         session.close()
