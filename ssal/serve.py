@@ -112,15 +112,27 @@ class Session:
         self.write_lock = threading.Lock()  # one write at a time within this server (the run lock is between processes)
         self._split = None  # the pool's images when they are not files (builtin data sets)
         self._split_lock = threading.Lock()
-        self._items: dict[int, tuple[int, list[Item]]] = {}  # round -> its items (a selection never changes)
+        self._items: dict[int, list[Item]] = {}  # round -> its items (a recorded selection never changes)
 
     # ------------------------------------------------------------------ reading
     def batch(self) -> tuple[labels.Batch | None, str]:
         """The open batch, or None and why there is none."""
+        replaced = self._replaced()
+        if replaced:
+            return None, replaced
         try:
             return labels.open_batch(self.rd, self.identity), ""
         except (ConfigError, Damaged) as e:
             return None, str(e)
+
+    def _replaced(self) -> str | None:
+        """Why this page no longer serves the run it was started for (``ssal run --force`` made another)."""
+        try:
+            same = self.rd.run_id() == self.run_id
+        except SsalError:
+            same = False
+        return None if same else (f"{self.rd.path} no longer holds the run this page was started for; start "
+                                  f"'ssal label serve {self.rd.path}' again")
 
     def items(self, batch: labels.Batch) -> list[Item]:
         if batch.round not in self._items:
@@ -173,6 +185,9 @@ class Session:
             raise Problem(409, "a run is in progress; the page is read-only until it ends")
 
         def given(batch: labels.Batch, pool) -> dict[int, int | None]:
+            replaced = self._replaced()  # checked under the run's lock, like everything update_answers reads
+            if replaced:
+                raise Problem(409, replaced)
             if i not in batch.indices:
                 raise Problem(400 if 0 <= i < pool.n else 404,
                               f"index {i} is not one of the {len(batch.indices)} images of {batch.folder}")
@@ -189,11 +204,7 @@ class Session:
         with self.write_lock:
             try:
                 done = labels.update_answers(self.rd, self.identity, "the labeling page", given, expect_round=r)
-            except labels.BatchChanged as e:
-                raise Problem(409, str(e)) from None
-            except Problem:
-                raise
-            except SsalError as e:  # the run is in use, the batch is closed, answers.json is damaged, ...
+            except SsalError as e:  # the run is in use, another batch is open, answers.json is damaged, ...
                 raise Problem(409, str(e)) from None
         answered = sum(1 for j in done.batch.indices if j in done.answers)
         return {"index": i, "label": label, "answered": answered, "total": len(done.batch.indices)}
@@ -208,11 +219,10 @@ class Session:
             raise Problem(404, f"index {index} is not an image of the open batch {batch.folder}")
         if item.path is not None:
             return self._file(item.path)
+        import torch
         from torchvision.transforms.functional import to_pil_image
 
         split = self._pool_split()
-        import torch
-
         buf = io.BytesIO()
         to_pil_image(split.load(torch.tensor([index]))[0]).save(buf, format="PNG")
         return buf.getvalue(), "image/png"

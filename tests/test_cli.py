@@ -133,6 +133,7 @@ def test_subprocess_user_error_has_no_traceback(write_recipe, tmp_path):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow  # 11 s of process starts; the in-process argparse tests cover the messages
 def test_subprocess_argparse_misuse(tmp_path):
     proc = _run([], cwd=tmp_path)
     assert proc.returncode == 2
@@ -143,6 +144,7 @@ def test_subprocess_argparse_misuse(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow  # 9 s of process start
 def test_subprocess_list_prints_every_name(tmp_path):
     proc = _run(["list"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr

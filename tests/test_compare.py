@@ -86,7 +86,11 @@ def test_bad_specs_fail_with_one_line_and_write_nothing(tmp_path, base, capsys, 
     assert not (tmp_path / "cmp").exists()
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "recipes" / "compare").glob("*.yaml")), ids=lambda p: p.name)
+SPECS = [pytest.param(p, marks=pytest.mark.slow) if p.name == "fashion_mnist.yaml" else p  # the full spec: 16 s
+         for p in sorted((ROOT / "recipes" / "compare").glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("path", SPECS, ids=lambda p: p.name)
 def test_shipped_specs_load_and_validate(path, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # paths in a spec are relative to it, not to the working directory
     plan = load_spec(path)

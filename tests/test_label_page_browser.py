@@ -378,6 +378,7 @@ def test_a_person_labels_a_batch_with_the_keyboard_through_a_killed_server_and_t
     assert n_next == 10 and state["progress"] == progress(0, n_next) and state["position"] == f"Image 1 of {n_next}"
 
 
+@pytest.mark.slow  # 9 s; the default run keeps the acceptance walk above
 def test_keys_typed_while_the_server_is_down_are_sent_when_it_is_back_on_the_same_port(
         browser, serve, run, truth):
     server = serve(run)
@@ -409,6 +410,7 @@ def test_keys_typed_while_the_server_is_down_are_sent_when_it_is_back_on_the_sam
     assert page.stored() == typed
 
 
+@pytest.mark.slow  # 8 s; the default run keeps the acceptance walk above
 def test_answers_typed_while_the_server_is_down_survive_a_reload_of_the_tab(browser, serve, run, truth):
     """The tab keeps unconfirmed answers in the browser's storage: leaving the page before the server is
     back loses none of them, and the page opened again sends them."""
@@ -434,6 +436,7 @@ def test_answers_typed_while_the_server_is_down_survive_a_reload_of_the_tab(brow
     assert page.stored() == typed
 
 
+@pytest.mark.slow  # 5 s; the default run keeps the acceptance walk above
 def test_a_reload_mid_batch_loses_nothing_and_reopens_at_the_first_unanswered_image(browser, serve, run, truth):
     server = serve(run)
     page = Page(browser, server.url, run, truth)
@@ -461,6 +464,7 @@ def test_a_reload_mid_batch_loses_nothing_and_reopens_at_the_first_unanswered_im
     assert page.stored() == typed
 
 
+@pytest.mark.slow  # 5 s; the default run keeps the acceptance walk above
 def test_an_earlier_answer_is_changed_from_the_grid(browser, serve, run, truth):
     from selenium.webdriver.common.by import By
 
@@ -518,6 +522,7 @@ def test_an_earlier_answer_is_changed_from_the_grid(browser, serve, run, truth):
     assert page.stored() == typed
 
 
+@pytest.mark.slow  # 7 s; the default run keeps the acceptance walk above
 def test_the_page_is_read_only_while_another_process_holds_the_run(browser, serve, run, truth):
     server = serve(run)
     page = Page(browser, server.url, run, truth)
@@ -619,6 +624,7 @@ def assert_scaled_up(page: Page, what: str) -> int:
     return int(factor)
 
 
+@pytest.mark.slow  # 5 s; the default run keeps the acceptance walk above
 def test_small_images_are_scaled_up_by_a_whole_factor_without_smoothing(browser, serve, run, truth):
     server = serve(run)
     page = Page(browser, server.url, run, truth)
@@ -637,6 +643,7 @@ def test_small_images_are_scaled_up_by_a_whole_factor_without_smoothing(browser,
         browser.set_window_size(size["width"], size["height"])
 
 
+@pytest.mark.slow  # 4 s; the default run keeps the acceptance walk above
 def test_an_image_keeps_a_whole_factor_after_a_resize_while_the_grid_was_shown(browser, serve, run, truth):
     """The window is made smaller while the grid is shown; back in the single view, the next image (of the
     same size as the last) must be fitted to the new stage, not keep the old size squeezed by max-height."""

@@ -471,6 +471,7 @@ def test_no_raw_path_reaches_a_file_other_than_the_page_and_the_batch_images(ser
 
 # ----------------------------------------------------------------------------- 3. answering the whole batch
 
+@pytest.mark.slow  # 11 s
 def test_answers_given_on_the_page_are_stored_as_sent_and_resume_puts_exactly_them_in_the_pool(run, pool):
     truth = pool["truth"]
     sel = selected(run)
@@ -679,6 +680,7 @@ def test_serve_refuses_with_exit_2_and_one_error_line_and_changes_nothing(run, s
         busy.close()
 
 
+@pytest.mark.slow  # 5 s
 def test_allow_remote_starts_with_a_warning_about_no_authentication_and_sigint_stops_it_with_exit_0(run):
     server = Server(run, "--host", "0.0.0.0", "--allow-remote")
     try:
@@ -713,6 +715,7 @@ def test_ctrl_c_right_after_the_startup_line_also_stops_with_exit_0(run):
 
 # ----------------------------------------------------------------------------- 8. kill -9 loses nothing
 
+@pytest.mark.slow  # 9 s
 def test_a_server_killed_with_sigkill_loses_no_acknowledged_answer(run, pool):
     truth = pool["truth"]
     server = Server(run)

@@ -266,6 +266,7 @@ def test_cache_hit_miss_and_key(tmp_path, tiny_recipe, digits, counted, capsys):
     assert len(counted) == 2
 
 
+@pytest.mark.slow  # 10 s
 def test_corrupt_or_partial_cache_entries_are_rebuilt(tmp_path, tiny_recipe, digits, counted, capsys):
     cfg = pre_cfg(tmp_path, tiny_recipe)
     engine = Engine(progress=False)

@@ -413,6 +413,7 @@ def test_tiny_run_with_adaptive_thresholds(write_recipe):
     assert state["class_probs"].sum().item() == pytest.approx(1.0, rel=1e-5)  # a running mean of distributions
 
 
+@pytest.mark.slow  # 9 s
 def test_resume_restores_the_teacher(write_recipe, monkeypatch):
     """reinit=false continues the student and its EMA teacher across rounds; a run killed in
     round 1 and resumed ends with exactly the teacher of an uninterrupted run."""

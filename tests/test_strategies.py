@@ -166,6 +166,7 @@ def test_prev_probs_embeddings_and_labeled_signals(trained):
     assert set(sig.values) == {"probs", "prev_probs", "embeddings"}  # nothing it did not ask for
 
 
+@pytest.mark.slow  # 10 s
 def test_resume_of_a_tod_run_reloads_the_previous_round_model(tmp_path, tiny_recipe, monkeypatch):
     path = _recipe(tmp_path, tiny_recipe, "a", train={"method": "tod"}, active={"strategy": "tod", "rounds": 3})
     full = loop.run(load_recipe(path), progress=False)
