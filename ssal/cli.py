@@ -14,8 +14,7 @@ from ssal.errors import Interrupted, SsalError
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, exit 2, like every other user error
-        sys.stderr.write(f"ssal: error: {message} (see 'ssal {self.prog.split()[-1]} --help')\n"
-                         if " " in self.prog else f"ssal: error: {message} (see 'ssal --help')\n")
+        sys.stderr.write(f"ssal: error: {message} (see '{self.prog} --help')\n")  # prog: 'ssal label serve'...
         raise SystemExit(2)
 
 
