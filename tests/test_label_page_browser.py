@@ -264,6 +264,13 @@ class Page:
         self.press(self.key(name))
         typed[self.index(k)] = self.classes.index(name)
 
+    def label_all_saved(self, ks, typed: dict[int, int]) -> dict:
+        """Label images ``ks`` in order, wait for the next one and for every answer to be stored."""
+        for k in ks:
+            self.label(k, typed)
+        self.at(ks[-1] + 1)
+        return self.saved()
+
     def name(self, y: int) -> str:
         return "skip" if y == SKIP else self.classes[y]
 
@@ -384,10 +391,7 @@ def test_keys_typed_while_the_server_is_down_are_sent_when_it_is_back_on_the_sam
     server = serve(run)
     page = Page(browser, server.url, run, truth)
     typed: dict[int, int] = {}
-    for k in (1, 2):
-        page.label(k, typed)
-    page.at(3)
-    page.saved()
+    page.label_all_saved((1, 2), typed)
     before = dict(typed)
 
     server.kill()
@@ -417,9 +421,7 @@ def test_answers_typed_while_the_server_is_down_survive_a_reload_of_the_tab(brow
     server = serve(run)
     page = Page(browser, server.url, run, truth)
     typed: dict[int, int] = {}
-    page.label(1, typed)
-    page.at(2)
-    page.saved()
+    page.label_all_saved((1,), typed)
     server.kill()
     for k in (2, 3, 4):
         page.label(k, typed)
@@ -471,10 +473,7 @@ def test_an_earlier_answer_is_changed_from_the_grid(browser, serve, run, truth):
     server = serve(run)
     page = Page(browser, server.url, run, truth)
     typed: dict[int, int] = {}
-    for k in (1, 2, 3, 4):
-        page.label(k, typed)
-    page.at(5)
-    page.saved()
+    page.label_all_saved((1, 2, 3, 4), typed)
 
     page.press("g")
     state = page.until(lambda s: s["view"] == "gridview", "the grid view")
@@ -527,9 +526,7 @@ def test_the_page_is_read_only_while_another_process_holds_the_run(browser, serv
     server = serve(run)
     page = Page(browser, server.url, run, truth)
     typed: dict[int, int] = {}
-    page.label(1, typed)
-    page.at(2)
-    page.saved()
+    page.label_all_saved((1,), typed)
     answers = run / "rounds" / "initial" / "answers.json"
     before = answers.read_bytes()
 
