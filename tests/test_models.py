@@ -163,3 +163,83 @@ def test_unknown_backbone_without_close_match_lists_options():
         check_backbone("zzzzqqqq_nothing_like_it")
     msg = str(e.value)
     assert "did you mean" not in msg and "cnn_small" in msg and "timm.list_models()" in msg
+
+
+def test_sample_dropout_masks_are_keyed_per_sample():
+    """With keys, each sample's mask comes from its key alone: the same in any batch, split or order."""
+    from ssal.models.heads import SampleDropout, keyed_dropout
+    from ssal.rng import sample_keys
+
+    drop = SampleDropout(0.5).train()
+    h = torch.randn(12, 64)
+    keys = sample_keys(7, 0, torch.arange(12))
+    with keyed_dropout(drop, keys):
+        whole = drop(h)
+    with keyed_dropout(drop, keys[[5, 1, 9]]):
+        part = drop(h[[5, 1, 9]])
+    assert torch.equal(part, whole[[5, 1, 9]])
+    kept = whole != 0
+    assert torch.allclose(whole[kept], 2 * h[kept]) and 0.35 < kept.float().mean() < 0.65  # inverted dropout
+    with keyed_dropout(drop, sample_keys(8, 0, torch.arange(12))):
+        assert not torch.equal(drop(h), whole)  # other keys, other masks
+    assert drop.keys is None  # the block leaves nothing behind
+    assert torch.equal(drop.eval()(h), h)
+
+
+def test_global_batchnorm_in_one_process_is_batchnorm():
+    from ssal.models.sync_bn import GlobalBatchNorm, synchronise_batchnorm
+
+    bn = nn.BatchNorm2d(3)
+    assert synchronise_batchnorm(bn, torch.device("cpu")) is bn  # one process: unchanged
+    g = GlobalBatchNorm(3)
+    x = torch.randn(4, 3, 5, 5)
+    assert torch.allclose(g.train()(x), bn.train()(x), atol=1e-6)
+    assert torch.allclose(g.running_var, bn.running_var) and torch.allclose(g.running_mean, bn.running_mean)
+
+
+@pytest.mark.slow  # a process group: ~15 s; CI runs it
+def test_global_batchnorm_under_two_processes_is_batchnorm_of_the_global_batch(tmp_path):
+    """torchrun, 2 CPU processes, each with half of a batch of 8: outputs, input and parameter
+    gradients (averaged as DDP does) and running statistics equal BatchNorm's on the whole batch."""
+    from conftest import run_two_processes
+
+    script = tmp_path / "dist_bn.py"
+    script.write_text(
+        "import torch, torch.distributed as dist\n"
+        "from torch import nn\n"
+        "from ssal.models.sync_bn import GlobalBatchNorm, _convert, check_replicas_agree\n"
+        "dist.init_process_group('gloo')\n"
+        "rank = dist.get_rank()\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "x = torch.randn(8, 3, 4, 4, generator=g) * 3 + 1\n"
+        "w = torch.randn(8, 3, 4, 4, generator=g)  # the loss: sum(w * bn(x)) / 8\n"
+        "ref = nn.BatchNorm2d(3, momentum=0.3)\n"
+        "with torch.no_grad():\n"
+        "    ref.weight.uniform_(0.5, 1.5, generator=g); ref.bias.uniform_(-1, 1, generator=g)\n"
+        "net = _convert(nn.Sequential(nn.BatchNorm2d(3, momentum=0.3)))\n"
+        "net[0].load_state_dict(ref.state_dict())\n"
+        "assert isinstance(net[0], GlobalBatchNorm)\n"
+        "xr = x.clone().requires_grad_()\n"
+        "(ref(xr) * w).sum().div(8).backward()\n"
+        "mine = x[rank * 4:(rank + 1) * 4].clone().requires_grad_()\n"
+        "out = net(mine)\n"
+        "(out * w[rank * 4:(rank + 1) * 4]).sum().div(4).backward()  # the local mean, as each process has\n"
+        "with torch.no_grad():\n"
+        "    full = nn.functional.batch_norm(x, None, None, ref.weight, ref.bias, True)\n"
+        "assert torch.allclose(out, full[rank * 4:(rank + 1) * 4], atol=1e-5)\n"
+        "assert torch.allclose(mine.grad / 2, xr.grad[rank * 4:(rank + 1) * 4], atol=1e-6)  # DDP averages by 2\n"
+        "for p, q in zip(net[0].parameters(), ref.parameters()):\n"
+        "    grad = p.grad.clone(); dist.all_reduce(grad); grad /= 2\n"
+        "    assert torch.allclose(grad, q.grad, atol=1e-6), (grad, q.grad)\n"
+        "assert torch.allclose(net[0].running_mean, ref.running_mean, atol=1e-6)\n"
+        "assert torch.allclose(net[0].running_var, ref.running_var, atol=1e-5)\n"
+        "check_replicas_agree(net, 'test')\n"
+        "net[0].running_mean += rank  # processes that disagree are caught\n"
+        "try:\n"
+        "    check_replicas_agree(net, 'test'); raise SystemExit('not caught')\n"
+        "except RuntimeError as e:\n"
+        "    assert 'different buffers' in str(e)\n"
+        "print(f'rank {rank} ok', flush=True)\n"
+        "dist.destroy_process_group()\n"
+    )
+    run_two_processes(script, port=29559)
