@@ -2,15 +2,24 @@
 
 Pretraining, fine-tuning and the signal pass of selection all run through :class:`Engine`, so
 the same code runs on one CPU, one GPU or several processes (``accelerate launch`` or
-``torchrun``). Batches are drawn by a seeded sampler and made (loaded + augmented) by a
-DataLoader whose items are whole batches: with ``data.num_workers > 0`` workers build them in
-parallel, and the result depends only on the seed, never on the number of workers or processes.
+``torchrun``), as the same experiment:
+
+- batch sizes are global (what one optimizer step sees), each process takes its slice;
+- batches are drawn by a seeded sampler and made (loaded + augmented) by a DataLoader whose items
+  are whole slices; every random draw of a sample is keyed by (seed, step, its slot in the global
+  batch) (:mod:`ssal.rng`), so it does not depend on the worker or the process that makes it;
+- BatchNorm uses the global batch's statistics (:mod:`ssal.models.sync_bn`), and all processes are
+  checked to hold the same buffers after training;
+- inference is sharded and gathered once per index, its random draws keyed by pool index.
+
+What still depends on the number of processes (and of threads) is floating-point reduction order.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -24,11 +33,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ssal import rng
 from ssal.data.datasets import Split
 from ssal.data.views import VIEWS, to_float
 from ssal.errors import SsalError
 from ssal.faults import failpoint
 from ssal.models.ema import ema_model
+from ssal.models.sync_bn import check_replicas_agree, synchronise_batchnorm
+from ssal.rng import sample_keys
 
 
 def derive_seed(*parts: Any) -> int:
@@ -39,26 +51,38 @@ def derive_seed(*parts: Any) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-class InfiniteBatchSampler(Sampler):
-    """Endless seeded reshuffles of ``range(n)`` cut into batches of ``batch_size``.
+def split_batch(global_batch: int, world: int, key: str) -> int:
+    """The per-process share of a global batch of ``global_batch`` samples (recipe key ``key``);
+    a one-line error when it does not divide evenly."""
+    if global_batch % world:
+        lo, hi = (global_batch // world) * world, (global_batch // world + 1) * world
+        raise SsalError(f"{key}={global_batch} is the batch of one optimizer step, split across {world} processes, "
+                        f"and does not divide by {world}: set {key} to a multiple of {world} (e.g. "
+                        f"{f'{lo} or ' if lo else ''}{hi}) or start a number of processes that divides it")
+    return global_batch // world
 
-    Yields ``(step, positions)``. Under several processes each process gets its own slice of
-    the global batch of ``batch_size * world`` positions.
+
+class InfiniteBatchSampler(Sampler):
+    """Endless seeded reshuffles of ``range(n)`` cut into global batches of ``batch_size``.
+
+    Yields ``(step, positions, first_slot)``: under several processes each process gets its
+    slice of the global batch, which starts at slot ``first_slot`` of it. A sample's random
+    draws are keyed by (seed, step, slot), so they do not depend on the number of processes.
     """
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.local = split_batch(batch_size, world, "batch_size")
 
-    def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor, int]]:
         g = torch.Generator().manual_seed(self.seed)
-        global_bs = self.batch_size * self.world
         buffer = torch.empty(0, dtype=torch.long)
-        step = 0
+        step, first = 0, self.rank * self.local
         while True:
-            while len(buffer) < global_bs:
+            while len(buffer) < self.batch_size:
                 buffer = torch.cat([buffer, torch.randperm(self.n, generator=g)])
-            batch, buffer = buffer[:global_bs], buffer[global_bs:]
-            yield step, batch[self.rank * self.batch_size:(self.rank + 1) * self.batch_size]
+            batch, buffer = buffer[:self.batch_size], buffer[self.batch_size:]
+            yield step, batch[first:first + self.local], first
             step += 1
 
 
@@ -75,10 +99,10 @@ class ChunkSampler(Sampler):
 
 
 class ViewBatches(Dataset):
-    """Item ``(step, positions)`` -> a training batch with the objective's views.
+    """Item ``(step, positions, first_slot)`` -> a training batch of one source with its views.
 
-    ``sources`` maps a source name (``labeled``/``unlabeled``) to (split, pool indices, labels or
-    None, seed); ``views`` maps a batch key to (source, view name).
+    ``views`` maps a batch key to a view name; each sample's draws are keyed by (seed, step, its
+    slot in the global batch, batch key).
     """
 
     def __init__(self, split: Split, indices: torch.Tensor, labels: torch.Tensor | None,
@@ -87,10 +111,12 @@ class ViewBatches(Dataset):
         self.views, self.hflip, self.seed = views, hflip, seed
 
     def __getitem__(self, item: tuple[int, torch.Tensor]) -> dict[str, torch.Tensor]:
-        step, pos = item
+        step, pos, first = item
         x = self.split.load(self.indices[pos])
-        g = torch.Generator().manual_seed(derive_seed(self.seed, step))
-        out = {key: VIEWS[view](x, generator=g, hflip=self.hflip) for key, view in self.views.items()}
+        keys = sample_keys(self.seed, step, torch.arange(first, first + len(pos)))
+        view_keys = {key: rng.derive(keys, key) for key in self.views}
+        out: dict[str, Any] = {key: VIEWS[view](x, view_keys[key], self.hflip) for key, view in self.views.items()}
+        out["keys"] = view_keys  # the model's random draws (dropout) for each view of each sample
         if self.labels is not None:
             out["labels"] = self.labels[pos]
         return out
@@ -111,25 +137,28 @@ class PlainBatches(Dataset):
 
 
 class TransformBatches(Dataset):
-    """Item ``(step, positions)`` -> ``{"view0": [B, C, H, W], "view1": ...}``, views made per sample.
+    """Item ``(step, positions, first_slot)`` -> ``{"view0": [B, C, H, W], "view1": ...}``, views made per sample.
 
     ``transform`` maps one uint8 image to a list of float views (lightly's transforms, which
-    draw from torch's and numpy's global generators): both are seeded from (seed, step) and
-    restored afterwards, so a batch depends only on its seed.
+    draw from torch's and numpy's global generators): both are seeded per sample from (seed,
+    step, slot in the global batch) and restored afterwards, so a sample's views depend only on
+    that, not on the number of processes.
     """
 
     def __init__(self, split: Split, indices: torch.Tensor, transform: Callable, seed: int):
         self.split, self.indices, self.transform, self.seed = split, indices, transform, seed
 
     def __getitem__(self, item: tuple[int, torch.Tensor]) -> dict[str, torch.Tensor]:
-        step, pos = item
+        step, pos, first = item
         images = self.split.load(self.indices[pos])
-        seed = derive_seed(self.seed, step)
+        seeds = rng.to_seed(sample_keys(self.seed, step, torch.arange(first, first + len(pos))))
         np_state = np.random.get_state()
+        views = []
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            np.random.seed(seed % 2**32)
-            views = [self.transform(img) for img in images]
+            for img, seed in zip(images, seeds, strict=True):
+                torch.random.default_generator.manual_seed(seed)
+                np.random.seed(seed % 2**32)
+                views.append(self.transform(img))
         np.random.set_state(np_state)
         return {f"view{v}": torch.stack([s[v] for s in views]) for v in range(len(views[0]))}
 
@@ -233,6 +262,35 @@ class Engine:
 
             yield update
 
+    def start_line(self, batches: dict[str, int]) -> str:
+        """How this run executes, in one line: processes, backend, device(s), mixed precision and each
+        global batch with its per-process share (``batches``: recipe key -> global batch size).
+        Raises the one-line error of :func:`split_batch` for a batch that does not divide."""
+        world = self.world
+        shares = {key: split_batch(size, world, key) for key, size in batches.items()}
+        procs = f"{world} processes ({torch.distributed.get_backend()})" if _distributed() else "1 process"
+        if self.device.type == "cpu":
+            threads = torch.get_num_threads()
+            device = f"cpu ({threads} thread{'s' if threads > 1 else ''} per process)"
+        else:
+            name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else self.device.type
+            device = f"{world} x {name}" if world > 1 else name
+        batch = ", ".join(f"{key} {size}" + (f" ({shares[key]} per process)" if world > 1 else "")
+                          for key, size in batches.items())
+        return (f"ssal: {procs}, device {device}, mixed precision {self.accelerator.mixed_precision}; "
+                f"global batch: {batch}")
+
+    def announce(self, batches: dict[str, int]) -> None:
+        """Print :meth:`start_line` (main process), and a warning when a launcher was asked for several
+        processes but started one: ``accelerate launch --num_processes N`` without ``--multi_gpu``
+        sets the rendezvous address, but runs a single process."""
+        self.print(self.start_line(batches), highlight=False)
+        if self.world == 1 and "MASTER_PORT" in os.environ and "ACCELERATE_USE_CPU" in os.environ \
+                and "WORLD_SIZE" not in os.environ:
+            self.print("[yellow]warning: accelerate launch was given several processes but started one; on CPUs use "
+                       "'torchrun --nproc_per_node N -m ssal ...' or 'accelerate launch --multi_gpu --num_processes N "
+                       "-m ssal ...'")
+
     def guarded(self, fn: Callable[[], Any]) -> Any:
         """``fn()`` on every process, for steps whose outcome the main process decides (it alone holds
         the run's lock and writes): a user error raised there is raised on every process, so that
@@ -283,6 +341,7 @@ class Engine:
         objective = objective_cls(model, train_cfg)
         if objective_state is not None:
             objective.load_extra_state(objective_state)
+        objective = synchronise_batchnorm(objective, self.device)
         optimizer, scheduler = _sgd(objective, train_cfg.lr, train_cfg.momentum, train_cfg.nesterov,
                                     train_cfg.weight_decay, train_cfg.schedule, steps,
                                     {"model.backbone.": train_cfg.backbone_lr_scale})
@@ -309,6 +368,9 @@ class Engine:
         finally:
             self._close(loaders)
         inner.eval()
+        check_replicas_agree(inner, desc)
+        if ema is not None:
+            check_replicas_agree(ema, f"{desc} (EMA)")
         acc.free_memory()
         eval_model = ema.module if ema is not None else inner.model
         return FitResult(inner.model, eval_model, time.perf_counter() - t0, logs,
@@ -318,16 +380,18 @@ class Engine:
                  on_epoch: Callable[[int], dict[str, float]] | None = None, desc: str = "pretrain") -> FitResult:
         """Self-supervised training of ``method`` (a :class:`ssal.pretrain.base.Pretrainer`).
 
-        ``cfg.epochs`` passes over ``split[indices]`` in batches of ``cfg.batch_size`` per process,
-        views made per sample by ``method.transform``. SGD with nesterov momentum and cosine decay.
+        ``cfg.epochs`` passes over ``split[indices]`` in global batches of ``cfg.batch_size`` (split
+        across processes), views made per sample by ``method.transform``. SGD with nesterov momentum and cosine decay.
         ``on_epoch(epoch)`` runs after each epoch; what it returns is shown in the progress bar.
         """
         t0 = time.perf_counter()
         acc = self.accelerator
         torch.manual_seed(derive_seed(seed, "torch"))
         indices = torch.as_tensor(indices, dtype=torch.long)
-        per_epoch = max(1, len(indices) // (cfg.batch_size * self.world))
+        split_batch(cfg.batch_size, self.world, "pretrain.batch_size")
+        per_epoch = max(1, len(indices) // cfg.batch_size)
         steps = cfg.epochs * per_epoch
+        method = synchronise_batchnorm(method, self.device)
         optimizer, scheduler = _sgd(method, cfg.lr, cfg.momentum, True, cfg.weight_decay, "cosine", steps)
         method.to(memory_format=self.memory_format)
         prepared, optimizer = acc.prepare(method, optimizer)
@@ -349,6 +413,7 @@ class Engine:
                                           after_step, desc, "pretrain", f"pretrain.lr (now {cfg.lr:g})")
         finally:
             self._close({"views": loader})
+        check_replicas_agree(inner, desc)
         acc.free_memory()
         return FitResult(inner, inner, time.perf_counter() - t0, logs, data_seconds=waited)
 
@@ -406,6 +471,7 @@ class Engine:
                 view = train_cfg.augment
             by_source.setdefault(source, {})[key] = view
         loaders = {}
+        split_batch(train_cfg.batch_size, self.world, "train.batch_size")
         for source, views in by_source.items():
             if source == "labeled":
                 indices, lab, bs = labeled, labels, train_cfg.batch_size
@@ -421,14 +487,15 @@ class Engine:
             loaders[source] = iter(_loader(ds, sampler, self.num_workers))
         return loaders
 
-    def _next_batch(self, loaders) -> dict[str, torch.Tensor]:
-        batch: dict[str, torch.Tensor] = {}
+    def _next_batch(self, loaders) -> dict[str, Any]:
+        batch: dict[str, Any] = {"keys": {}}
         for source, it in loaders.items():
             part = next(it)
             if "labels" in part:
                 batch["y_l" if source == "labeled" else "y_u"] = part.pop("labels")
+            batch["keys"].update(part.pop("keys"))
             batch.update(part)
-        return {k: self._to_device(v) for k, v in batch.items()}
+        return {k: v if k == "keys" else self._to_device(v) for k, v in batch.items()}
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device, non_blocking=True)
@@ -452,7 +519,7 @@ class Engine:
         penultimate layer). Work is sharded across processes and gathered once per index.
         """
 
-        def forward(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        def forward(x: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
             logits, feats = model(x, return_features=True)
             got = {"logits": logits.float(), "features": feats.float()}
             if "probs" in outputs:
@@ -462,13 +529,14 @@ class Engine:
         got = self.infer(forward, [model], split, indices, batch_size, desc)
         return {k: got.get(k, torch.empty(0)) for k in outputs}
 
-    def infer(self, fn: Callable[[torch.Tensor], dict[str, torch.Tensor]], modules: list[nn.Module],
+    def infer(self, fn: Callable[[torch.Tensor, torch.Tensor], dict[str, torch.Tensor]], modules: list[nn.Module],
               split: Split, indices: torch.Tensor, batch_size: int = 512,
               desc: str | None = None) -> dict[str, torch.Tensor]:
         """``fn`` over ``split[indices]`` in chunks, under ``torch.inference_mode`` and autocast,
-        with ``modules`` in eval mode on the device: ``fn(x)`` (images in [0, 1], [B, C, H, W])
-        returns per-sample tensors (first dimension B); they come back concatenated on the CPU,
-        aligned with ``indices``. Sharded across processes and gathered once per index.
+        with ``modules`` in eval mode on the device: ``fn(x, index)`` (images in [0, 1], [B, C, H, W],
+        and their indices into ``split``, which key any random draw per sample) returns per-sample
+        tensors (first dimension B); they come back concatenated on the CPU, aligned with
+        ``indices``. Sharded across processes and gathered once per index.
         """
         indices = torch.as_tensor(indices, dtype=torch.long)
         n = len(indices)
@@ -482,9 +550,9 @@ class Engine:
         loader = _loader(PlainBatches(split, mine), ChunkSampler(len(mine), batch_size), self.num_workers)
         bar = self.progress(desc, len(loader)) if desc else contextlib.nullcontext(lambda *a, **k: None)
         with bar as update, torch.inference_mode():
-            for x in loader:
+            for start, x in zip(range(0, len(mine), batch_size), loader, strict=True):
                 with self.accelerator.autocast():
-                    got = fn(self._to_device(x))
+                    got = fn(self._to_device(x), mine[start:start + len(x)])
                 for k, v in got.items():
                     chunks.setdefault(k, []).append(v.float() if v.is_floating_point() else v)
                 update(1)
@@ -492,7 +560,7 @@ class Engine:
             m.train(mode)
         if not chunks and n:  # no local samples (more processes than samples): learn the output shapes
             with torch.inference_mode(), self.accelerator.autocast():
-                got = fn(self._to_device(to_float(split.load(indices[:1]))))
+                got = fn(self._to_device(to_float(split.load(indices[:1]))), indices[:1])
             chunks = {k: [v[:0].float() if v.is_floating_point() else v[:0]] for k, v in got.items()}
         return {k: self._gather(torch.cat(parts), per_rank, n) for k, parts in chunks.items()}
 

@@ -9,7 +9,9 @@ Crash safety is only believable when it is tested at exact points, not after a s
   runs), ``crash`` (raise :class:`SimulatedCrash`, which no handler of ssal catches: for tests that
   run in the test process) or an ``OSError`` to raise: ``enospc`` (disk full), ``eacces``
   (permission denied), ``erofs`` (read-only file system), ``eio`` (I/O error);
-- ``@n`` acts on the n-th hit of that name (default: the first), ``@n+`` on every hit from the n-th.
+- ``@n`` acts on the n-th hit of that name (default: the first), ``@n+`` on every hit from the n-th;
+- ``#r`` (after the rest) acts only in the process of rank r under torchrun / accelerate launch
+  (``train.step=kill@5#1``: process 1 dies before its 5th optimizer step; the others see it die).
 
 The names in the code: ``pretrain.step`` and ``train.step`` (before each optimizer step),
 ``evaluate``, ``signals`` (after the signal pass), ``select`` (after a strategy chose),
@@ -37,11 +39,15 @@ class SimulatedCrash(BaseException):  # noqa: N818 - a crash, not an error: noth
 
 def _parse(spec: str) -> list[tuple[str, str, int, bool]]:
     rules = []
+    rank = os.environ.get("RANK", "0")
     for item in filter(None, (s.strip() for s in spec.split(","))):
         name, _, action = item.partition("=")
+        action, _, only = action.partition("#")
         action, _, at = action.partition("@")
-        if action not in ("kill", "crash", *_ERRORS) or not name:
-            raise ValueError(f"{ENV}: bad failpoint '{item}' (want name=kill|crash|enospc|eacces|erofs|eio[@n])")
+        if action not in ("kill", "crash", *_ERRORS) or not name or (only and not only.isdigit()):
+            raise ValueError(f"{ENV}: bad failpoint '{item}' (want name=kill|crash|enospc|eacces|erofs|eio[@n][#rank])")
+        if only and only != rank:
+            continue  # another process's failpoint
         every = at.endswith("+")
         rules.append((name, action, int(at.rstrip("+") or 1), every))
     return rules

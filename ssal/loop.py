@@ -92,17 +92,15 @@ def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: E
     Everything a user can get wrong is checked before anything is written, cheap checks (the output
     and cache folders) before the data set is loaded.
     """
-    run_dir = RunDir(cfg.output_dir)
-    if resume:
-        run_dir.check_resumable()
-    else:
-        run_dir.check_new(force)
-    check_cache_dir(cfg)
+    engine = engine or Engine(cfg.train.mixed_precision, cfg.data.num_workers, progress=progress)
+    run_dir = RunDir(cfg.output_dir, writer=engine.is_main)
+    # the main process alone checks (and later locks, creates or --force replaces) the run directory;
+    # the others wait for its verdict, so none reads the folder while it is being replaced
+    engine.guarded(lambda: _check_start(run_dir, cfg, resume, force) if engine.is_main else None)
+    engine.announce(batch_sizes(cfg))  # and checks that the batches divide
     parts = Parts.build(cfg)
     if resume:
-        run_dir.check_pool(parts.data.fingerprint())
-    engine = engine or Engine(cfg.train.mixed_precision, cfg.data.num_workers, progress=progress)
-    run_dir.writer = engine.is_main
+        engine.guarded(lambda: run_dir.check_pool(parts.data.fingerprint()) if engine.is_main else None)
     run_dir.names = parts.data.names()
     notes = engine.guarded(run_dir.lock)
     try:
@@ -119,6 +117,22 @@ def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: E
     finally:
         run_dir.unlock()
     return run_dir.path
+
+
+def _check_start(run_dir: RunDir, cfg: DictConfig, resume: bool, force: bool) -> None:
+    if resume:
+        run_dir.check_resumable()
+    else:
+        run_dir.check_new(force)
+    check_cache_dir(cfg)
+
+
+def batch_sizes(cfg: DictConfig) -> dict[str, int]:
+    """The global batches of a run's optimizer steps (recipe key -> samples per step)."""
+    sizes = {"train.batch_size": cfg.train.batch_size}
+    if cfg.pretrain.method != "none":
+        sizes["pretrain.batch_size"] = cfg.pretrain.batch_size
+    return sizes
 
 
 class _Rounds:

@@ -10,7 +10,8 @@ import torch
 from conftest import run_two_processes
 
 from ssal.data import load_dataset
-from ssal.engine import Engine, InfiniteBatchSampler, derive_seed
+from ssal.engine import Engine, InfiniteBatchSampler, derive_seed, split_batch
+from ssal.errors import SsalError
 from ssal.models import build_model
 from ssal.recipe import DataConfig, ModelConfig, TrainConfig
 from ssal.semi import OBJECTIVES
@@ -35,12 +36,21 @@ def test_infinite_sampler_reshuffles_whole_epochs():
 
 
 def test_infinite_sampler_ranks_partition_the_global_batch():
+    """batch_size is global: 2 processes split each batch of 8 into their halves (slots 0-3, 4-7)."""
     single = iter(InfiniteBatchSampler(50, 8, seed=1, rank=0, world=1))
-    r0 = iter(InfiniteBatchSampler(50, 4, seed=1, rank=0, world=2))
-    r1 = iter(InfiniteBatchSampler(50, 4, seed=1, rank=1, world=2))
-    for _ in range(10):
-        both = torch.cat([next(r0)[1], next(r1)[1]])
-        assert torch.equal(both, next(single)[1])
+    r0 = iter(InfiniteBatchSampler(50, 8, seed=1, rank=0, world=2))
+    r1 = iter(InfiniteBatchSampler(50, 8, seed=1, rank=1, world=2))
+    for step in range(10):
+        (s0, p0, f0), (s1, p1, f1), (s, p, f) = next(r0), next(r1), next(single)
+        assert s0 == s1 == s == step and (f0, f1, f) == (0, 4, 0) and len(p0) == len(p1) == 4
+        assert torch.equal(torch.cat([p0, p1]), p)
+
+
+def test_a_global_batch_that_does_not_divide_is_a_one_line_error():
+    with pytest.raises(SsalError, match=r"train.batch_size=10 .* does not divide by 4: set train.batch_size to a "
+                                        r"multiple of 4 \(e.g. 8 or 12\)"):
+        split_batch(10, 4, "train.batch_size")
+    assert split_batch(12, 4, "train.batch_size") == 3 and split_batch(7, 1, "x") == 7
 
 
 def test_derive_seed_is_stable_and_distinct():

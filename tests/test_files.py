@@ -109,6 +109,21 @@ def test_failpoints_count_hits_and_match_globs():
         faults._parse("x=explode")
 
 
+def test_a_failpoint_can_name_the_process_it_acts_in(monkeypatch):
+    """``#r``: only the process of rank r (torchrun's RANK) acts; the others ignore the rule."""
+    spec = "train.step=kill@5#1,evaluate=eio#0"
+    monkeypatch.setenv("RANK", "1")
+    assert faults._parse(spec) == [("train.step", "kill", 5, False)]
+    monkeypatch.setenv("RANK", "0")
+    assert faults._parse(spec) == [("evaluate", "eio", 1, False)]
+    with faults.active("evaluate=eio#0,select=eio#1"):
+        faults.failpoint("select")  # rank 1's: nothing here
+        with pytest.raises(OSError):
+            faults.failpoint("evaluate")
+    with pytest.raises(ValueError, match="bad failpoint"):
+        faults._parse("x=kill#one")
+
+
 def test_a_malformed_failpoint_variable_is_one_line_before_anything_runs(monkeypatch, capsys, tmp_path):
     from ssal.cli import main
 

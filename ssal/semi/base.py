@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ssal.models.heads import keyed_dropout
 from ssal.registry import Registry
 
 OBJECTIVES = Registry("objective")
@@ -19,8 +20,9 @@ class Objective(nn.Module):
 
     ``views`` declares what a batch holds: key -> (source, view), source ``labeled`` or
     ``unlabeled``, view a name of :data:`ssal.data.views.VIEWS`. The engine builds that batch plus
-    ``y_l`` (labels of the labeled samples) and, in simulation, ``y_u`` (the hidden labels of the
-    unlabeled samples: for diagnostics such as pseudo-label accuracy, never for the loss).
+    ``y_l`` (labels of the labeled samples), ``keys`` (view key -> one random key per sample) and,
+    in simulation, ``y_u`` (the hidden labels of the unlabeled samples: for diagnostics such as
+    pseudo-label accuracy, never for the loss). Forward the model with :meth:`run_model`.
     An unlabeled batch holds ``unlabeled_ratio`` times as many samples as a labeled one.
 
     Extra modules are submodules; frozen ones (EMA teachers) have ``requires_grad`` off and stay
@@ -49,6 +51,16 @@ class Objective(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         """(loss, logs): logs are detached scalars, read only every few steps."""
         raise NotImplementedError
+
+    def run_model(self, batch: dict[str, Any], *views: str, **kwargs: Any) -> Any:
+        """``model`` on the named views of ``batch``, concatenated in that order (one forward pass, so
+        BatchNorm sees them together). Each sample's dropout mask is keyed by the sample (the batch's
+        ``keys``, made by the engine), so it does not depend on how the batch is split."""
+        x = torch.cat([batch[v] for v in views]) if len(views) > 1 else batch[views[0]]
+        keys = batch.get("keys")
+        sample_keys = torch.cat([keys[v] for v in views]) if keys is not None else None
+        with keyed_dropout(self.model, sample_keys):
+            return self.model(x, **kwargs)
 
     def after_step(self, step: int) -> None:
         """Called after each optimizer step (EMA teachers update here)."""

@@ -51,7 +51,7 @@ class Consistency(Objective):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         b = len(batch["x_l"])
-        logits = self.model(torch.cat([batch["x_l"], batch["u_student"]]))
+        logits = self.run_model(batch, "x_l", "u_student")
         supervised = F.cross_entropy(logits[:b], batch["y_l"])
         with torch.no_grad(), batch_statistics(self.teacher):
             teacher_logits = self.teacher(batch["u_teacher"])

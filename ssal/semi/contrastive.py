@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
+from lightly.utils import dist
 
 from ssal.semi.base import OBJECTIVES, Objective
 
@@ -21,20 +22,31 @@ def supcon_loss(z: torch.Tensor, labels: torch.Tensor, temperature: float) -> to
 
     For anchor i with positives P(i) = {p != i : y_p = y_i}:
     -1/|P(i)| sum_p log( exp(z_i.z_p / t) / sum_{a != i} exp(z_i.z_a / t) ), averaged over the
-    anchors that have a positive. Written here because lightly has no supervised contrastive loss.
+    anchors that have a positive. Under several processes the anchors of this process are compared
+    with the samples of all of them, and the mean is over all anchors (as the processes' gradients
+    are averaged, this process's sum is scaled by world / #anchors): the loss of the global batch.
+    Written here because lightly has no supervised contrastive loss.
     """
     n = len(z)
-    sim = (z @ z.T).float() / temperature
-    self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
+    world, offset = dist.world_size(), dist.rank() * n
+    z_all = torch.cat(dist.gather(z)) if world > 1 else z
+    labels_all = torch.cat(dist.gather(labels)) if world > 1 else labels
+    sim = (z @ z_all.T).float() / temperature
+    self_mask = torch.zeros_like(sim, dtype=torch.bool)
+    rows = torch.arange(n, device=z.device)
+    self_mask[rows, offset + rows] = True
     sim = sim.masked_fill(self_mask, float("-inf"))
     log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
-    positives = (labels[:, None] == labels[None, :]) & ~self_mask
+    positives = (labels[:, None] == labels_all[None, :]) & ~self_mask
     n_pos = positives.sum(1)
     has = n_pos > 0
-    if not has.any():
+    anchors = has.sum().float()
+    if world > 1:
+        torch.distributed.all_reduce(anchors)
+    if float(anchors) == 0:
         return z.sum() * 0.0  # no anchor has a positive: nothing to pull together
     mean_log_prob = log_prob.masked_fill(~positives, 0.0).sum(1)[has] / n_pos[has]
-    return -mean_log_prob.mean()
+    return -mean_log_prob.sum() * (world / anchors)
 
 
 @OBJECTIVES.register("contrastive")
@@ -62,8 +74,7 @@ class Contrastive(Objective):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         b, n_u = len(batch["x_l"]), len(batch["u_a"])
-        x = torch.cat([batch["x_l"], batch["x_l2"], batch["u_a"], batch["u_b"]])
-        logits, h = self.model(x, return_features=True)
+        logits, h = self.run_model(batch, "x_l", "x_l2", "u_a", "u_b", return_features=True)
         z = F.normalize(self.projection(h), dim=1)
         ce = F.cross_entropy(logits[:b], batch["y_l"])
         z_l = z[:2 * b]

@@ -80,7 +80,7 @@ class FixMatch(Objective):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         b, n_u = len(batch["x_l"]), len(batch["u_w"])
         # one forward pass over all three parts: BatchNorm sees them together, as in the paper
-        logits = self.model(torch.cat([batch["x_l"], batch["u_w"], batch["u_s"]]))
+        logits = self.run_model(batch, "x_l", "u_w", "u_s")
         l_x, l_uw, l_us = logits.split([b, n_u, n_u])
         threshold = self.threshold(l_uw)
         loss, mask, pseudo = fixmatch_loss(l_x, batch["y_l"], l_uw, l_us, threshold, self.cfg.lambda_u)

@@ -11,5 +11,5 @@ class Supervised(Objective):
     """Cross-entropy on the weak view of the labeled samples: the baseline."""
 
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        logits = self.model(batch["x_l"])
+        logits = self.run_model(batch, "x_l")
         return F.cross_entropy(logits, batch["y_l"]), {}

@@ -49,8 +49,8 @@ class TOD(Objective):
     def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         b = len(batch["x_l"])
         x = torch.cat([batch["x_l"], batch["u"]])
-        x_model = torch.cat([batch["x_l"], batch["u_student"]]) if "u_student" in batch else x
-        logits, h = self.model(x_model, return_features=True)
+        student = "u_student" if "u_student" in batch else "u"
+        logits, h = self.run_model(batch, "x_l", student, return_features=True)
         aux = self.aux(h) if self.aux is not None else None
         with torch.no_grad(), batch_statistics(self.ema):
             ema_logits = self.ema(x)
