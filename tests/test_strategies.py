@@ -123,6 +123,11 @@ def test_mc_signals_bald_equals_the_passes_and_is_streamed_per_chunk(trained):
     assert sig["bald"].min() > 0  # the passes differ
     again = compute_signals(engine, _Needs({"mc_probs"}, samples=6), _ctx(fit, labeled, data), data.train, cands)
     assert torch.equal(again["mc_probs"], mc)  # seeded
+    # masks are keyed per (seed, pool index, pass): a candidate's passes do not depend on which other
+    # candidates share its chunk (nor, so, on the number of processes)
+    sub = cands.flip(0)[::3]
+    part = compute_signals(engine, _Needs({"mc_probs"}, samples=6), _ctx(fit, labeled, data), data.train, sub)
+    assert torch.allclose(part["mc_probs"], mc[sub - 20], atol=1e-6)
     fit.eval_model.dropout.p = 0.0
     sig = compute_signals(engine, _Needs({"bald", "probs"}, samples=6), _ctx(fit, labeled, data), data.train, cands)
     assert torch.equal(sig["bald"], torch.zeros(100))
@@ -136,17 +141,16 @@ def test_aug_probs_come_from_the_teacher_and_views_differ(trained):
     aug = sig["aug_probs"]
     assert aug.shape == (40, 4, 10) and torch.allclose(aug.sum(2), torch.ones(40, 4))
     assert (aug[:, 0] - aug[:, 1]).abs().max() > 1e-4  # different random views
-    # the same views through the teacher by hand: chunks of 32, K views each, one generator
+    # the same views through the teacher by hand, from the uint8 images, each sample's view k keyed by
+    # (seed, "view", pool index, k): whole candidate set at once, no chunks (the draws are per sample)
     from ssal.data.views import VIEWS
+    from ssal.rng import sample_keys
 
     teacher = fit.objective.teacher_model().eval()
-    g = torch.Generator().manual_seed(3)
-    want = []
-    for chunk in cands.split(32):
-        x = to_float(data.train.load(chunk))
-        with torch.no_grad():
-            want.append(torch.stack([torch.softmax(teacher(VIEWS["strong"](x, generator=g, hflip=data.hflip)), 1)
-                                     for _ in range(4)], dim=1))
+    images = data.train.load(cands)
+    with torch.no_grad():
+        want = [torch.stack([torch.softmax(teacher(VIEWS["strong"](images, sample_keys(3, "view", cands, k),
+                                                                  data.hflip)), 1) for k in range(4)], dim=1)]
     assert torch.allclose(aug, torch.cat(want), atol=1e-5)
 
 

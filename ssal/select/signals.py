@@ -31,7 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssal import rng
 from ssal.data.views import VIEWS
+from ssal.rng import sample_keys
 from ssal.select import functional as Fn
 from ssal.select.base import Signals, Strategy
 
@@ -71,20 +73,21 @@ def _stream(engine, strategy: Strategy, ctx: SelectionContext, split, indices: t
     teacher = objective.teacher_model() if objective is not None else None
     samples = int(_option(strategy, "samples", 20))
     views, view = int(_option(strategy, "views", 10)), _option(strategy, "view", "weak")
-    g = torch.Generator().manual_seed(seed)  # one stream for the whole pass: sequential chunks
 
-    def fn(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def fn(x: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        # every random draw is keyed by (seed, pool index, pass or view): the same signals whatever
+        # the chunking and the number of processes
         out: dict[str, torch.Tensor] = {}
         if needs & ({"probs", "logits", "features"} | MC_SIGNALS):
             logits, h = model(x, return_features=True)
             out.update(probs=F.softmax(logits.float(), dim=1), logits=logits, features=h)
             if needs & MC_SIGNALS:  # dropout before the head, T times; BatchNorm stays in eval mode
                 p = model.dropout.p
-                seeds = torch.randint(0, 2**62, (samples,), generator=g).tolist()
                 passes = []
-                for s in seeds:
-                    torch.manual_seed(s)
-                    passes.append(F.softmax(model.head(F.dropout(h, p, training=True)).float(), dim=1))
+                for t in range(samples):
+                    keep = rng.uniform(sample_keys(seed, "mc", index, t).to(h.device), "dropout", h.shape[1:]) >= p
+                    dropped = h * keep.to(h.dtype) / (1.0 - p)
+                    passes.append(F.softmax(model.head(dropped).float(), dim=1))
                 if "mc_probs" in needs:
                     out["mc_probs"] = torch.stack(passes, dim=1)
                 if "bald" in needs:
@@ -93,17 +96,16 @@ def _stream(engine, strategy: Strategy, ctx: SelectionContext, split, indices: t
             out["embeddings"] = (objective.embed(x) if objective is not None else model.features(x)).float()
         if "aug_probs" in needs:
             m = teacher if teacher is not None else model
-            cpu = x.cpu()  # views draw from a CPU generator
-            out["aug_probs"] = torch.stack([F.softmax(m(VIEWS[view](cpu, generator=g, hflip=ctx.hflip)
+            cpu = x.cpu()  # views are made on the CPU, as in training
+            out["aug_probs"] = torch.stack([F.softmax(m(VIEWS[view](cpu, sample_keys(seed, "view", index, k), ctx.hflip)
                                                           .to(x.device)).float(), dim=1)
-                                            for _ in range(views)], dim=1)
+                                            for k in range(views)], dim=1)
         if "prev_probs" in needs:
             out["prev_probs"] = F.softmax(ctx.prev_model(x).float(), dim=1)
         return {k: v for k, v in out.items() if k in needs}
 
     modules = [m for m in (model, objective, teacher, ctx.prev_model) if m is not None]
-    with torch.random.fork_rng():
-        return engine.infer(fn, modules, split, indices, ctx.batch_size, desc)
+    return engine.infer(fn, modules, split, indices, ctx.batch_size, desc)
 
 
 def compute_signals(engine, strategy: Strategy, ctx: SelectionContext, split, cands: torch.Tensor) -> Signals:
