@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -52,9 +53,9 @@ def test_views_are_tensor_ops_in_unit_range_and_seeded(method, digits, tmp_path,
     cfg = pre_cfg(tmp_path, tiny_recipe, method)
     m = PRETRAINERS.get(method)(build_model(cfg.model, digits), cfg.pretrain, digits)
     ds = TransformBatches(digits.train, torch.arange(40), m.transform, seed=3)
-    a = ds[(0, torch.arange(8))]
-    b = ds[(0, torch.arange(8))]
-    c = ds[(1, torch.arange(8))]
+    a = ds[(0, torch.arange(8), 0)]
+    b = ds[(0, torch.arange(8), 0)]
+    c = ds[(1, torch.arange(8), 0)]
     assert set(a) == {"view0", "view1"}
     for v in a.values():
         assert v.shape == (8, 1, 8, 8) and v.dtype == torch.float32
@@ -62,9 +63,12 @@ def test_views_are_tensor_ops_in_unit_range_and_seeded(method, digits, tmp_path,
     assert all(torch.equal(a[k], b[k]) for k in a)  # same (seed, step): same views
     assert not torch.equal(a["view0"], c["view0"])  # another step: other views
     assert not torch.equal(a["view0"], a["view1"])  # two different views of each image
+    # a sample's views depend on its slot in the global batch, not on the process that makes them
+    halves = [ds[(0, torch.arange(4), 0)], ds[(0, torch.arange(4, 8), 4)]]
+    assert all(torch.equal(torch.cat([h[k] for h in halves]), a[k]) for k in a)
     # the global generators are left as they were
     state = torch.get_rng_state()
-    ds[(5, torch.arange(4))]
+    ds[(5, torch.arange(4), 0)]
     assert torch.equal(state, torch.get_rng_state())
 
 
@@ -110,15 +114,16 @@ def test_view_size_resizes_the_crops_and_the_encoder_still_takes_whole_images(me
     # the features of a whole image do not depend on the view size the encoder was trained at
     assert m.embed(data.train.load(torch.arange(2)).float() / 255).shape == (2, m.encoder.num_features)
     # the view size is part of what the cached weights depend on
+    one = SimpleNamespace(world=1, device=torch.device("cpu"), accelerator=SimpleNamespace(mixed_precision="no"))
     other = pre_cfg(tmp_path, tiny_recipe, method)
-    assert stage.cache_key(stage.key_fields(cfg, data)) != stage.cache_key(stage.key_fields(other, data))
+    assert stage.cache_key(stage.key_fields(cfg, data, one)) != stage.cache_key(stage.key_fields(other, data, one))
 
 
 # ----------------------------------------------------------------------------- methods
 
 def _fixed_batch(m, digits):
     ds = TransformBatches(digits.train, torch.arange(64), m.transform, seed=11)
-    return ds[(0, torch.arange(64))]
+    return ds[(0, torch.arange(64), 0)]
 
 
 @pytest.mark.parametrize("method", ["simclr", "byol"])
@@ -237,16 +242,16 @@ def test_cache_hit_miss_and_key(tmp_path, tiny_recipe, digits, counted, capsys):
 
     # monitor settings do not change the weights: same key
     same = pre_cfg(tmp_path, tiny_recipe, eval_every=3, knn_k=5)
-    assert stage.cache_key(stage.key_fields(same, digits)) == stage.cache_key(stage.key_fields(cfg, digits))
+    assert stage.cache_key(stage.key_fields(same, digits, engine)) == stage.cache_key(stage.key_fields(cfg, digits, engine))
     # another method's options do not either; the chosen method's options, the seed and the backbone do
     other = pre_cfg(tmp_path, tiny_recipe, byol={"momentum_start": 0.95})
-    assert stage.cache_key(stage.key_fields(other, digits)) == stage.cache_key(stage.key_fields(cfg, digits))
+    assert stage.cache_key(stage.key_fields(other, digits, engine)) == stage.cache_key(stage.key_fields(cfg, digits, engine))
     for changed in (pre_cfg(tmp_path, tiny_recipe, lr=0.01),
                     pre_cfg(tmp_path, tiny_recipe, simclr={"temperature": 0.1}),
                     from_dict({**tiny_recipe(tmp_path / "run", cache_dir=str(tmp_path / "cache"),
                                              pretrain={"method": "simclr", "epochs": 1, "batch_size": 32}),
                                "seed": 1})):
-        assert stage.cache_key(stage.key_fields(changed, digits)) != stage.cache_key(stage.key_fields(cfg, digits))
+        assert stage.cache_key(stage.key_fields(changed, digits, engine)) != stage.cache_key(stage.key_fields(cfg, digits, engine))
 
     # a fixed pretrain.seed makes runs of other seeds share the encoder of that seed
     def seeded(seed, pretrain_seed=None):
@@ -258,8 +263,13 @@ def test_cache_hit_miss_and_key(tmp_path, tiny_recipe, digits, counted, capsys):
     shared = stage.pretrained_encoder(seeded(1, 0), digits, engine)
     assert len(counted) == 1 and "used the cached simclr encoder" in capsys.readouterr().out
     assert all(torch.equal(first[k], shared[k]) for k in first)
-    assert stage.cache_key(stage.key_fields(seeded(0, 1), digits)) == \
-        stage.cache_key(stage.key_fields(seeded(1), digits)) != stage.cache_key(stage.key_fields(cfg, digits))
+    assert stage.cache_key(stage.key_fields(seeded(0, 1), digits, engine)) == \
+        stage.cache_key(stage.key_fields(seeded(1), digits, engine)) != stage.cache_key(stage.key_fields(cfg, digits, engine))
+    # how it ran changes the floats, so the encoder: processes, device type and mixed precision are in the key
+    for world, device, precision in ((2, "cpu", "no"), (1, "cuda", "no"), (1, "cpu", "bf16")):
+        ran = SimpleNamespace(world=world, device=torch.device(device),
+                              accelerator=SimpleNamespace(mixed_precision=precision))
+        assert stage.cache_key(stage.key_fields(cfg, digits, ran)) != stage.cache_key(stage.key_fields(cfg, digits, engine))
 
     # --no-cache trains anew
     stage.pretrained_encoder(cfg, digits, engine, use_cache=False)
@@ -355,7 +365,7 @@ def test_bad_pretrain_settings_are_one_line_errors(write_recipe, tmp_path, capsy
 
 @pytest.mark.slow  # a process group or a real process: 9-21 s; CI runs it
 def test_pretraining_under_two_processes_keeps_replicas_in_sync(tmp_path):
-    """torchrun, 2 CPU processes: each process takes its half of every global batch, SimCLR's loss
+    """torchrun, 2 CPU processes: each process takes its half of every global batch (pretrain.batch_size), SimCLR's loss
     gathers negatives across processes, and DDP keeps both replicas identical."""
     script = tmp_path / "dist_pretrain.py"
     script.write_text(
@@ -378,7 +388,7 @@ def test_pretraining_under_two_processes_keeps_replicas_in_sync(tmp_path):
         "real = m.criterion.forward\n"
         "m.criterion.forward = lambda a, b: (seen.append(len(a)), real(a, b))[1]\n"
         "fit = engine.pretrain(m, data.train, torch.arange(256), cfg.pretrain, seed=0)\n"
-        "assert seen and all(n == 32 for n in seen) and len(seen) == 2 * 256 // 64, seen\n"
+        "assert seen and all(n == 16 for n in seen) and len(seen) == 2 * 256 // 32, seen  # global batch 32\n"
         "flat = torch.cat([p.detach().flatten() for p in m.encoder.backbone.parameters()])\n"
         "both = [torch.zeros_like(flat) for _ in range(2)]\n"
         "dist.all_gather(both, flat)\n"

@@ -2,8 +2,9 @@
 
 A cache entry lives at ``<cache_dir>/pretrain/<key>.pt`` where the key hashes everything that
 determines the encoder's weights: the data section and a fingerprint of the pool, the backbone,
-the pretraining section (the chosen method's options only, monitor settings excluded) and the
-seed. So every run of a comparison grid that shares them pretrains once. An entry is written
+the pretraining section (the chosen method's options only, monitor settings excluded), the
+seed, and how it ran: the number of processes, the device type and the mixed precision (each
+changes the floating-point results, so an encoder trained otherwise is a different encoder). So every run of a comparison grid that shares them pretrains once. An entry is written
 atomically and carries a checksum of its tensors; one that cannot be read, belongs to another
 key or fails the checksum is reported and rebuilt, never loaded.
 """
@@ -27,7 +28,7 @@ from ssal.models import build_model
 from ssal.pretrain.base import PRETRAINERS
 from ssal.pretrain.knn import knn_accuracy, pixels
 
-FORMAT = 2
+FORMAT = 3  # 3: global batches split across processes, views keyed per sample
 MONITOR_KEYS = ("method", "eval_every", "knn_k", "knn_temperature")  # do not change the weights
 DATA_KEYS_IGNORED = ("num_workers", "test_size", "labels", "test_root")  # the views never see them
 OPTIONAL_DATA_KEYS = ("classes", "hflip", "mean", "std")  # in the key only when set (older keys stay valid)
@@ -72,9 +73,11 @@ def _file_digest(path: str) -> str:
     return h.hexdigest()
 
 
-def key_fields(cfg: DictConfig, data: Any) -> dict:
+def key_fields(cfg: DictConfig, data: Any, engine: Engine) -> dict:
     """What determines the pretrained weights (hashed into the cache key)."""
-    return {**encoder_identity(cfg), "pool": data.fingerprint()}
+    execution = {"processes": engine.world, "device": engine.device.type,
+                 "mixed_precision": engine.accelerator.mixed_precision}
+    return {**encoder_identity(cfg), "pool": data.fingerprint(), "execution": execution}
 
 
 def cache_key(fields: dict) -> str:
@@ -130,7 +133,7 @@ def pretrained_encoder(cfg: DictConfig, data: Any, engine: Engine, *, use_cache:
     :class:`ssal.rundir.RunDir`)'s ``pretrain.jsonl``."""
     if cfg.pretrain.method == "none":
         return None
-    fields = key_fields(cfg, data)
+    fields = key_fields(cfg, data, engine)
     key = cache_key(fields)
     path = cache_path(cfg, key)
     entry, problem = load_entry(path, key) if use_cache else (None, None)
