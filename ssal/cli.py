@@ -225,6 +225,7 @@ def cmd_pretrain(args) -> int:
     check_cache_dir(cfg)
     data = load_dataset(cfg.data, seed=cfg.seed, cache_dir=cfg.cache_dir)
     engine = Engine(cfg.train.mixed_precision, cfg.data.num_workers, progress=not args.no_progress)
+    engine.announce({"pretrain.batch_size": cfg.pretrain.batch_size})
     if engine.is_main:
         data.save_caches()
     pretrained_encoder(cfg, data, engine, use_cache=not args.no_cache)
@@ -232,8 +233,11 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from ssal.compare import cell_state, load_spec, run_plan, select_cells
+    from ssal.compare import cell_state, launched, load_spec, run_plan, select_cells
 
+    rank, procs = launched()
+    if rank != 0:  # under torchrun the main process runs the comparison, each cell on `procs` processes
+        return 0
     if args.jobs < 1:
         raise SsalError(f"--jobs must be at least 1, got {args.jobs}")
     plan = select_cells(load_spec(args.spec, output_dir=args.out, overrides=args.overrides), args.cells)
@@ -242,7 +246,7 @@ def cmd_compare(args) -> int:
             state, rounds = cell_state(cell)
             print(f"{cell.name}\t{state}\t{rounds}/{cell.rounds} rounds\t{cell.cfg.output_dir}")
         return 0
-    return 1 if run_plan(plan, jobs=args.jobs, progress=not args.no_progress) else 0
+    return 1 if run_plan(plan, jobs=args.jobs, progress=not args.no_progress, procs=procs) else 0
 
 
 def cmd_report(args) -> int:

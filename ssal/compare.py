@@ -225,13 +225,39 @@ def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
     return ""
 
 
+# what torchrun / accelerate launch tell the processes they start; a cell's launcher sets its own
+_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT")
+
+
+def launched() -> tuple[int, int]:
+    """(rank, processes) of this process when ``ssal compare`` was started by torchrun or
+    ``accelerate launch``: then every cell runs on that many processes. One machine only."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and int(os.environ.get("LOCAL_WORLD_SIZE", world)) != world:
+        raise ConfigError(f"ssal compare runs its cells on one machine; it was launched on {world} processes across "
+                          "machines: launch it with processes on one machine only (e.g. torchrun --nproc_per_node N)")
+    return int(os.environ.get("RANK", "0")), world
+
+
+def _launcher(procs: int) -> list[str]:
+    """How a cell's command starts: ``python -m ssal``, or under torchrun with ``procs`` processes
+    (``--standalone``: a free port of its own, so cells and parallel jobs never collide)."""
+    if procs <= 1:
+        return [sys.executable, "-m", "ssal"]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs),
+            "-m", "ssal"]
+
+
 def _env(threads: int) -> dict[str, str]:
-    """The environment of a cell: ``threads`` CPU threads (cores / jobs, so parallel cells do not
-    oversubscribe the cores), or the caller's OMP_NUM_THREADS. torch follows MKL_NUM_THREADS over
-    OMP_NUM_THREADS, so both are set. Results on CPU depend slightly on the thread count
-    (reduction order), so a cell is bit-reproducible for the same thread count."""
+    """The environment of a cell: ``threads`` CPU threads per process (cores / (jobs x processes),
+    so parallel cells do not oversubscribe the cores), or the caller's OMP_NUM_THREADS. torch
+    follows MKL_NUM_THREADS over OMP_NUM_THREADS, so both are set. Results on CPU depend slightly
+    on the thread count (reduction order), so a cell is bit-reproducible for the same thread
+    count. The launcher variables of the comparison's own processes are not passed on."""
     n = os.environ.get("OMP_NUM_THREADS") or str(threads)
-    return {**os.environ, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
+    env = {k: v for k, v in os.environ.items() if k not in _LAUNCH_VARS and not k.startswith("TORCHELASTIC_")}
+    return {**env, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n}
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
@@ -261,10 +287,11 @@ def select_cells(plan: Plan, patterns: list[str]) -> Plan:
     return Plan(plan.spec, plan.title, plan.output_dir, keep, plan.all_cells or plan.cells)
 
 
-def run_plan(plan: Plan, jobs: int = 1, progress: bool = True) -> int:
+def run_plan(plan: Plan, jobs: int = 1, progress: bool = True, procs: int = 1) -> int:
     """Run every missing cell, then write the report of every finished cell of the spec (also
     those outside a ``--cells`` selection). Returns the number of failed cells. The comparison's
-    folder is locked meanwhile (each cell's run directory has its own lock too)."""
+    folder is locked meanwhile (each cell's run directory has its own lock too). ``procs`` > 1: every
+    cell (and its pretraining) runs on that many processes under torchrun."""
     from rich.console import Console
 
     console = Console(stderr=True, soft_wrap=True)
@@ -290,9 +317,10 @@ def run_plan(plan: Plan, jobs: int = 1, progress: bool = True) -> int:
         todo = [c for c in plan.cells if states[c.name][0] != "done"]
         console.print(f"compare: {len(plan.cells)} cells in {out}: {len(plan.cells) - len(todo)} complete, "
                       f"{sum(states[c.name][0] == 'partial' for c in todo)} to resume, "
-                      f"{sum(states[c.name][0] == 'new' for c in todo)} to run ({jobs} at a time)")
-        _pretrain_once(todo, out, console)
-        failed = _run_cells(plan, todo, states, jobs, progress, console)
+                      f"{sum(states[c.name][0] == 'new' for c in todo)} to run ({jobs} at a time"
+                      + (f", {procs} processes each)" if procs > 1 else ")"))
+        _pretrain_once(todo, out, console, procs)
+        failed = _run_cells(plan, todo, states, jobs, progress, console, procs)
         _report(plan, console)
     finally:
         lock.release()
@@ -302,7 +330,7 @@ def run_plan(plan: Plan, jobs: int = 1, progress: bool = True) -> int:
     return len(failed)
 
 
-def _pretrain_once(todo: list[Cell], out: Path, console: Any) -> None:
+def _pretrain_once(todo: list[Cell], out: Path, console: Any, procs: int = 1) -> None:
     """Pretraining once per distinct encoder, before the cells, so parallel cells never race for it."""
     seen: set[str] = set()
     for c in todo:
@@ -312,24 +340,26 @@ def _pretrain_once(todo: list[Cell], out: Path, console: Any) -> None:
         seen.add(sig)
         log = out / "logs" / f"pretrain-{c.name}.log"
         console.print(f"compare: pretraining for {c.name} (or the cache) -> {log}")
-        cmd = [sys.executable, "-m", "ssal", "pretrain", str(out / "recipes" / f"{c.name}.yaml"), "--no-progress"]
+        cmd = [*_launcher(procs), "pretrain", str(out / "recipes" / f"{c.name}.yaml"), "--no-progress"]
         with open(log, "w") as f:
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_env(os.cpu_count() or 1)).returncode
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT,
+                                env=_env(max(1, (os.cpu_count() or 1) // procs))).returncode
         if rc != 0:
             raise ConfigError(f"pretraining for cell {c.name} failed (exit {rc}); see {log}")
 
 
-def _run_cells(plan: Plan, todo: list[Cell], states: dict, jobs: int, progress: bool, console: Any) -> list[str]:
-    """Each cell in its own ``ssal run`` process, ``jobs`` at a time. Returns the names of failed cells."""
+def _run_cells(plan: Plan, todo: list[Cell], states: dict, jobs: int, progress: bool, console: Any,
+               procs: int = 1) -> list[str]:
+    """Each cell in its own ``ssal run`` (on ``procs`` processes), ``jobs`` at a time. Returns the
+    names of failed cells."""
     out = plan.output_dir
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    threads = max(1, (os.cpu_count() or 1) // (max(1, jobs) * procs))
     failed: list[str] = []
 
     def command(c: Cell) -> list[str]:
         if states[c.name][0] == "partial":
-            return [sys.executable, "-m", "ssal", "run", "--resume", str(c.cfg.output_dir), "--no-progress"]
-        return [sys.executable, "-m", "ssal", "run", str(out / "recipes" / f"{c.name}.yaml"), "--force",
-                "--no-progress"]
+            return [*_launcher(procs), "run", "--resume", str(c.cfg.output_dir), "--no-progress"]
+        return [*_launcher(procs), "run", str(out / "recipes" / f"{c.name}.yaml"), "--force", "--no-progress"]
 
     def on_term(signum, frame):
         raise KeyboardInterrupt
