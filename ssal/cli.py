@@ -324,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
     except SsalError as e:
         if main_process:
             sys.stderr.write(f"ssal: error: {e}\n")
+        else:
+            _let_the_main_process_speak()
         return 130 if isinstance(e, Interrupted) else 2
     except KeyboardInterrupt:
         if main_process:
@@ -340,6 +342,19 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(signal.SIGTERM, previous)
         if "ssal.engine" in sys.modules:  # only if a command used the engine (and maybe a process group)
             sys.modules["ssal.engine"].shutdown_distributed()
+
+
+def _let_the_main_process_speak() -> None:
+    """Under torchrun, a process that fails makes the launcher stop the others (SIGTERM): a process
+    other than the main one waits a moment before it ends on a user error, so that the main process
+    (which meets the same error) prints its one line first."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import time
+
+        try:
+            time.sleep(3.0)
+        except KeyboardInterrupt:  # the launcher's SIGTERM, once the main process has ended: fine
+            pass
 
 
 if __name__ == "__main__":

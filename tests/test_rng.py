@@ -91,7 +91,7 @@ def test_mix_is_injective_and_avalanches():
     out = rng.mix(z)
     assert len(torch.unique(out)) == len(z)
     # consecutive inputs: on average half of the 64 output bits differ
-    diff = [bin(unsigned(a) ^ unsigned(b)).count("1") for a, b in zip(out[:-1].tolist(), out[1:].tolist())]
+    diff = [bin(unsigned(a) ^ unsigned(b)).count("1") for a, b in zip(out[:-1].tolist(), out[1:].tolist(), strict=True)]
     mean = sum(diff) / len(diff)
     assert abs(mean - 32) < 0.5, mean
 

@@ -173,7 +173,6 @@ def rand_augment(x: torch.Tensor, keys: torch.Tensor, num_ops: int = 2) -> torch
     """RandAugment on float images in [0, 1]: each sample draws ``num_ops`` ops uniformly and a
     magnitude uniformly in [0, 1] for each (the op maps it to its own range)."""
     ops = list(RAND_AUGMENT_OPS.values())
-    b = x.shape[0]
     for j in range(num_ops):
         op_keys = rng.derive(keys, f"op{j}")
         choice = rng.randint(op_keys, "choice", 0, len(ops))

@@ -4,7 +4,8 @@ A cache entry lives at ``<cache_dir>/pretrain/<key>.pt`` where the key hashes ev
 determines the encoder's weights: the data section and a fingerprint of the pool, the backbone,
 the pretraining section (the chosen method's options only, monitor settings excluded), the
 seed, and how it ran: the number of processes, the device type and the mixed precision (each
-changes the floating-point results, so an encoder trained otherwise is a different encoder). So every run of a comparison grid that shares them pretrains once. An entry is written
+changes the floating-point results, so an encoder trained otherwise is a different encoder).
+So every run of a comparison grid that shares them pretrains once. An entry is written
 atomically and carries a checksum of its tensors; one that cannot be read, belongs to another
 key or fails the checksum is reported and rebuilt, never loaded.
 """
