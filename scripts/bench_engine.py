@@ -9,6 +9,11 @@ optimizer (SGD, nesterov momentum, weight decay) and cosine schedule. The engine
 
     .venv/bin/python scripts/bench_engine.py [--steps 200] [--repeats 3] [--batch-size 64]
     .venv/bin/python scripts/bench_engine.py --objectives [--steps 30] [--workers 0 2]
+    .venv/bin/python scripts/bench_engine.py --processes [--steps 40] [--repeats 3]
+
+``--processes`` times the FixMatch step (recipes/fashion_mnist/fixmatch.yaml's train section, its
+global batch) as one process with 2 threads and as 2 processes (torchrun, gloo) with 1 thread each,
+interleaved, and prints samples/s (labeled + unlabeled samples per second) and their ratio.
 
 On a GPU the same script times the CUDA path; ``--mixed-precision bf16`` (or fp16) times the
 objective steps under that autocast mode (Accelerate's ``mixed_precision``, one mode per process).
@@ -18,7 +23,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -106,6 +114,47 @@ def objective_steps(data: ImageDataset, steps: int, workers: list[int], batch_si
             print(f"{name:<12} {precision:>9} {w:>7} {1000 * fit.seconds / steps:>9.1f} {share:>16.1f}%")
 
 
+def fixmatch_fit(data: ImageDataset, steps: int) -> tuple[float, int]:
+    """(seconds of ``steps`` FixMatch steps after 3 warm-up steps, samples per step), under however
+    many processes this one belongs to (the slowest process's time)."""
+    recipe = load_recipe(ROOT / "recipes" / "fashion_mnist" / "fixmatch.yaml", [f"train.steps={steps}"])
+    cfg, cls = recipe.train, OBJECTIVES.get("fixmatch")
+    labeled, unlabeled = torch.arange(100), torch.arange(100, len(data.train))
+    engine = Engine(progress=False)
+    times = []
+    for c in (OmegaConf.merge(cfg, {"steps": 3, "ema": 0.0}), cfg):
+        torch.manual_seed(0)
+        fit = engine.fit(build_model(ModelConfig(), data), cls, c, data.train, labeled, data.train.targets[labeled],
+                         unlabeled, hflip=True, seed=0)
+        times.append(fit.seconds)
+    seconds = torch.tensor([times[-1]])
+    if engine.world > 1:
+        torch.distributed.all_reduce(seconds, op=torch.distributed.ReduceOp.MAX)
+    engine.close()
+    return float(seconds), cfg.batch_size * (1 + cfg.fixmatch.mu)
+
+
+def processes(data: ImageDataset, steps: int, repeats: int) -> None:
+    """1 process x 2 threads vs 2 processes x 1 thread on the FixMatch step, interleaved."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", __file__,
+           "--fixmatch-worker", "--steps", str(steps)]
+    one, two = [], []
+    per_step = 0
+    for _ in range(repeats):
+        torch.set_num_threads(2)
+        seconds, per_step = fixmatch_fit(data, steps)
+        one.append(per_step * steps / seconds)
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+        two.append(per_step * steps / float(out.split("seconds")[-1].split()[0]))
+    a, b = statistics.median(one), statistics.median(two)
+    print(f"FixMatch step (cnn_small, 28x28, global batch {per_step} samples), {steps} steps x {repeats} repeats, "
+          f"torch {torch.__version__}, {os.cpu_count()} CPUs")
+    print(f"1 process x 2 threads   {a:8.1f} samples/s   ({', '.join(f'{v:.0f}' for v in one)})")
+    print(f"2 processes x 1 thread  {b:8.1f} samples/s   ({', '.join(f'{v:.0f}' for v in two)})")
+    print(f"ratio 2 processes / 1   {b / a:8.3f}")
+
+
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -124,9 +173,19 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader workers (--objectives)")
     ap.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"],
                     help="autocast mode of the objective steps (fp16 needs a GPU)")
+    ap.add_argument("--processes", action="store_true", help="1 process x 2 threads vs 2 processes x 1 thread")
+    ap.add_argument("--fixmatch-worker", action="store_true", help=argparse.SUPPRESS)  # one torchrun process
     args = ap.parse_args()
 
     data = make_data()
+    if args.fixmatch_worker:
+        seconds, _ = fixmatch_fit(data, args.steps)
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"seconds {seconds}")
+        return
+    if args.processes:
+        processes(data, args.steps, args.repeats)
+        return
     if args.objectives:
         objective_steps(data, args.steps, args.workers, args.batch_size, args.mixed_precision)
         return
