@@ -110,7 +110,7 @@ class ViewBatches(Dataset):
         self.split, self.indices, self.labels = split, indices, labels
         self.views, self.hflip, self.seed = views, hflip, seed
 
-    def __getitem__(self, item: tuple[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def __getitem__(self, item: tuple[int, torch.Tensor, int]) -> dict[str, torch.Tensor]:
         step, pos, first = item
         x = self.split.load(self.indices[pos])
         keys = sample_keys(self.seed, step, torch.arange(first, first + len(pos)))
@@ -148,7 +148,7 @@ class TransformBatches(Dataset):
     def __init__(self, split: Split, indices: torch.Tensor, transform: Callable, seed: int):
         self.split, self.indices, self.transform, self.seed = split, indices, transform, seed
 
-    def __getitem__(self, item: tuple[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def __getitem__(self, item: tuple[int, torch.Tensor, int]) -> dict[str, torch.Tensor]:
         step, pos, first = item
         images = self.split.load(self.indices[pos])
         seeds = rng.to_seed(sample_keys(self.seed, step, torch.arange(first, first + len(pos))))
