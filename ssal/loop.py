@@ -32,7 +32,7 @@ from ssal.pretrain.stage import check_cache_dir, pretrained_encoder
 from ssal.recipe import validate_pool
 from ssal.rundir import Restored, RunDir
 from ssal.select import INITIAL_STRATEGIES, STRATEGIES
-from ssal.select.signals import MC_SIGNALS, candidates
+from ssal.select.signals import MCDropout, candidates
 from ssal.select.stage import Acquisition, acquire, generator, initial_set, round0_previous_model, uses_previous_model
 from ssal.semi import OBJECTIVES
 
@@ -61,8 +61,9 @@ class Parts:
         validate_pool(cfg, len(data.train))
         strategy = STRATEGIES.get(cfg.active.strategy)(getattr(cfg.active, cfg.active.strategy, None))
         model_cfg = cfg.model
-        if strategy.needs & MC_SIGNALS and cfg.model.drop_rate == 0:  # MC dropout needs a dropout to sample
-            model_cfg = OmegaConf.merge(cfg.model, {"drop_rate": strategy.cfg.dropout})
+        mc = [r for r in strategy.needs if isinstance(r, MCDropout)]
+        if mc and cfg.model.drop_rate == 0:  # MC dropout needs a dropout to sample: train with the strategy's
+            model_cfg = OmegaConf.merge(cfg.model, {"drop_rate": mc[0].dropout})
         if cfg.model.pretrained or cfg.model.checkpoint is not None:  # load (and check) the weights now
             initial_weights(cfg.model.backbone, bool(cfg.model.pretrained), cfg.model.checkpoint, data.channels,
                             data.image_size[0])

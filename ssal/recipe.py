@@ -109,10 +109,6 @@ class Recipe:
 CHOICES = {
     "train.schedule": ("cosine", "fixmatch_cosine", "constant"),
     "train.augment": ("weak", "strong", "none"),
-    "train.consistency.student_view": ("weak", "strong"),
-    "train.tod.student_view": ("weak", "strong"),
-    "train.fixmatch.threshold_mode": ("fixed", "adaptive"),
-    "active.consistency.view": ("weak", "strong"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "data.channels": (1, 3),
 }
@@ -419,13 +415,6 @@ def validate(cfg: DictConfig) -> None:
     _require(p.eval_every >= 0, f"pretrain.eval_every must be >= 0 (0: only at the end), got {p.eval_every}")
     _require(p.knn_k >= 1, f"pretrain.knn_k must be >= 1, got {p.knn_k}")
     _require(p.knn_temperature > 0, f"pretrain.knn_temperature must be > 0, got {p.knn_temperature}")
-    if p.method == "simclr":
-        _require(p.simclr.temperature > 0, f"pretrain.simclr.temperature must be > 0, got {p.simclr.temperature}")
-    if p.method == "byol":
-        b = p.byol
-        _require(0 <= b.momentum_start <= b.momentum_end <= 1,
-                 f"pretrain.byol needs 0 <= momentum_start <= momentum_end <= 1, got {b.momentum_start} "
-                 f"and {b.momentum_end}")
 
     t, a, d = cfg.train, cfg.active, cfg.data
     _require(t.steps >= 1, f"train.steps must be >= 1, got {t.steps}")
@@ -437,8 +426,7 @@ def validate(cfg: DictConfig) -> None:
     _require(0 <= t.ema < 1, f"train.ema must be in [0, 1) (0 turns EMA off), got {t.ema}")
     _require(t.backbone_lr_scale >= 0, f"train.backbone_lr_scale must be >= 0 (0 freezes the backbone), "
              f"got {t.backbone_lr_scale}")
-    _validate_objective(t)
-    _validate_strategy(cfg)
+    _validate_methods(cfg)
     _require(0 <= cfg.model.drop_rate < 1, f"model.drop_rate must be in [0, 1), got {cfg.model.drop_rate}")
     if d.labels is None:
         _require(a.initial >= 1, f"active.initial must be >= 1 (round 0 trains on it), got {a.initial}")
@@ -509,48 +497,21 @@ def _require_finite(node: Any, prefix: str = "") -> None:
         raise ConfigError(f"{prefix.rstrip('.')} must be a finite number, got {node}")
 
 
-def _validate_strategy(cfg: DictConfig) -> None:
-    """The chosen ``active.strategy``: its options, and that the training provides its signals."""
+def _validate_methods(cfg: DictConfig) -> None:
+    """The chosen methods check their own options (``Config.check``, in their files), and the
+    strategy's signals check that the recipe can provide them (e.g. an EMA to compare with)."""
+    from ssal.checks import check_options
+    from ssal.pretrain import PRETRAINERS
     from ssal.select import STRATEGIES
     from ssal.semi import OBJECTIVES
 
-    a, name = cfg.active, cfg.active.strategy
-    o, m = OmegaConf.select(a, name), f"active.{name}"
-    if o is not None:
-        for key in ("samples", "views", "neighbors", "num_samples", "max_candidates", "max_clusters"):
-            if key in o:
-                _require(o[key] >= 1, f"{m}.{key} must be >= 1, got {o[key]}")
-        if "dropout" in o:
-            _require(0 <= o.dropout < 1, f"{m}.dropout must be in [0, 1), got {o.dropout}")
-    needs = STRATEGIES.get(name).needs
-    if "prev_probs" in needs and cfg.active.rounds > 0:
-        _require(OBJECTIVES.get(cfg.train.method).has_teacher or cfg.train.ema > 0,
-                 f"active.strategy={name} compares the round-0 model with its EMA, and train.method="
-                 f"{cfg.train.method} keeps none; set train.ema (e.g. train.ema=0.99) or use train.method "
-                 f"consistency or tod")
-
-
-def _validate_objective(t: DictConfig) -> None:
-    """The options of the chosen ``train.method`` (its own sub-section)."""
-    o, m = OmegaConf.select(t, t.method), f"train.{t.method}"
-    if o is None:
-        return
-    if "mu" in o:
-        _require(o.mu >= 1, f"{m}.mu (unlabeled per labeled sample) must be >= 1, got {o.mu}")
-    for key in ("weight", "lambda_u", "supcon_weight", "ntxent_weight"):
-        if key in o:
-            _require(o[key] >= 0, f"{m}.{key} must be >= 0, got {o[key]}")
-    for key in ("teacher_decay", "ema_decay", "adaptive_momentum"):
-        if key in o:
-            _require(0 <= o[key] < 1, f"{m}.{key} must be in [0, 1), got {o[key]}")
-    if "threshold" in o:
-        _require(0 <= o.threshold <= 1, f"{m}.threshold must be in [0, 1], got {o.threshold}")
-    if "rampup" in o:
-        _require(0 <= o.rampup <= 1, f"{m}.rampup must be in [0, 1] (a fraction of train.steps), got {o.rampup}")
-    if "temperature" in o:
-        _require(o.temperature > 0, f"{m}.temperature must be > 0, got {o.temperature}")
-    if "proj_dim" in o:
-        _require(o.proj_dim >= 1, f"{m}.proj_dim must be >= 1, got {o.proj_dim}")
+    for section, registry in (("pretrain", PRETRAINERS), ("train", OBJECTIVES), ("active", STRATEGIES)):
+        name = cfg[section].method if section != "active" else cfg.active.strategy
+        options = OmegaConf.select(cfg, f"{section}.{name}")
+        check_options(f"{section}.{name}", registry.get(name), options, cfg)
+    strategy = STRATEGIES.get(cfg.active.strategy)
+    for request in strategy(OmegaConf.select(cfg, f"active.{cfg.active.strategy}")).needs:
+        request.check(cfg, cfg.active.strategy)
 
 
 def validate_pool(cfg: DictConfig, pool_size: int) -> None:

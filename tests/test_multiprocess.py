@@ -281,7 +281,6 @@ SCRIPT = textwrap.dedent('''
     """Fixed-model signals and picks; then Engine.fit's BatchNorm buffers on every rank. Saves per rank."""
     import sys
     from pathlib import Path
-    from types import SimpleNamespace
 
     import torch
     import torch.distributed as dist
@@ -294,6 +293,7 @@ SCRIPT = textwrap.dedent('''
     from ssal.recipe import DataConfig, ModelConfig, load_recipe
     from ssal.select import STRATEGIES
     from ssal.select.base import Strategy
+    from ssal.select import signals as S
     from ssal.select.signals import SelectionContext, compute_signals
     from ssal.semi import OBJECTIVES
 
@@ -312,12 +312,13 @@ SCRIPT = textwrap.dedent('''
 
 
     class Everything(Strategy):
-        needs = frozenset({"probs", "features", "bald", "mc_probs", "aug_probs"})
+        needs = (S.Probs(), S.Features(), S.BALDScore(samples=6), S.MCProbs(samples=6),
+                 S.AugProbs(views=4, view="strong"))
 
 
-    opts = SimpleNamespace(samples=6, views=4, view="strong")
-    sig = compute_signals(engine, Everything(opts), ctx, data.train, cands)
-    saved["signals"] = dict(sig.values)
+    sig = compute_signals(engine, Everything(), ctx, data.train, cands)
+    saved["signals"] = dict(zip(("probs", "features", "bald", "mc_probs", "aug_probs"),
+                                (sig[r] for r in Everything.needs), strict=True))
     strategies = {"entropy": STRATEGIES.get("entropy")(),
                   "bald": STRATEGIES.get("bald")(STRATEGIES.get("bald").Config(samples=6)),
                   "consistency": STRATEGIES.get("consistency")(STRATEGIES.get("consistency").Config(views=4,

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from ssal.select import INITIAL_STRATEGIES, STRATEGIES, Signals
 from ssal.select import functional as Fn
+from ssal.select import signals as S
 from ssal.select.signals import candidates, check_selection
 
 
@@ -42,8 +43,8 @@ def test_top_k_breaks_ties_by_lowest_position():
     assert Fn.top_k(s, 10).tolist() == [1, 3, 0, 2, 4]
 
 
-def _signals(n_pool: int, labeled_frac: float, seed: int, num_classes: int = 5) -> Signals:
-    """Random values of every signal any strategy reads (at least one labeled sample, as in a run)."""
+def _signals(n_pool: int, labeled_frac: float, seed: int, strategy=None, num_classes: int = 5) -> Signals:
+    """Random values of every signal ``strategy`` requests (at least one labeled sample, as in a run)."""
     g = torch.Generator().manual_seed(seed)
     labeled_mask = torch.rand(n_pool, generator=g) < labeled_frac
     labeled_mask[0] = True
@@ -56,17 +57,14 @@ def _signals(n_pool: int, labeled_frac: float, seed: int, num_classes: int = 5) 
         p = torch.round(p * 20) / 20 + 1e-3
         return p / p.sum(-1, keepdim=True)
 
-    n, t = len(cands), 4
-    mc = probs(n, t)
-    values = {"probs": probs(n), "features": torch.randn(n, 8, generator=g),
-              "embeddings": torch.randn(n, 6, generator=g), "mc_probs": mc, "bald": Fn.bald(mc.transpose(0, 1)),
-              "aug_probs": probs(n, 3), "prev_probs": probs(n)}
-    values["logits"] = values["probs"].log()
-    m = len(labeled)
-    lab = {"labeled_probs": probs(m), "labeled_features": torch.randn(m, 8, generator=g),
-           "labeled_embeddings": torch.randn(m, 6, generator=g),
-           "labeled_labels": torch.randint(0, num_classes, (m,), generator=g)}
-    return Signals(candidates=cands, labeled=labeled, values=values, labeled_values=lab)
+    makers = {S.Probs: probs, S.PrevProbs: probs, S.Logits: lambda n: probs(n).log(),
+              S.Features: lambda n: torch.randn(n, 8, generator=g),
+              S.Embeddings: lambda n: torch.randn(n, 6, generator=g),
+              S.MCProbs: lambda n: probs(n, 4), S.BALDScore: lambda n: Fn.bald(probs(4, n)),
+              S.AugProbs: lambda n: probs(n, 3), S.Labels: lambda n: torch.randint(0, num_classes, (n,), generator=g)}
+    needs = strategy.needs if strategy is not None else (S.Probs(),)
+    values = {r: makers[type(r)](len(labeled) if r.labeled else len(cands)) for r in needs}
+    return Signals(candidates=cands, labeled=labeled, values=values)
 
 
 def _default_cfg(name: str):
@@ -80,8 +78,8 @@ def _default_cfg(name: str):
 @given(n_pool=st.integers(1, 300), labeled_frac=st.floats(0.0, 0.95), budget=st.integers(1, 400),
        seed=st.integers(0, 2**31 - 1))
 def test_strategy_contract(name, n_pool, labeled_frac, budget, seed):
-    sig = _signals(n_pool, labeled_frac, seed)
     strategy = STRATEGIES.get(name)(_default_cfg(name))
+    sig = _signals(n_pool, labeled_frac, seed, strategy)
     picked = strategy.select(sig, budget, torch.Generator().manual_seed(seed))
     want = min(budget, len(sig.candidates))
     assert picked.dtype == torch.long and len(picked) == want
@@ -99,7 +97,7 @@ def test_strategy_contract(name, n_pool, labeled_frac, budget, seed):
 def test_score_strategies_take_the_top_scores(name):
     sig = _signals(200, 0.3, 1)
     fn = getattr(Fn, name)
-    s = fn(sig["probs"])
+    s = fn(sig[S.Probs()])
     picked = STRATEGIES.get(name)().select(sig, 15, torch.Generator())
     # brute force: every picked score >= every unpicked score
     mask = torch.isin(sig.candidates, picked)

@@ -20,7 +20,9 @@ from ssal.recipe import load_recipe
 from ssal.report import read_metrics
 from ssal.select import STRATEGIES, Strategy
 from ssal.select import functional as Fn
+from ssal.select import signals as S
 from ssal.select.signals import SelectionContext, compute_signals
+from ssal.select.stage import uses_previous_model
 from ssal.semi import OBJECTIVES
 
 OBJECTIVE_NAMES = ["supervised", "fixmatch", "consistency", "tod", "contrastive"]
@@ -39,7 +41,7 @@ def _recipe(tmp_path: Path, tiny_recipe, name: str, **sections) -> Path:
 @pytest.mark.parametrize("objective", OBJECTIVE_NAMES)
 @pytest.mark.parametrize("strategy", STRATEGIES.names())
 def test_every_strategy_runs_with_every_objective(tmp_path, tiny_recipe, strategy, objective):
-    needs_ema = "prev_probs" in STRATEGIES.get(strategy).needs and not OBJECTIVES.get(objective).has_teacher
+    needs_ema = uses_previous_model(STRATEGIES.get(strategy)()) and not OBJECTIVES.get(objective).has_teacher
     train = {"method": objective, **({"ema": 0.5} if needs_ema else {})}
     path = _recipe(tmp_path, tiny_recipe, "run", train=train, active={"strategy": strategy})
     assert main(["run", str(path), "--no-progress"]) == 0
@@ -86,9 +88,13 @@ def test_bald_scores_come_from_a_dropout_added_before_the_head(tmp_path, tiny_re
 
 
 class _Needs(Strategy):
-    def __init__(self, needs, **cfg):
-        super().__init__(type("Cfg", (), cfg) if cfg else None)
-        self.needs = frozenset(needs)
+    def __init__(self, *needs):
+        super().__init__()
+        self._needs = needs
+
+    @property
+    def needs(self):
+        return self._needs
 
 
 @pytest.fixture(scope="module")
@@ -115,30 +121,31 @@ def test_mc_signals_bald_equals_the_passes_and_is_streamed_per_chunk(trained):
     engine, data, fit, labeled = trained
     fit.eval_model.dropout.p = 0.5
     cands = torch.arange(20, 120)
-    sig = compute_signals(engine, _Needs({"bald", "mc_probs", "probs"}, samples=6), _ctx(fit, labeled, data),
-                          data.train, cands)
-    mc = sig["mc_probs"]
+    sig = compute_signals(engine, _Needs(S.BALDScore(samples=6), S.MCProbs(samples=6), S.Probs()),
+                          _ctx(fit, labeled, data), data.train, cands)
+    mc = sig[S.MCProbs(samples=6)]
     assert mc.shape == (100, 6, 10)
-    assert torch.allclose(sig["bald"], Fn.bald(mc.transpose(0, 1)), atol=1e-6)
-    assert sig["bald"].min() > 0  # the passes differ
-    again = compute_signals(engine, _Needs({"mc_probs"}, samples=6), _ctx(fit, labeled, data), data.train, cands)
-    assert torch.equal(again["mc_probs"], mc)  # seeded
+    assert torch.allclose(sig[S.BALDScore(samples=6)], Fn.bald(mc.transpose(0, 1)), atol=1e-6)
+    assert sig[S.BALDScore(samples=6)].min() > 0  # the passes differ
+    again = compute_signals(engine, _Needs(S.MCProbs(samples=6)), _ctx(fit, labeled, data), data.train, cands)
+    assert torch.equal(again[S.MCProbs(samples=6)], mc)  # seeded
     # masks are keyed per (seed, pool index, pass): a candidate's passes do not depend on which other
     # candidates share its chunk (nor, so, on the number of processes)
     sub = cands.flip(0)[::3]
-    part = compute_signals(engine, _Needs({"mc_probs"}, samples=6), _ctx(fit, labeled, data), data.train, sub)
-    assert torch.allclose(part["mc_probs"], mc[sub - 20], atol=1e-6)
+    part = compute_signals(engine, _Needs(S.MCProbs(samples=6)), _ctx(fit, labeled, data), data.train, sub)
+    assert torch.allclose(part[S.MCProbs(samples=6)], mc[sub - 20], atol=1e-6)
     fit.eval_model.dropout.p = 0.0
-    sig = compute_signals(engine, _Needs({"bald", "probs"}, samples=6), _ctx(fit, labeled, data), data.train, cands)
-    assert torch.equal(sig["bald"], torch.zeros(100))
+    sig = compute_signals(engine, _Needs(S.BALDScore(samples=6), S.Probs()), _ctx(fit, labeled, data), data.train,
+                          cands)
+    assert torch.equal(sig[S.BALDScore(samples=6)], torch.zeros(100))
 
 
 def test_aug_probs_come_from_the_teacher_and_views_differ(trained):
     engine, data, fit, labeled = trained
     cands = torch.arange(20, 60)
-    sig = compute_signals(engine, _Needs({"aug_probs"}, views=4, view="strong"), _ctx(fit, labeled, data),
+    sig = compute_signals(engine, _Needs(S.AugProbs(views=4, view="strong")), _ctx(fit, labeled, data),
                           data.train, cands)
-    aug = sig["aug_probs"]
+    aug = sig[S.AugProbs(views=4, view="strong")]
     assert aug.shape == (40, 4, 10) and torch.allclose(aug.sum(2), torch.ones(40, 4))
     assert (aug[:, 0] - aug[:, 1]).abs().max() > 1e-4  # different random views
     # the same views through the teacher by hand, from the uint8 images, each sample's view k keyed by
@@ -158,16 +165,16 @@ def test_prev_probs_embeddings_and_labeled_signals(trained):
     engine, data, fit, labeled = trained
     cands = torch.arange(30, 50)
     prev = fit.objective.teacher_model()
-    sig = compute_signals(engine, _Needs({"probs", "prev_probs", "embeddings", "labeled_embeddings",
-                                         "labeled_labels"}), _ctx(fit, labeled, data, prev), data.train, cands)
+    sig = compute_signals(engine, _Needs(S.Probs(), S.PrevProbs(), S.Embeddings(), S.Embeddings(labeled=True),
+                                         S.Labels()), _ctx(fit, labeled, data, prev), data.train, cands)
     x = to_float(data.train.load(cands))
     with torch.no_grad():
-        assert torch.allclose(sig["prev_probs"], torch.softmax(prev.eval()(x), 1), atol=1e-5)
-        assert torch.allclose(sig["embeddings"], fit.eval_model.eval().features(x), atol=1e-5)
+        assert torch.allclose(sig[S.PrevProbs()], torch.softmax(prev.eval()(x), 1), atol=1e-5)
+        assert torch.allclose(sig[S.Embeddings()], fit.eval_model.eval().features(x), atol=1e-5)
         lab_x = to_float(data.train.load(labeled))
-        assert torch.allclose(sig.labeled_values["labeled_embeddings"], fit.eval_model.features(lab_x), atol=1e-5)
-    assert torch.equal(sig.labeled_values["labeled_labels"], data.train.targets[labeled])
-    assert set(sig.values) == {"probs", "prev_probs", "embeddings"}  # nothing it did not ask for
+        assert torch.allclose(sig[S.Embeddings(labeled=True)], fit.eval_model.features(lab_x), atol=1e-5)
+    assert torch.equal(sig[S.Labels()], data.train.targets[labeled])
+    assert set(sig.values) == {S.Probs(), S.PrevProbs(), S.Embeddings(), S.Embeddings(labeled=True), S.Labels()}
 
 
 @pytest.mark.slow  # 10 s
@@ -200,7 +207,7 @@ def test_signals_under_two_processes_match_one(tmp_path):
         "from ssal.recipe import DataConfig, ModelConfig\n"
         "from ssal.select import STRATEGIES\n"
         "from ssal.select import functional as Fn\n"
-        "from ssal.select.signals import SelectionContext, compute_signals\n"
+        "from ssal.select.signals import BALDScore, Features, SelectionContext, compute_signals\n"
         "data = load_dataset(DataConfig(dataset='digits'))\n"
         "torch.manual_seed(0)\n"
         "model = build_model(ModelConfig(drop_rate=0.5), data).eval()\n"
@@ -213,14 +220,14 @@ def test_signals_under_two_processes_match_one(tmp_path):
         "with torch.no_grad():\n"
         "    feats = model.features(to_float(data.train.load(cands)))\n"
         "    lab = model.features(to_float(data.train.load(labeled)))\n"
-        "assert torch.allclose(sig['features'], feats, atol=1e-5)\n"
-        "assert torch.allclose(sig.labeled_values['labeled_features'], lab, atol=1e-5)\n"
+        "assert torch.allclose(sig[Features()], feats, atol=1e-5)\n"
+        "assert torch.allclose(sig[Features(labeled=True)], lab, atol=1e-5)\n"
         "picked = coreset.select(sig, 10, torch.Generator())\n"
         "mask = torch.cat([torch.ones(40, dtype=torch.bool), torch.zeros(130, dtype=torch.bool)])\n"
         "want = cands[Fn.kcenter_greedy(torch.cat([lab, feats]), mask, 10) - 40]\n"
         "assert torch.equal(picked, want), (picked, want)\n"
         "bald = compute_signals(engine, STRATEGIES.get('bald')(STRATEGIES.get('bald').Config(samples=5)), ctx,\n"
-        "                       data.train, cands)['bald']\n"
+        "                       data.train, cands)[BALDScore(samples=5)]\n"
         "assert bald.shape == (130,) and torch.isfinite(bald).all() and (bald > 0).all()\n"
         "print(f'rank {engine.rank} ok', flush=True)\n"
         "engine.close()\n"

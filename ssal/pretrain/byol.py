@@ -14,6 +14,7 @@ from lightly.transforms.byol_transform import BYOLTransform, BYOLView1Transform,
 from lightly.utils.scheduler import cosine_schedule
 from torch import nn
 
+from ssal import checks
 from ssal.pretrain.base import PRETRAINERS, Pretrainer, blur_kernel, tensor_native, view_options
 
 
@@ -25,6 +26,13 @@ class BYOL(Pretrainer):
         momentum_end: float = 1.0
         projection_dim: int = 128
         hidden_dim: int = 512
+
+        def check(self, key: str, recipe) -> None:
+            checks.require(0 <= self.momentum_start <= self.momentum_end <= 1,
+                           f"{key} needs 0 <= momentum_start <= momentum_end <= 1, got {self.momentum_start} "
+                           f"and {self.momentum_end}")
+            checks.at_least(f"{key}.projection_dim", self.projection_dim, 1)
+            checks.at_least(f"{key}.hidden_dim", self.hidden_dim, 1)
 
     def __init__(self, encoder, cfg, data):
         super().__init__(encoder, cfg, data)

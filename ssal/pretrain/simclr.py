@@ -9,6 +9,7 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from lightly.transforms import SimCLRTransform
 
+from ssal import checks
 from ssal.pretrain.base import PRETRAINERS, Pretrainer, blur_kernel, tensor_native, view_options
 
 
@@ -19,6 +20,11 @@ class SimCLR(Pretrainer):
         temperature: float = 0.5  # NT-Xent temperature
         projection_dim: int = 128
         hidden_dim: int = 512
+
+        def check(self, key: str, recipe) -> None:
+            checks.positive(f"{key}.temperature", self.temperature)
+            checks.at_least(f"{key}.projection_dim", self.projection_dim, 1)
+            checks.at_least(f"{key}.hidden_dim", self.hidden_dim, 1)
 
     def __init__(self, encoder, cfg, data):
         super().__init__(encoder, cfg, data)

@@ -15,28 +15,32 @@ INITIAL_STRATEGIES = Registry("initial strategy")
 class Signals:
     """What a strategy sees: the candidate pool indices and the signals computed on them.
 
-    ``candidates`` are unlabeled pool indices (all of them, or the ``active.subset``); every
-    tensor in ``values`` is aligned with them (row i belongs to ``candidates[i]``).
-    ``labeled`` holds the labeled pool indices, ``labeled_values`` signals computed on them.
+    ``candidates`` are unlabeled pool indices (all of them, or the ``active.subset``);
+    ``labeled`` the labeled pool indices. ``values`` maps each requested signal
+    (:mod:`ssal.select.signals`) to its tensor, aligned with ``candidates`` (row i belongs to
+    ``candidates[i]``), or with ``labeled`` for a request made with ``labeled=True``.
     """
 
     candidates: torch.Tensor
     labeled: torch.Tensor
-    values: dict[str, torch.Tensor] = field(default_factory=dict)
-    labeled_values: dict[str, torch.Tensor] = field(default_factory=dict)
+    values: dict[Any, torch.Tensor] = field(default_factory=dict)
 
-    def __getitem__(self, name: str) -> torch.Tensor:
-        return self.values[name]
+    def __getitem__(self, request: Any) -> torch.Tensor:
+        return self.values[request]
 
 
 class Strategy:
-    """Selects ``budget`` of the candidates. ``needs`` names the signals it reads."""
+    """Selects ``budget`` of the candidates. ``needs`` are the signals it reads (typed requests of
+    :mod:`ssal.select.signals`, built from its options)."""
 
     Config: ClassVar[type | None] = None  # the strategy's own recipe sub-section (active.<name>)
-    needs: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, cfg: Any = None):
-        self.cfg = cfg
+        self.cfg = cfg if cfg is not None or self.Config is None else self.Config()
+
+    @property
+    def needs(self) -> tuple[Any, ...]:
+        return ()
 
     def select(self, signals: Signals, budget: int, generator: torch.Generator) -> torch.Tensor:
         """Exactly ``min(budget, len(candidates))`` unique indices taken from ``signals.candidates``."""

@@ -1,9 +1,7 @@
 """Bayesian disagreement with MC dropout: BALD and BatchBALD.
 
-The T stochastic passes drop features before the linear head (``model.dropout``, BatchNorm in
-eval mode); the penultimate features are computed once per sample and only the head runs T
-times. A model built with ``model.drop_rate: 0`` gets this strategy's ``dropout`` before its head
-for training too (``ssal.loop``), so the passes sample the network it was trained as.
+The T stochastic passes (:class:`ssal.select.signals.MCDropout`) drop features before the linear
+head; the penultimate features are computed once per sample and only the head runs T times.
 """
 
 from __future__ import annotations
@@ -12,8 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ssal import checks
 from ssal.select import functional as Fn
 from ssal.select.base import STRATEGIES, ScoreStrategy, Signals, Strategy
+from ssal.select.signals import BALDScore, MCProbs
 
 
 @STRATEGIES.register("bald")
@@ -25,10 +25,16 @@ class BALD(ScoreStrategy):
         samples: int = 20  # T stochastic passes
         dropout: float = 0.5  # dropout before the head when model.drop_rate is 0
 
-    needs = frozenset({"bald"})  # streamed: O(N * C) memory, never the [T, N, C] stack
+        def check(self, key: str, recipe) -> None:
+            checks.at_least(f"{key}.samples", self.samples, 1)
+            checks.within(f"{key}.dropout", self.dropout, 0, 1, high_open=True)
+
+    @property
+    def needs(self) -> tuple[BALDScore]:  # streamed: O(N * C) memory, never the [T, N, C] stack
+        return (BALDScore(samples=self.cfg.samples, dropout=self.cfg.dropout),)
 
     def scores(self, signals: Signals) -> torch.Tensor:
-        return signals["bald"]
+        return signals[self.needs[0]]
 
 
 @STRATEGIES.register("batchbald")
@@ -37,26 +43,30 @@ class BatchBALD(Strategy):
 
     Cost grows with the batch: each pick scores every remaining candidate against
     ``num_samples`` label configurations, so the candidates are the ``max_candidates`` highest
-    BALD scores and the budget may not exceed them (checked at recipe validation). Past
+    BALD scores (or the budget's number, when it is larger). Past
     log(num_samples)/log(C) picks the joint entropy is a sampled estimate; its noise grows with the
     batch, so budgets of tens to a few hundred are what it is for.
     """
 
     @dataclass
-    class Config:
-        samples: int = 20  # T stochastic passes
-        dropout: float = 0.5
+    class Config(BALD.Config):
         num_samples: int = 1000  # label configurations for the joint entropy
         max_candidates: int = 2000  # pre-filter: the highest BALD scores
 
-    needs = frozenset({"mc_probs"})
+        def check(self, key: str, recipe) -> None:
+            super().check(key, recipe)
+            checks.at_least(f"{key}.num_samples", self.num_samples, 1)
+            checks.at_least(f"{key}.max_candidates", self.max_candidates, 1)
+
+    @property
+    def needs(self) -> tuple[MCProbs]:
+        return (MCProbs(samples=self.cfg.samples, dropout=self.cfg.dropout),)
 
     def select(self, signals: Signals, budget: int, generator: torch.Generator) -> torch.Tensor:
         cands = signals.candidates
         if budget >= len(cands):
             return cands
-        mc = signals["mc_probs"].transpose(0, 1)  # [N, T, C] -> [T, N, C]
-        cap = max(self.cfg.max_candidates if self.cfg else 2000, budget)
-        pre = Fn.top_k(Fn.bald(mc), cap)
-        picked = Fn.batchbald(mc[:, pre], budget, self.cfg.num_samples if self.cfg else 1000, generator)
+        mc = signals[self.needs[0]].transpose(0, 1)  # [N, T, C] -> [T, N, C]
+        pre = Fn.top_k(Fn.bald(mc), max(self.cfg.max_candidates, budget))
+        picked = Fn.batchbald(mc[:, pre], budget, self.cfg.num_samples, generator)
         return cands[pre[picked]]

@@ -6,14 +6,16 @@ from dataclasses import dataclass
 
 import torch
 
+from ssal import checks
 from ssal.select import functional as Fn
 from ssal.select.base import INITIAL_STRATEGIES, STRATEGIES, Signals, Strategy
+from ssal.select.signals import Embeddings, Features, Probs, Signal
 
 
-def _with_labeled(signals: Signals, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _with_labeled(signals: Signals, request: Signal) -> tuple[torch.Tensor, torch.Tensor]:
     """Labeled rows first, then the candidates; and the mask of the labeled rows."""
-    lab = signals.labeled_values[f"labeled_{name}"]
-    feats = torch.cat([lab, signals[name]])
+    lab = signals[request.on_labeled()]
+    feats = torch.cat([lab, signals[request]])
     mask = torch.zeros(len(feats), dtype=torch.bool)
     mask[: len(lab)] = True
     return feats, mask
@@ -23,10 +25,10 @@ def _with_labeled(signals: Signals, name: str) -> tuple[torch.Tensor, torch.Tens
 class CoreSet(Strategy):
     """k-center greedy in the model's feature space (Sener & Savarese 2018): cover the pool."""
 
-    needs = frozenset({"features", "labeled_features"})
+    needs = (Features(), Features(labeled=True))
 
     def select(self, signals: Signals, budget: int, generator: torch.Generator) -> torch.Tensor:
-        feats, mask = _with_labeled(signals, "features")
+        feats, mask = _with_labeled(signals, Features())
         picked = Fn.kcenter_greedy(feats, mask, budget)
         return signals.candidates[picked - int(mask.sum())]
 
@@ -35,10 +37,10 @@ class CoreSet(Strategy):
 class Badge(Strategy):
     """k-means++ seeding on gradient embeddings (Ash et al. 2020): uncertain and diverse."""
 
-    needs = frozenset({"probs", "features"})
+    needs = (Probs(), Features())
 
     def select(self, signals: Signals, budget: int, generator: torch.Generator) -> torch.Tensor:
-        return signals.candidates[Fn.badge(signals["probs"], signals["features"], budget, generator)]
+        return signals.candidates[Fn.badge(signals[Probs()], signals[Features()], budget, generator)]
 
 
 @STRATEGIES.register("typiclust")
@@ -50,12 +52,15 @@ class TypiClust(Strategy):
         neighbors: int = 20  # k of the typicality (inverse mean distance to k nearest neighbours)
         max_clusters: int = 500
 
-    needs = frozenset({"embeddings", "labeled_embeddings"})
+        def check(self, key: str, recipe) -> None:
+            checks.at_least(f"{key}.neighbors", self.neighbors, 1)
+            checks.at_least(f"{key}.max_clusters", self.max_clusters, 1)
+
+    needs = (Embeddings(), Embeddings(labeled=True))
 
     def select(self, signals: Signals, budget: int, generator: torch.Generator) -> torch.Tensor:
-        feats, mask = _with_labeled(signals, "embeddings")
-        cfg = self.cfg or self.Config()
-        picked = Fn.typiclust(feats, mask, budget, generator, k=cfg.neighbors, max_clusters=cfg.max_clusters)
+        feats, mask = _with_labeled(signals, Embeddings())
+        picked = Fn.typiclust(feats, mask, budget, generator, k=self.cfg.neighbors, max_clusters=self.cfg.max_clusters)
         return signals.candidates[picked - int(mask.sum())]
 
 

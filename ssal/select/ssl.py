@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ssal import checks
 from ssal.select import functional as Fn
 from ssal.select.base import STRATEGIES, ScoreStrategy, Signals
+from ssal.select.signals import AugProbs, Embeddings, Labels, PrevProbs, Probs
 
 
 @STRATEGIES.register("consistency")
@@ -20,10 +22,16 @@ class Consistency(ScoreStrategy):
         views: int = 10  # K
         view: str = "weak"  # the training view: weak | strong
 
-    needs = frozenset({"aug_probs"})
+        def check(self, key: str, recipe) -> None:
+            checks.at_least(f"{key}.views", self.views, 1)
+            checks.one_of(f"{key}.view", self.view, ("weak", "strong"))
+
+    @property
+    def needs(self) -> tuple[AugProbs]:
+        return (AugProbs(views=self.cfg.views, view=self.cfg.view),)
 
     def scores(self, signals: Signals) -> torch.Tensor:
-        return Fn.consistency(signals["aug_probs"].transpose(0, 1))  # [N, K, C] -> [K, N, C]
+        return Fn.consistency(signals[self.needs[0]].transpose(0, 1))  # [N, K, C] -> [K, N, C]
 
 
 @STRATEGIES.register("tod")
@@ -31,10 +39,10 @@ class TOD(ScoreStrategy):
     """Cyclic output discrepancy (Huang et al. 2021): 1/2 ||p_r - p_(r-1)||^2 between this
     round's model and the previous round's; in round 0 between the model and its EMA."""
 
-    needs = frozenset({"probs", "prev_probs"})
+    needs = (Probs(), PrevProbs())
 
     def scores(self, signals: Signals) -> torch.Tensor:
-        return Fn.output_discrepancy(signals["probs"], signals["prev_probs"])
+        return Fn.output_discrepancy(signals[Probs()], signals[PrevProbs()])
 
 
 @STRATEGIES.register("cal")
@@ -46,12 +54,14 @@ class CAL(ScoreStrategy):
     class Config:
         neighbors: int = 10  # k
 
-    needs = frozenset({"probs", "embeddings", "labeled_probs", "labeled_embeddings"})
+        def check(self, key: str, recipe) -> None:
+            checks.at_least(f"{key}.neighbors", self.neighbors, 1)
+
+    needs = (Probs(), Embeddings(), Probs(labeled=True), Embeddings(labeled=True))
 
     def scores(self, signals: Signals) -> torch.Tensor:
-        lab = signals.labeled_values
-        return Fn.cal(signals["embeddings"], signals["probs"], lab["labeled_embeddings"], lab["labeled_probs"],
-                      k=self.cfg.neighbors if self.cfg else 10)
+        return Fn.cal(signals[Embeddings()], signals[Probs()], signals[Embeddings(labeled=True)],
+                      signals[Probs(labeled=True)], k=self.cfg.neighbors)
 
 
 @STRATEGIES.register("feature_similarity")
@@ -59,8 +69,7 @@ class FeatureSimilarity(ScoreStrategy):
     """Samples least similar to every labeled class prototype in the contrastive feature space
     (Krishnan et al. 2021)."""
 
-    needs = frozenset({"embeddings", "labeled_embeddings", "labeled_labels"})
+    needs = (Embeddings(), Embeddings(labeled=True), Labels())
 
     def scores(self, signals: Signals) -> torch.Tensor:
-        lab = signals.labeled_values
-        return Fn.feature_similarity(signals["embeddings"], lab["labeled_embeddings"], lab["labeled_labels"])
+        return Fn.feature_similarity(signals[Embeddings()], signals[Embeddings(labeled=True)], signals[Labels()])

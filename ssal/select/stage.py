@@ -16,7 +16,7 @@ from torch import nn
 
 from ssal.engine import derive_seed
 from ssal.faults import failpoint
-from ssal.select.signals import SelectionContext, candidates, check_selection, compute_signals
+from ssal.select.signals import PrevProbs, SelectionContext, candidates, check_selection, compute_signals
 
 
 def generator(*parts: Any) -> torch.Generator:
@@ -42,7 +42,7 @@ class Acquisition:
 
 def uses_previous_model(strategy: Any) -> bool:
     """Whether the strategy compares this round's model with the previous round's."""
-    return "prev_probs" in strategy.needs
+    return any(isinstance(r, PrevProbs) for r in strategy.needs)
 
 
 def round0_previous_model(fit: Any) -> nn.Module:

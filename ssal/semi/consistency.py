@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssal import checks
 from ssal.models.ema import batch_statistics, ema_model
 from ssal.semi.base import OBJECTIVES, Objective
 
@@ -38,6 +39,13 @@ class Consistency(Objective):
         teacher_decay: float = 0.999  # EMA decay of the teacher (a plain mean of the weights until then)
         mu: int = 1  # unlabeled samples per labeled sample in a batch
         student_view: str = "weak"  # the student's view of an unlabeled sample: weak | strong (the teacher's is weak)
+
+        def check(self, key: str, recipe) -> None:
+            checks.at_least(f"{key}.weight", self.weight, 0)
+            checks.within(f"{key}.rampup", self.rampup, 0, 1, note=" (a fraction of train.steps)")
+            checks.within(f"{key}.teacher_decay", self.teacher_decay, 0, 1, high_open=True)
+            checks.at_least(f"{key}.mu", self.mu, 1, " (unlabeled per labeled sample)")
+            checks.one_of(f"{key}.student_view", self.student_view, ("weak", "strong"))
 
     views = {"x_l": ("labeled", "weak"), "u_student": ("unlabeled", "weak"), "u_teacher": ("unlabeled", "weak")}
 

@@ -14,6 +14,7 @@ from lightly.loss import NTXentLoss
 from lightly.models.modules import SimCLRProjectionHead
 from lightly.utils import dist
 
+from ssal import checks
 from ssal.semi.base import OBJECTIVES, Objective
 
 
@@ -58,6 +59,13 @@ class Contrastive(Objective):
         ntxent_weight: float = 1.0
         proj_dim: int = 128
         mu: int = 1  # unlabeled samples per labeled sample in a batch
+
+        def check(self, key: str, recipe) -> None:
+            checks.positive(f"{key}.temperature", self.temperature)
+            checks.at_least(f"{key}.supcon_weight", self.supcon_weight, 0)
+            checks.at_least(f"{key}.ntxent_weight", self.ntxent_weight, 0)
+            checks.at_least(f"{key}.proj_dim", self.proj_dim, 1)
+            checks.at_least(f"{key}.mu", self.mu, 1, " (unlabeled per labeled sample)")
 
     views = {"x_l": ("labeled", "weak"), "x_l2": ("labeled", "strong"),
              "u_a": ("unlabeled", "strong"), "u_b": ("unlabeled", "strong")}

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ssal import checks
 from ssal.semi.base import OBJECTIVES, Objective
 
 
@@ -58,6 +59,13 @@ class FixMatch(Objective):
         mu: int = 7  # unlabeled samples per labeled sample in a batch
         threshold_mode: str = "fixed"  # fixed: tau | adaptive: self-adaptive class thresholds (module docstring)
         adaptive_momentum: float = 0.999  # momentum of the running means behind the adaptive thresholds
+
+        def check(self, key: str, recipe) -> None:
+            checks.within(f"{key}.threshold", self.threshold, 0, 1)
+            checks.at_least(f"{key}.lambda_u", self.lambda_u, 0)
+            checks.at_least(f"{key}.mu", self.mu, 1, " (unlabeled per labeled sample)")
+            checks.one_of(f"{key}.threshold_mode", self.threshold_mode, ("fixed", "adaptive"))
+            checks.within(f"{key}.adaptive_momentum", self.adaptive_momentum, 0, 1, high_open=True)
 
     views = {"x_l": ("labeled", "weak"), "u_w": ("unlabeled", "weak"), "u_s": ("unlabeled", "strong")}
 

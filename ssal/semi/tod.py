@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssal import checks
 from ssal.models.ema import batch_statistics, ema_model
 from ssal.semi.base import OBJECTIVES, Objective
 
@@ -35,6 +36,12 @@ class TOD(Objective):
         aux_head: bool = True  # a second linear head takes the discrepancy terms (as in the paper)
         mu: int = 1  # unlabeled samples per labeled sample in a batch
         student_view: str = "weak"  # the model's view of an unlabeled sample: weak | strong (the EMA's is weak)
+
+        def check(self, key: str, recipe) -> None:
+            checks.at_least(f"{key}.weight", self.weight, 0)
+            checks.within(f"{key}.ema_decay", self.ema_decay, 0, 1, high_open=True)
+            checks.at_least(f"{key}.mu", self.mu, 1, " (unlabeled per labeled sample)")
+            checks.one_of(f"{key}.student_view", self.student_view, ("weak", "strong"))
 
     views = {"x_l": ("labeled", "weak"), "u": ("unlabeled", "weak")}
 
