@@ -26,7 +26,7 @@ from ssal.engine import Engine, FitResult, derive_seed
 from ssal.errors import ConfigError, Interrupted
 from ssal.faults import failpoint
 from ssal.labels import contact_sheet, queries_csv, thumbnails
-from ssal.models import build_model, initial_weights
+from ssal.models import build_model, create_backbone, initial_weights
 from ssal.oracle import HumanOracle, Oracle, SimulatedOracle
 from ssal.pretrain.stage import check_cache_dir, pretrained_encoder
 from ssal.recipe import validate_pool
@@ -64,6 +64,8 @@ class Parts:
         mc = [r for r in strategy.needs if isinstance(r, MCDropout)]
         if mc and cfg.model.drop_rate == 0:  # MC dropout needs a dropout to sample: train with the strategy's
             model_cfg = OmegaConf.merge(cfg.model, {"drop_rate": mc[0].dropout})
+        strategy.check_model(create_backbone(cfg.model.backbone, data.channels, data.image_size[0]).num_features,
+                             data.num_classes)
         if cfg.model.pretrained or cfg.model.checkpoint is not None:  # load (and check) the weights now
             initial_weights(cfg.model.backbone, bool(cfg.model.pretrained), cfg.model.checkpoint, data.channels,
                             data.image_size[0])

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from ssal.select import INITIAL_STRATEGIES, STRATEGIES, Signals
 from ssal.select import functional as Fn
 from ssal.select import signals as S
+from ssal.select.dfal import DeepFoolDistance
 from ssal.select.signals import candidates, check_selection
 
 
@@ -61,7 +62,8 @@ def _signals(n_pool: int, labeled_frac: float, seed: int, strategy=None, num_cla
               S.Features: lambda n: torch.randn(n, 8, generator=g),
               S.Embeddings: lambda n: torch.randn(n, 6, generator=g),
               S.MCProbs: lambda n: probs(n, 4), S.BALDScore: lambda n: Fn.bald(probs(4, n)),
-              S.AugProbs: lambda n: probs(n, 3), S.Labels: lambda n: torch.randint(0, num_classes, (n,), generator=g)}
+              S.AugProbs: lambda n: probs(n, 3), S.Labels: lambda n: torch.randint(0, num_classes, (n,), generator=g),
+              DeepFoolDistance: lambda n: torch.rand(n, generator=g).round(decimals=1)}
     needs = strategy.needs if strategy is not None else (S.Probs(),)
     values = {r: makers[type(r)](len(labeled) if r.labeled else len(cands)) for r in needs}
     return Signals(candidates=cands, labeled=labeled, values=values)

@@ -42,6 +42,10 @@ class Strategy:
     def needs(self) -> tuple[Any, ...]:
         return ()
 
+    def check_model(self, num_features: int, num_classes: int) -> None:
+        """Raise :class:`ssal.errors.ConfigError` when the model (penultimate features, classes) is
+        more than the strategy can handle on this machine; called before anything runs."""
+
     def select(self, signals: Signals, budget: int, generator: torch.Generator) -> torch.Tensor:
         """Exactly ``min(budget, len(candidates))`` unique indices taken from ``signals.candidates``."""
         raise NotImplementedError

@@ -393,3 +393,191 @@ def typiclust(features: torch.Tensor, labeled: torch.Tensor, budget: int,
         free[i] = False
         covered[cl] += 1
     return torch.tensor(picks, dtype=torch.long)
+
+
+def egl(probs: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """Expected gradient length of the last layer (Settles et al. 2008; Huang et al. 2016):
+    sum_c p_c ||grad_W CE(x, c)|| over the head's weights W, the expectation taken under the model's
+    own prediction. grad_W CE(x, c) = (p - e_c) (x) h, whose norm is ||p - e_c|| ||h||, and
+    ||p - e_c||^2 = ||p||^2 - 2 p_c + 1: O(N C) with no per-sample backward pass."""
+    p, h = _check_probs(probs).double(), check_finite(features, "features").double()
+    if h.ndim != 2 or len(h) != len(p):
+        raise ValueError(f"features must be [N, D] with N = {len(p)}, got shape {tuple(h.shape)}")
+    dist = ((p * p).sum(dim=1, keepdim=True) - 2 * p + 1).clamp_min(0).sqrt()  # ||p - e_c||, [N, C]
+    return ((p * dist).sum(dim=1) * h.norm(dim=1)).float()
+
+
+def variation_ratio(member_probs: torch.Tensor) -> torch.Tensor:
+    """1 - (votes of the modal class) / K over the K members' predicted classes ([K, N, C]) (Freeman
+    1965; Beluch et al. 2018). Ties of the vote count once."""
+    member_probs = _check_stack(member_probs, "member_probs")
+    k, _, c = member_probs.shape
+    votes = torch.nn.functional.one_hot(member_probs.argmax(dim=2), c).sum(dim=0)  # [N, C]
+    return 1.0 - votes.max(dim=1).values.float() / k
+
+
+def mean_entropy(member_probs: torch.Tensor) -> torch.Tensor:
+    """Entropy of the members' mean prediction ([K, N, C] -> [N]), the ensemble's predictive entropy."""
+    return entropy(_check_stack(member_probs, "member_probs").mean(dim=0))
+
+
+def fisher_embeddings(probs: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """Per sample, the C x (C*D) factor V with V^T V = sum_c p_c g_c g_c^T, the Fisher information of
+    the last layer's weights, g_c = (p - e_c) (x) h the gradient of the loss for label c: row c is
+    sqrt(p_c) g_c. [N, C, C*D] (use only for small problems; :func:`bait` never builds it)."""
+    a = _fisher_factor(_check_probs(probs).double())
+    h = check_finite(features, "features").double()
+    return torch.einsum("nck,nd->nckd", a, h).flatten(2)
+
+
+def _fisher_factor(p: torch.Tensor) -> torch.Tensor:
+    """A[n, c, :] = sqrt(p_c) (p - e_c): the class part of the Fisher factor, [N, C, C]."""
+    eye = torch.eye(p.shape[1], dtype=p.dtype)
+    return p.sqrt()[:, :, None] * (p[:, None, :] - eye[None])
+
+
+def bait_objective(embeddings: torch.Tensor, chosen: list[int] | torch.Tensor, fisher: torch.Tensor,
+                   base: torch.Tensor) -> float:
+    """tr((base + sum_{i in chosen} V_i^T V_i)^-1 fisher): BAIT's objective, computed directly (for
+    tests and for checking :func:`bait` on small problems); ``embeddings`` are [N, C, E] factors."""
+    v = embeddings[torch.as_tensor(chosen, dtype=torch.long)]
+    m = base + torch.einsum("nce,ncf->ef", v, v)
+    return float(torch.linalg.solve(m, fisher).diagonal().sum())
+
+
+def bait(probs: torch.Tensor, features: torch.Tensor, labeled: torch.Tensor, budget: int, lam: float = 1.0,
+         oversample: int = 2, chunk: int = 1024) -> torch.Tensor:
+    """BAIT (Ash et al. 2021): choose the batch S that minimises tr(M_S^-1 F), F the mean Fisher
+    information of the last layer over all rows (the pool), M_S = lam I + (sum over the labeled rows
+    and S of I_x) / (L + budget). Greedy forward selection of ``oversample * budget`` rows (each the
+    largest decrease of the trace), then backward pruning to ``budget`` (each time the removal that
+    raises it least). Returns positions of unlabeled rows in the order kept.
+
+    The Fisher of a row is V^T V with V = A (x) h^T (:func:`fisher_embeddings`), so every
+    per-row quantity is a C x C matrix: h^T M^-1 h and h^T M^-1 F M^-1 h contracted per class block
+    (one O(N (C D)^2) pass at the start), then rank-C Woodbury updates after each pick change them by
+    O(N C^2 D). Memory: a few (C D)^2 matrices in float64 plus O(N C^2)."""
+    p = _check_probs(probs).double()
+    h = check_finite(features, "features").double()
+    if h.ndim != 2 or len(h) != len(p):
+        raise ValueError(f"features must be [N, D] with N = {len(p)}, got shape {tuple(h.shape)}")
+    labeled = torch.as_tensor(labeled, dtype=torch.bool)
+    n, c = p.shape
+    d = h.shape[1]
+    e = c * d
+    budget = min(int(budget), int((~labeled).sum()))
+    if budget <= 0:
+        return torch.empty(0, dtype=torch.long)
+    a = _fisher_factor(p)  # [N, C, C]
+    nl = int(labeled.sum())
+    scale = 1.0 / (nl + budget)
+
+    def gram(rows: torch.Tensor) -> torch.Tensor:  # sum over rows of V^T V, [E, E], in chunks
+        out = torch.zeros(c, c, d, d, dtype=torch.float64)
+        for s in range(0, len(rows), chunk // c):
+            r = rows[s:s + chunk // c]
+            aa = torch.einsum("nck,ncl->nkl", a[r], a[r])  # A^T A, [n, C, C]
+            z = (aa.reshape(len(r), c * c, 1) * h[r, None, :]).reshape(len(r), -1)  # [n, C*C*D]
+            out += (z.T @ h[r]).reshape(c, c, d, d)
+        return out.permute(0, 2, 1, 3).reshape(e, e)
+
+    fisher = (gram(torch.arange(n)) / n).contiguous()
+    m_inv = torch.linalg.inv(lam * torch.eye(e, dtype=torch.float64) + gram(labeled.nonzero().squeeze(1)) * scale)
+    m_inv = m_inv.contiguous()  # row-major: the E x C products below read it row by row
+    g = (m_inv @ fisher @ m_inv).contiguous()  # M^-1 F M^-1
+
+    def contract(mat: torch.Tensor) -> torch.Tensor:  # h^T mat h per class block: [N, C, C]
+        blocks = mat.reshape(c, d, c, d)
+        out = torch.empty(n, c, c, dtype=torch.float64)
+        for s in range(0, n, chunk):
+            hh = h[s:s + chunk]
+            out[s:s + chunk] = torch.einsum("nd,kdlf,nf->nkl", hh, blocks, hh)
+        return out
+
+    mh, gh = contract(m_inv), contract(g)  # per-row h^T M^-1 h and h^T G h, in class blocks
+    va = a * scale ** 0.5  # the rows' factors, scaled like the labeled Fisher
+
+    def trace_change(sign: float, rows: torch.Tensor) -> torch.Tensor:
+        """tr((sign I + V M^-1 V^T)^-1 V G V^T) per row: the decrease of the trace when a row is
+        added (sign +1), minus its increase when removed (sign -1)."""
+        ar = va[rows]
+        inner = ar @ mh[rows] @ ar.transpose(1, 2) + sign * torch.eye(c, dtype=torch.float64)
+        return torch.linalg.solve(inner, ar @ gh[rows] @ ar.transpose(1, 2)).diagonal(dim1=1, dim2=2).sum(1)
+
+    def commit(i: int, sign: float) -> None:
+        """M <- M + sign V_i^T V_i: Woodbury updates of M^-1, G and the per-row contractions."""
+        nonlocal mh, gh
+        vi = (va[i][:, :, None] * h[i]).reshape(c, e)  # [C, E]
+        q = m_inv @ vi.T  # [E, C]
+        k = torch.linalg.inv(sign * torch.eye(c, dtype=torch.float64) + vi @ q)  # [C, C]
+        r = m_inv @ (fisher @ q)  # M^-1 F Q, [E, C]
+        qfq = q.T @ fisher @ q
+        # M'^-1 = M^-1 - Q K Q^T;  G' = G - Q K R^T - R K Q^T + Q K (Q^T F Q) K Q^T, as one rank-2C update
+        # [Q R] [[K qfq K, -K], [-K, 0]] [Q R]^T (two in-place passes over the E x E matrices per pick)
+        m_inv.addmm_(q @ k, q.T, alpha=-1.0)
+        qr = torch.cat([q, r], dim=1)
+        mid = torch.cat([torch.cat([k @ qfq @ k, -k], dim=1), torch.cat([-k, torch.zeros_like(k)], dim=1)])
+        g.addmm_(qr @ mid, qr.T)
+        hq = torch.einsum("nd,kdl->nkl", h, q.reshape(c, d, c))  # h^T Q per class block, [N, C, C]
+        hr = torch.einsum("nd,kdl->nkl", h, r.reshape(c, d, c))
+        mh = mh - hq @ k @ hq.transpose(1, 2)
+        gh = (gh - hq @ k @ hr.transpose(1, 2) - hr @ k @ hq.transpose(1, 2)
+              + hq @ (k @ qfq @ k) @ hq.transpose(1, 2))
+
+    free = (~labeled).clone()
+    chosen: list[int] = []
+    for _ in range(min(oversample * budget, int(free.sum()))):
+        rows = free.nonzero().squeeze(1)
+        gain = trace_change(1.0, rows)
+        i = int(rows[torch.argmax(gain)])  # the first maximum: ties to the lowest position
+        chosen.append(i)
+        free[i] = False
+        commit(i, 1.0)
+    while len(chosen) > budget:
+        rows = torch.tensor(chosen)
+        j = int(torch.argmax(trace_change(-1.0, rows)))
+        commit(chosen.pop(j), -1.0)
+    return torch.tensor(chosen, dtype=torch.long)
+
+
+def deepfool(logits_fn, x: torch.Tensor, max_iter: int = 50, overshoot: float = 0.02) -> torch.Tensor:
+    """DeepFool (Moosavi-Dezfooli et al. 2016), batched: the L2 norm of the smallest perturbation of
+    each input that changes its predicted class, as DFAL ranks samples (Ducoffe & Precup 2018).
+
+    Each step linearises every class k against the current prediction k0 at x + r:
+    w_k = grad f_k - grad f_k0, f'_k = f_k - f_k0, takes the closest boundary
+    l = argmin_k |f'_k| / ||w_k|| and moves r by |f'_l| / ||w_l||^2 w_l; the perturbation applied is
+    (1 + ``overshoot``) r. A sample stops once its prediction changes; one that has not after
+    ``max_iter`` steps keeps the norm reached (a lower bound). ``logits_fn`` maps a batch of inputs
+    to logits and must treat samples independently (a model in eval mode). Costs C backward passes
+    per step over the samples still running. Returns float32 norms [N]."""
+    x0 = x.detach().float()
+    n = len(x0)
+    r = torch.zeros_like(x0)
+    with torch.enable_grad():
+        with torch.no_grad():
+            k0 = logits_fn(x0).argmax(dim=1)
+        active = torch.arange(n, device=x0.device)
+        for _ in range(max_iter):
+            xi = (x0[active] + (1 + overshoot) * r[active]).requires_grad_(True)
+            logits = logits_fn(xi).float()
+            check_finite(logits, "logits")
+            still = logits.argmax(dim=1) == k0[active]
+            if not still.any():
+                break
+            c = logits.shape[1]
+            grads = torch.stack([torch.autograd.grad(logits[:, k].sum(), xi, retain_graph=k < c - 1)[0]
+                                 for k in range(c)], dim=1).flatten(2)  # [n, C, P]
+            own = k0[active]
+            rows = torch.arange(len(active), device=x0.device)
+            w = grads - grads[rows, own][:, None]  # [n, C, P]
+            f = (logits - logits[rows, own][:, None]).detach()  # [n, C]
+            norm = w.norm(dim=2)
+            dist = f.abs() / norm.clamp_min(1e-12)
+            dist[rows, own] = float("inf")
+            best = dist.argmin(dim=1)
+            step = ((f[rows, best].abs() + 1e-8) / norm[rows, best].pow(2).clamp_min(1e-24))[:, None] * w[rows, best]
+            keep = still.nonzero().squeeze(1)
+            r[active[keep]] += step[keep].view(-1, *x0.shape[1:]).detach()
+            active = active[keep]
+    return ((1 + overshoot) * r).flatten(1).norm(dim=1).float()
