@@ -323,14 +323,16 @@ class Engine:
     def fit(self, model: nn.Module, objective_cls: type, train_cfg: Any, split: Split,
             labeled: torch.Tensor, labels: torch.Tensor, unlabeled: torch.Tensor | None = None, *,
             hflip: bool, seed: int, unlabeled_labels: torch.Tensor | None = None,
-            objective_state: dict[str, torch.Tensor] | None = None, desc: str = "train") -> FitResult:
+            objective_state: dict[str, torch.Tensor] | None = None, auxiliary: nn.Module | None = None,
+            desc: str = "train") -> FitResult:
         """Train ``model`` for ``train_cfg.steps`` optimizer steps with an objective
         (a :class:`ssal.semi.base.Objective` subclass, built here around ``model``).
 
         ``labeled``/``unlabeled`` are indices into ``split``; ``labels`` the observed labels of
         ``labeled``; ``unlabeled_labels`` (simulation only) the hidden labels of ``unlabeled``, passed
         to the objective as ``y_u`` for diagnostics. ``objective_state`` restores the objective's
-        extra modules (a teacher) from an earlier :attr:`FitResult.objective_state`. Seeded: the
+        extra modules (a teacher) from an earlier :attr:`FitResult.objective_state`; ``auxiliary`` (a
+        selection strategy's module, :meth:`ssal.semi.base.Objective.attach`) trains along. Seeded: the
         same arguments give the same weights on the same machine.
         """
         t0 = time.perf_counter()
@@ -339,6 +341,7 @@ class Engine:
         steps = train_cfg.steps
         model.to(memory_format=self.memory_format)
         objective = objective_cls(model, train_cfg)
+        objective.attach(auxiliary)
         if objective_state is not None:
             objective.load_extra_state(objective_state)
         objective = synchronise_batchnorm(objective, self.device)

@@ -64,8 +64,7 @@ class Parts:
         mc = [r for r in strategy.needs if isinstance(r, MCDropout)]
         if mc and cfg.model.drop_rate == 0:  # MC dropout needs a dropout to sample: train with the strategy's
             model_cfg = OmegaConf.merge(cfg.model, {"drop_rate": mc[0].dropout})
-        strategy.check_model(create_backbone(cfg.model.backbone, data.channels, data.image_size[0]).num_features,
-                             data.num_classes)
+        strategy.check_model(create_backbone(cfg.model.backbone, data.channels, data.image_size[0]), data.num_classes)
         if cfg.model.pretrained or cfg.model.checkpoint is not None:  # load (and check) the weights now
             initial_weights(cfg.model.backbone, bool(cfg.model.pretrained), cfg.model.checkpoint, data.channels,
                             data.image_size[0])
@@ -162,6 +161,7 @@ class _Rounds:
         model = self.fresh_model()
         model.load_state_dict(ckpt["model"])
         objective = self.parts.objective_cls(model, self.cfg.train)
+        objective.attach(self.parts.strategy.auxiliary(model))
         objective.load_extra_state(ckpt["objective"])
         objective.eval()
         ema = None
@@ -426,4 +426,5 @@ class _Rounds:
         return self.engine.fit(model, parts.objective_cls, cfg.train, parts.data.train, labeled, pool.labels,
                                unlabeled, hflip=parts.data.hflip, seed=derive_seed(cfg.seed, "train", r),
                                unlabeled_labels=parts.oracle.hidden(unlabeled), objective_state=objective_state,
+                               auxiliary=parts.strategy.auxiliary(model),
                                desc=f"round {r} train ({len(labeled)} labels)")

@@ -53,8 +53,10 @@ class SmallCNN(_TimmStyle):
         super().__init__()
         layers: list[nn.Module] = []
         c = in_chans
-        for w in widths:
+        self.feature_info = []  # timm's convention: the stages' output modules (e.g. for learning loss)
+        for i, w in enumerate(widths):
             layers += _conv_bn(c, w) + _conv_bn(w, w) + [nn.MaxPool2d(2, ceil_mode=True)]
+            self.feature_info.append({"module": f"features.{len(layers) - 1}", "num_chs": w, "reduction": 2 ** (i + 1)})
             c = w
         self.features = nn.Sequential(*layers)
         self.num_features = c
@@ -97,10 +99,15 @@ class WideResNet(_TimmStyle):
         widths = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)
         blocks: list[nn.Module] = []
+        self.feature_info = []  # timm's convention: the stages' output modules (e.g. for learning loss)
         for g, stride in enumerate((1, 2, 2)):
             for i in range(n):
                 blocks.append(_WideBasic(widths[g] if i == 0 else widths[g + 1], widths[g + 1],
                                          stride if i == 0 else 1, activate_before_residual=(g == 0 and i == 0)))
+            if g < 2:  # the last group's output is the features after the final BN and activation
+                self.feature_info.append({"module": f"blocks.{len(blocks) - 1}", "num_chs": widths[g + 1],
+                                          "reduction": 2 ** g})
+        self.feature_info.append({"module": "act", "num_chs": widths[-1], "reduction": 4})
         self.blocks = nn.Sequential(*blocks)
         self.bn = nn.BatchNorm2d(widths[-1], momentum=0.001)
         self.act = nn.LeakyReLU(0.1)

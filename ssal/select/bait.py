@@ -53,8 +53,8 @@ class BAIT(Strategy):
 
     needs = (Probs(), Features(), Probs(labeled=True), Features(labeled=True))
 
-    def check_model(self, num_features: int, num_classes: int) -> None:
-        d = min(num_features, self.cfg.dim or num_features)
+    def check_model(self, backbone, num_classes: int) -> None:
+        d = min(backbone.num_features, self.cfg.dim or backbone.num_features)
         need, have = bait_memory(d, num_classes), available_memory()
         if need > have:
             fit = next((k for k in (512, 256, 128, 64, 32, 16, 8) if bait_memory(k, num_classes) <= have), None)

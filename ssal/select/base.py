@@ -42,9 +42,14 @@ class Strategy:
     def needs(self) -> tuple[Any, ...]:
         return ()
 
-    def check_model(self, num_features: int, num_classes: int) -> None:
-        """Raise :class:`ssal.errors.ConfigError` when the model (penultimate features, classes) is
-        more than the strategy can handle on this machine; called before anything runs."""
+    def check_model(self, backbone: Any, num_classes: int) -> None:
+        """Raise :class:`ssal.errors.ConfigError` when the model (its backbone, ``num_features`` wide,
+        and ``num_classes``) is not one the strategy can use on this machine; called before anything runs."""
+
+    def auxiliary(self, model: Any) -> Any:
+        """A module to train along the objective for this strategy (an :class:`ssal.semi.base.Auxiliary`),
+        or None; built around each round's fresh ``model``."""
+        return None
 
     def select(self, signals: Signals, budget: int, generator: torch.Generator) -> torch.Tensor:
         """Exactly ``min(budget, len(candidates))`` unique indices taken from ``signals.candidates``."""

@@ -3,6 +3,7 @@ modules of its method (an EMA teacher, an auxiliary head) and the loss."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, ClassVar
 
 import torch
@@ -12,6 +13,21 @@ from ssal.models.heads import keyed_dropout
 from ssal.registry import Registry
 
 OBJECTIVES = Registry("objective")
+
+
+class Auxiliary(nn.Module):
+    """A module a selection strategy trains along the objective (e.g. learning loss's loss predictor).
+
+    ``watching(model, n)`` is a context manager around a forward pass of ``model`` whose first ``n``
+    samples are the labeled batch (it may hook the model's layers to see them); ``loss(y_l, step,
+    steps)`` then returns (loss, logs) from what it saw, added to the objective's loss.
+    """
+
+    def watching(self, model: nn.Module, n: int) -> contextlib.AbstractContextManager:
+        raise NotImplementedError
+
+    def loss(self, y_l: torch.Tensor, step: int, steps: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
 
 
 class Objective(nn.Module):
@@ -27,6 +43,10 @@ class Objective(nn.Module):
 
     Extra modules are submodules; frozen ones (EMA teachers) have ``requires_grad`` off and stay
     in eval mode. ``model`` is what is evaluated and kept after training (unless ``train.ema``).
+
+    A method implements :meth:`loss`; ``forward`` adds the loss of the :class:`Auxiliary` a selection
+    strategy may have attached (:meth:`attach`), which watches the model's passes over the labeled
+    view and so trains along whatever objective trains the model.
     """
 
     Config: ClassVar[type | None] = None  # the method's own recipe sub-section (train.<name>)
@@ -38,6 +58,7 @@ class Objective(nn.Module):
         self.train_cfg = train_cfg
         self.cfg = getattr(train_cfg, type(self).registry_name, None)
         self.step = 0  # optimizer steps taken so far in this fit (kept up to date by the engine)
+        self.auxiliary: Auxiliary | None = None  # see attach()
 
     @classmethod
     def uses_unlabeled(cls) -> bool:
@@ -48,18 +69,34 @@ class Objective(nn.Module):
         """Unlabeled samples per labeled sample in a batch (the method's ``mu``; 1 if it has none)."""
         return int(getattr(self.cfg, "mu", 1)) if self.uses_unlabeled() else 0
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
-        """(loss, logs): logs are detached scalars, read only every few steps."""
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """(loss, logs) of the method: logs are detached scalars, read only every few steps."""
         raise NotImplementedError
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        loss, logs = self.loss(batch)
+        if self.auxiliary is not None:
+            extra, more = self.auxiliary.loss(batch["y_l"], self.step, self.train_cfg.steps)
+            loss, logs = loss + extra, {**logs, **more}
+        return loss, logs
+
+    def attach(self, auxiliary: Auxiliary | None) -> None:
+        """Train ``auxiliary`` with the model: a submodule, so it is optimised, synchronised and checkpointed
+        with the objective's other modules."""
+        if auxiliary is not None:
+            self.auxiliary = auxiliary
 
     def run_model(self, batch: dict[str, Any], *views: str, **kwargs: Any) -> Any:
         """``model`` on the named views of ``batch``, concatenated in that order (one forward pass, so
         BatchNorm sees them together). Each sample's dropout mask is keyed by the sample (the batch's
-        ``keys``, made by the engine), so it does not depend on how the batch is split."""
+        ``keys``, made by the engine), so it does not depend on how the batch is split. An attached
+        auxiliary watches the pass that starts with the labeled view ``x_l``."""
         x = torch.cat([batch[v] for v in views]) if len(views) > 1 else batch[views[0]]
         keys = batch.get("keys")
         sample_keys = torch.cat([keys[v] for v in views]) if keys is not None else None
-        with keyed_dropout(self.model, sample_keys):
+        watch = (self.auxiliary.watching(self.model, len(batch["x_l"]))
+                 if self.auxiliary is not None and views[0] == "x_l" else contextlib.nullcontext())
+        with keyed_dropout(self.model, sample_keys), watch:
             return self.model(x, **kwargs)
 
     def after_step(self, step: int) -> None:

@@ -57,7 +57,7 @@ class Consistency(Objective):
     def weight(self, step: int) -> float:
         return self.cfg.weight * sigmoid_rampup(step, int(self.cfg.rampup * self.train_cfg.steps))
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         b = len(batch["x_l"])
         logits = self.run_model(batch, "x_l", "u_student")
         supervised = F.cross_entropy(logits[:b], batch["y_l"])

@@ -80,7 +80,7 @@ class Contrastive(Objective):
         """L2-normalised projection features of images in [0, 1]."""
         return F.normalize(self.projection(self.model.features(x)), dim=1)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         b, n_u = len(batch["x_l"]), len(batch["u_a"])
         logits, h = self.run_model(batch, "x_l", "x_l2", "u_a", "u_b", return_features=True)
         z = F.normalize(self.projection(h), dim=1)

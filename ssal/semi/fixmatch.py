@@ -85,7 +85,7 @@ class FixMatch(Objective):
                                   F.softmax(logits_uw.detach().float(), dim=1), self.cfg.adaptive_momentum)
             return adaptive_thresholds(self.global_confidence, self.class_probs)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         b, n_u = len(batch["x_l"]), len(batch["u_w"])
         # one forward pass over all three parts: BatchNorm sees them together, as in the paper
         logits = self.run_model(batch, "x_l", "u_w", "u_s")

@@ -10,6 +10,6 @@ from ssal.semi.base import OBJECTIVES, Objective
 class Supervised(Objective):
     """Cross-entropy on the weak view of the labeled samples: the baseline."""
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         logits = self.run_model(batch, "x_l")
         return F.cross_entropy(logits, batch["y_l"]), {}

@@ -53,7 +53,7 @@ class TOD(Objective):
         head = model.head
         self.aux = nn.Linear(head.in_features, head.out_features) if self.cfg.aux_head else None
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         b = len(batch["x_l"])
         x = torch.cat([batch["x_l"], batch["u"]])
         student = "u_student" if "u_student" in batch else "u"
