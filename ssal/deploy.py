@@ -20,6 +20,7 @@ from ssal import files
 from ssal.errors import ConfigError, DataError
 from ssal.files import Damaged
 from ssal.rundir import RunDir
+from ssal.select.ensemble import Ensemble
 
 EXPORT_FORMAT = "ssal-export/1"
 
@@ -51,8 +52,12 @@ def _trained(run_dir: str | os.PathLike):
     model_cfg = OmegaConf.merge(cfg.model, {"pretrained": False, "checkpoint": None})
     spec = SimpleNamespace(channels=prep["channels"], num_classes=len(prep["classes"]), mean=tuple(prep["mean"]),
                            std=tuple(prep["std"]), image_size=prep["image_size"])
-    model = build_model(model_cfg, spec)
-    model.load_state_dict(ckpt["ema"] if "ema" in ckpt else ckpt["model"])
+    def trained(part: dict) -> torch.nn.Module:
+        model = build_model(model_cfg, spec)
+        model.load_state_dict(part["ema"] if "ema" in part else part["model"])
+        return model
+
+    model = Ensemble([trained(m) for m in ckpt["members"]]) if "members" in ckpt else trained(ckpt)
     model.eval()
     return rd, cfg, prep, model, r
 
@@ -115,6 +120,9 @@ def export(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     from ssal.models import create_backbone, size_kwargs
 
     rd, cfg, prep, model, r = _trained(run_dir)
+    if isinstance(model, Ensemble):
+        raise ConfigError(f"{rd.path} trained an ensemble of {len(model.members)} models (active.strategy=ens) and "
+                          "a timm file holds one: use 'ssal predict' with this run, or export a run of one model")
     arch = split_model_name_tag(cfg.model.backbone)[0]
     classes = prep["classes"]
     kwargs = size_kwargs(arch, prep["image_size"])

@@ -181,6 +181,7 @@ class FitResult:
     objective: nn.Module | None = None  # the trained objective (its teacher, auxiliary heads)
     objective_state: dict[str, torch.Tensor] = field(default_factory=dict)  # its extra modules' state
     data_seconds: float = 0.0  # of ``seconds``, the time the loop waited for batches
+    members: list[FitResult] = field(default_factory=list)  # an ensemble's members (ssal.select.ensemble)
 
 
 def _plain_progress(desc: str, total: int) -> Callable[..., None]:

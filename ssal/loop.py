@@ -32,6 +32,7 @@ from ssal.pretrain.stage import check_cache_dir, pretrained_encoder
 from ssal.recipe import validate_pool
 from ssal.rundir import Restored, RunDir
 from ssal.select import INITIAL_STRATEGIES, STRATEGIES
+from ssal.select.ensemble import combine
 from ssal.select.signals import MCDropout, candidates
 from ssal.select.stage import Acquisition, acquire, generator, initial_set, round0_previous_model, uses_previous_model
 from ssal.semi import OBJECTIVES
@@ -149,15 +150,19 @@ class _Rounds:
         self.engine.print(f"[yellow]note: {text}")
 
     # ------------------------------------------------------------------ models
-    def fresh_model(self) -> torch.nn.Module:
-        torch.manual_seed(derive_seed(self.cfg.seed, "init"))  # the same initial weights every round
+    def fresh_model(self, member: int = 0) -> torch.nn.Module:
+        """The initial weights (the same every round); an ensemble's member k > 0 has its own seed."""
+        torch.manual_seed(derive_seed(self.cfg.seed, "init", *((member,) if member else ())))
         model = build_model(self.parts.model_cfg, self.parts.data)  # a fresh head every round
         if self.encoder is not None:
             model.backbone.load_state_dict(self.encoder)
         return model
 
     def restore_fit(self, ckpt: dict) -> FitResult:
-        """A trained round as its checkpoint holds it: the model, its EMA and the objective's modules."""
+        """A trained round as its checkpoint holds it: the model, its EMA and the objective's modules
+        (each member's, for an ensemble)."""
+        if "members" in ckpt:
+            return combine([self.restore_fit(member) for member in ckpt["members"]])
         model = self.fresh_model()
         model.load_state_dict(ckpt["model"])
         objective = self.parts.objective_cls(model, self.cfg.train)
@@ -171,8 +176,10 @@ class _Rounds:
             ema.eval()
         return FitResult(model, ema if ema is not None else model, 0.0, {}, ema, objective, ckpt["objective"])
 
-    @staticmethod
-    def checkpoint(fit: FitResult) -> dict:
+    @classmethod
+    def checkpoint(cls, fit: FitResult) -> dict:
+        if fit.members:
+            return {"members": [cls.checkpoint(member) for member in fit.members]}
         state = {"model": fit.model.state_dict(), "objective": fit.objective_state}
         if fit.ema is not None:
             state["ema"] = fit.ema.state_dict()
@@ -259,14 +266,14 @@ class _Rounds:
                 self.say_awaiting(acq)
                 return
             if not cfg.train.reinit:  # the next round continues from these weights (and teacher)
-                warm = ({k: v.detach().clone() for k, v in fit.model.state_dict().items()},
-                        {k: v.detach().clone() for k, v in fit.objective_state.items()})
+                warm = [({k: v.detach().clone() for k, v in f.model.state_dict().items()},
+                         {k: v.detach().clone() for k, v in f.objective_state.items()}) for f in fit.members or [fit]]
             if uses_previous_model(parts.strategy):  # the next round compares with this one
                 prev_model = fit.eval_model
             eng.accelerator.wait_for_everyone()
         eng.print(f"done: {rd.path}" + ("/curve.png" if parts.data.has_test else ""))
 
-    def continue_from(self, state: Restored, pool: ActivePool) -> tuple[bool, tuple[dict, dict] | None, Any]:
+    def continue_from(self, state: Restored, pool: ActivePool) -> tuple[bool, list[tuple[dict, dict]] | None, Any]:
         """What round ``state.start`` continues from (weights and objective state, with ``train.reinit:
         false``) and what its selection compares with (the previous round's model), read from the last
         round's checkpoint. First, the last round's batch is bought when it is not in the pool yet (its
@@ -290,7 +297,7 @@ class _Rounds:
                 self.say_awaiting(acq)
                 return False, None, None
         if not self.cfg.train.reinit:
-            warm = (fit.model.state_dict(), fit.objective_state)
+            warm = [(f.model.state_dict(), f.objective_state) for f in fit.members or [fit]]
         if compares:
             prev_model = fit.eval_model
         return True, warm, prev_model
@@ -415,16 +422,25 @@ class _Rounds:
         return {"pool_mean_conf": round(float(conf.mean()), 5),
                 "pool_class_dist": {c: round(float(v), 5) for c, v in zip(data.classes, share, strict=True)}}
 
-    def train(self, r: int, pool: ActivePool, warm: tuple[dict, dict] | None) -> FitResult:
+    def train(self, r: int, pool: ActivePool, warm: list[tuple[dict, dict]] | None) -> FitResult:
+        """Round ``r``'s model, or the ``Strategy.members`` models of an ensemble, one after another
+        (member 0 with the seeds of a single model)."""
+        k = self.parts.strategy.members
+        fits = [self.train_member(r, pool, warm[i] if warm is not None else None, i) for i in range(k)]
+        return fits[0] if k == 1 else combine(fits)
+
+    def train_member(self, r: int, pool: ActivePool, warm: tuple[dict, dict] | None, member: int) -> FitResult:
         cfg, parts = self.cfg, self.parts
-        model = self.fresh_model()
+        model = self.fresh_model(member)
         objective_state = None
         if warm is not None:
             model.load_state_dict(warm[0])
             objective_state = warm[1]
         labeled, unlabeled = pool.labeled_indices, pool.unlabeled_indices
+        which = f" member {member + 1}/{parts.strategy.members}" if parts.strategy.members > 1 else ""
         return self.engine.fit(model, parts.objective_cls, cfg.train, parts.data.train, labeled, pool.labels,
-                               unlabeled, hflip=parts.data.hflip, seed=derive_seed(cfg.seed, "train", r),
+                               unlabeled, hflip=parts.data.hflip,
+                               seed=derive_seed(cfg.seed, "train", r, *((member,) if member else ())),
                                unlabeled_labels=parts.oracle.hidden(unlabeled), objective_state=objective_state,
                                auxiliary=parts.strategy.auxiliary(model),
-                               desc=f"round {r} train ({len(labeled)} labels)")
+                               desc=f"round {r} train{which} ({len(labeled)} labels)")

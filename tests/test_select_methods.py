@@ -241,6 +241,13 @@ def test_bait_without_oversampling_is_plain_greedy(seed):
     assert Fn.bait(probs, h, labeled, budget, lam=lam, oversample=1).tolist() == want
 
 
+def test_bait_with_more_classes_than_the_chunk():  # a step of chunk // C was 0 when C > chunk
+    probs, h, labeled, budget, lam = _bait_problem(3)  # C = 3 > chunk = 2: the path of C > 1024 at chunk=1024
+    brute = _BruteBait(probs, h, labeled, budget, lam)
+    want = brute.prune(brute.forward(2 * budget))
+    assert Fn.bait(probs, h, labeled, budget, lam=lam, chunk=2).tolist() == want
+
+
 def test_bait_beats_random_batches_on_average():
     probs, h, labeled, _, lam = _bait_problem(7)
     budget = 3
@@ -469,3 +476,16 @@ def test_dfal_signal_is_deepfool_on_the_evaluation_model_and_selects_the_smalles
     assert sorted(picked.tolist()) == sorted(int(cands[i]) for i in order[:6])
     chosen = torch.isin(cands, picked)
     assert dist[chosen].max() <= dist[~chosen].min()
+
+
+def test_deepfool_ranks_a_sample_without_input_gradient_last():
+    """Dead units: no gradient towards any boundary, so no step moves the sample; it is not "on" the boundary."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.eye(3, 2))
+        net[0].bias.zero_()
+        net[2].bias.copy_(torch.tensor([1.0, 0.0]))
+    d = Fn.deepfool(net, torch.tensor([[-5.0, -5.0], [0.5, 0.2]]))
+    assert d[0] == torch.finfo(torch.float32).max
+    assert 0 < d[1] < 10

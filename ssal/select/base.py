@@ -34,6 +34,7 @@ class Strategy:
     :mod:`ssal.select.signals`, built from its options)."""
 
     Config: ClassVar[type | None] = None  # the strategy's own recipe sub-section (active.<name>)
+    members: int = 1  # models trained per round; more train an ensemble (ssal.select.ensemble)
 
     def __init__(self, cfg: Any = None):
         self.cfg = cfg if cfg is not None or self.Config is None else self.Config()

@@ -474,8 +474,9 @@ def bait(probs: torch.Tensor, features: torch.Tensor, labeled: torch.Tensor, bud
 
     def gram(rows: torch.Tensor) -> torch.Tensor:  # sum over rows of V^T V, [E, E], in chunks
         out = torch.zeros(c, c, d, d, dtype=torch.float64)
-        for s in range(0, len(rows), chunk // c):
-            r = rows[s:s + chunk // c]
+        step = max(1, chunk // c)
+        for s in range(0, len(rows), step):
+            r = rows[s:s + step]
             aa = torch.einsum("nck,ncl->nkl", a[r], a[r])  # A^T A, [n, C, C]
             z = (aa.reshape(len(r), c * c, 1) * h[r, None, :]).reshape(len(r), -1)  # [n, C*C*D]
             out += (z.T @ h[r]).reshape(c, c, d, d)
@@ -548,12 +549,14 @@ def deepfool(logits_fn, x: torch.Tensor, max_iter: int = 50, overshoot: float = 
     w_k = grad f_k - grad f_k0, f'_k = f_k - f_k0, takes the closest boundary
     l = argmin_k |f'_k| / ||w_k|| and moves r by |f'_l| / ||w_l||^2 w_l; the perturbation applied is
     (1 + ``overshoot``) r. A sample stops once its prediction changes; one that has not after
-    ``max_iter`` steps keeps the norm reached (a lower bound). ``logits_fn`` maps a batch of inputs
+    ``max_iter`` steps keeps the norm reached (a lower bound); one whose logits have no input gradient
+    (dead units) cannot be moved and gets the largest float32, ranking it farthest. ``logits_fn`` maps a batch of inputs
     to logits and must treat samples independently (a model in eval mode). Costs C backward passes
     per step over the samples still running. Returns float32 norms [N]."""
     x0 = x.detach().float()
     n = len(x0)
     r = torch.zeros_like(x0)
+    stuck = torch.zeros(n, dtype=torch.bool, device=x0.device)
     with torch.enable_grad():
         with torch.no_grad():
             k0 = logits_fn(x0).argmax(dim=1)
@@ -577,7 +580,10 @@ def deepfool(logits_fn, x: torch.Tensor, max_iter: int = 50, overshoot: float = 
             dist[rows, own] = float("inf")
             best = dist.argmin(dim=1)
             step = ((f[rows, best].abs() + 1e-8) / norm[rows, best].pow(2).clamp_min(1e-24))[:, None] * w[rows, best]
-            keep = still.nonzero().squeeze(1)
+            flat = norm[rows, best] == 0  # no gradient towards any boundary: no step can be taken
+            stuck[active[still & flat]] = True
+            keep = (still & ~flat).nonzero().squeeze(1)
             r[active[keep]] += step[keep].view(-1, *x0.shape[1:]).detach()
             active = active[keep]
-    return ((1 + overshoot) * r).flatten(1).norm(dim=1).float()
+    out = ((1 + overshoot) * r).flatten(1).norm(dim=1).float()
+    return out.masked_fill(stuck, torch.finfo(torch.float32).max)
