@@ -549,8 +549,9 @@ def deepfool(logits_fn, x: torch.Tensor, max_iter: int = 50, overshoot: float = 
     w_k = grad f_k - grad f_k0, f'_k = f_k - f_k0, takes the closest boundary
     l = argmin_k |f'_k| / ||w_k|| and moves r by |f'_l| / ||w_l||^2 w_l; the perturbation applied is
     (1 + ``overshoot``) r. A sample stops once its prediction changes; one that has not after
-    ``max_iter`` steps keeps the norm reached (a lower bound); one whose logits have no input gradient
-    (dead units) cannot be moved and gets the largest float32, ranking it farthest. ``logits_fn`` maps a batch of inputs
+    ``max_iter`` steps, or that reaches a point without input gradient, keeps the norm reached (a lower
+    bound); one without input gradient at the start (dead units) cannot be moved at all and gets the
+    largest float32, ranking it farthest. ``logits_fn`` maps a batch of inputs
     to logits and must treat samples independently (a model in eval mode). Costs C backward passes
     per step over the samples still running. Returns float32 norms [N]."""
     x0 = x.detach().float()
@@ -581,7 +582,7 @@ def deepfool(logits_fn, x: torch.Tensor, max_iter: int = 50, overshoot: float = 
             best = dist.argmin(dim=1)
             step = ((f[rows, best].abs() + 1e-8) / norm[rows, best].pow(2).clamp_min(1e-24))[:, None] * w[rows, best]
             flat = norm[rows, best] == 0  # no gradient towards any boundary: no step can be taken
-            stuck[active[still & flat]] = True
+            stuck[active[still & flat & (r[active].flatten(1) == 0).all(dim=1)]] = True  # (and none was)
             keep = (still & ~flat).nonzero().squeeze(1)
             r[active[keep]] += step[keep].view(-1, *x0.shape[1:]).detach()
             active = active[keep]
