@@ -248,6 +248,17 @@ def _grads(module: nn.Module) -> list[torch.Tensor | None]:
     return [p.grad for p in module.parameters()]
 
 
+def assert_module_trains(aux: LossPrediction) -> None:
+    """Every weight of the module gets a gradient; the output bias one of zero (a ranking loss sees only
+    differences of predictions)."""
+    for name, p in aux.named_parameters():
+        assert p.grad is not None, name
+        if name == "out.bias":
+            assert p.grad.abs().item() < 1e-6
+        else:
+            assert p.grad.abs().sum() > 0, name
+
+
 @pytest.mark.parametrize("step", [0, 5])
 def test_before_the_stop_the_loss_trains_the_backbone(digits, step):
     model, aux, loss, _, _, _ = _loss_at(digits, step, 10)
@@ -255,7 +266,7 @@ def test_before_the_stop_the_loss_trains_the_backbone(digits, step):
     backbone = [g for g in _grads(model.backbone) if g is not None]
     assert backbone and sum(g.abs().sum().item() for g in backbone) > 0
     assert all(g is None for g in _grads(model.head))  # the target (CE of the logits) carries no gradient
-    assert all(g is not None and g.abs().sum() > 0 for g in _grads(aux))
+    assert_module_trains(aux)
 
 
 @pytest.mark.parametrize("step", [6, 9])
@@ -264,7 +275,7 @@ def test_after_the_stop_the_loss_trains_only_its_module(digits, step):
     loss.backward()
     assert all(g is None or g.abs().sum() == 0 for g in _grads(model.backbone))
     assert all(g is None for g in _grads(model.head))
-    assert all(g is not None and g.abs().sum() > 0 for g in _grads(aux))
+    assert_module_trains(aux)
 
 
 # ----------------------------------------------------------------------------- 4. along an objective
@@ -402,6 +413,19 @@ def test_resume_after_round_0_selects_as_the_uninterrupted_run(ll_run, tmp_path)
     for r in ("initial", 0, 1):
         assert _selection(b, r) == _selection(full, r)
     assert [row["train_ll_loss"] for row in read_metrics(b)] == [row["train_ll_loss"] for row in read_metrics(full)]
+
+
+def test_resume_of_a_pending_selection_restores_the_module(ll_run, tmp_path):
+    """Killed after round 1 chose but before it was recorded: the resumed run selects again with round 1's
+    checkpoint, whose module (the objective's state) must come back with the model."""
+    path, full = ll_run
+    b = tmp_path / "b"
+    with faults.active("select=crash@2"), pytest.raises(faults.SimulatedCrash):
+        loop.run(load_recipe(path, [f"output_dir={b}"]), progress=False)
+    assert len(read_metrics(b)) == 1 and not (b / "rounds" / "r01").exists()
+    assert main(["run", "--resume", str(b), "--no-progress"]) == 0
+    assert _selection(b, 1) == _selection(full, 1)
+    assert json.loads((b / "pool.json").read_text()) == json.loads((full / "pool.json").read_text())
 
 
 # ----------------------------------------------------------------------------- 6. rejected up front

@@ -13,7 +13,10 @@ from ssal.select import INITIAL_STRATEGIES, STRATEGIES, Signals
 from ssal.select import functional as Fn
 from ssal.select import signals as S
 from ssal.select.dfal import DeepFoolDistance
+from ssal.select.ensemble import MemberProbs
+from ssal.select.learning_loss import PredictedLoss
 from ssal.select.signals import candidates, check_selection
+from ssal.select.vaal import Images
 
 
 def test_entropy_margin_least_confidence_by_hand():
@@ -63,15 +66,22 @@ def _signals(n_pool: int, labeled_frac: float, seed: int, strategy=None, num_cla
               S.Embeddings: lambda n: torch.randn(n, 6, generator=g),
               S.MCProbs: lambda n: probs(n, 4), S.BALDScore: lambda n: Fn.bald(probs(4, n)),
               S.AugProbs: lambda n: probs(n, 3), S.Labels: lambda n: torch.randint(0, num_classes, (n,), generator=g),
-              DeepFoolDistance: lambda n: torch.rand(n, generator=g).round(decimals=1)}
+              DeepFoolDistance: lambda n: torch.rand(n, generator=g).round(decimals=1),
+              PredictedLoss: lambda n: torch.rand(n, generator=g).round(decimals=1),
+              MemberProbs: lambda n: probs(n, 3),
+              Images: lambda n: torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g)}
     needs = strategy.needs if strategy is not None else (S.Probs(),)
     values = {r: makers[type(r)](len(labeled) if r.labeled else len(cands)) for r in needs}
     return Signals(candidates=cands, labeled=labeled, values=values)
 
 
+# options that keep a strategy's own training short
+SMALL = {"vaal": {"steps": 2, "batch_size": 4, "width": 4, "latent": 4}}
+
+
 def _default_cfg(name: str):
     cls = STRATEGIES.get(name)
-    return cls.Config() if cls.Config is not None else None
+    return cls.Config(**SMALL.get(name, {})) if cls.Config is not None else None
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "batchbald" else n  # 29 s alone

@@ -43,7 +43,9 @@ def _recipe(tmp_path: Path, tiny_recipe, name: str, **sections) -> Path:
 def test_every_strategy_runs_with_every_objective(tmp_path, tiny_recipe, strategy, objective):
     needs_ema = uses_previous_model(STRATEGIES.get(strategy)()) and not OBJECTIVES.get(objective).has_teacher
     train = {"method": objective, **({"ema": 0.5} if needs_ema else {})}
-    path = _recipe(tmp_path, tiny_recipe, "run", train=train, active={"strategy": strategy})
+    small = {"vaal": {"steps": 3, "batch_size": 8}, "ens": {"members": 2}}.get(strategy)  # their own training
+    active = {"strategy": strategy, **({strategy: small} if small else {})}
+    path = _recipe(tmp_path, tiny_recipe, "run", train=train, active=active)
     assert main(["run", str(path), "--no-progress"]) == 0
     out = tmp_path / "run"
     rows = read_metrics(out)
