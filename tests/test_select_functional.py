@@ -245,3 +245,28 @@ def test_typiclust_takes_the_most_typical_point_of_uncovered_clusters():
     assert sorted(got.tolist()) == [0, 14]  # the centres of the two uncovered blobs
     t = Fn.typicality(pts[:7], k=6)
     assert int(torch.argmax(t)) == 0
+
+
+def test_typicality_is_the_inverse_mean_squared_distance_to_the_k_nearest():
+    pts = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [3.0, 3.0]])
+    d2 = [[(a - c) ** 2 + (b - e) ** 2 for c, e in pts.tolist()] for a, b in pts.tolist()]
+    want = [1.0 / (sum(sorted(row[:i] + row[i + 1:])[:2]) / 2 + 1e-5) for i, row in enumerate(d2)]
+    assert torch.allclose(Fn.typicality(pts, k=2), torch.tensor(want))
+
+
+def test_typiclust_drops_small_clusters_and_clusters_normalised_features():
+    # two blobs of 12 directions and a far blob of 3; at unit norm the far blob is a cluster of its own
+    g = torch.Generator().manual_seed(0)
+    blob = lambda angle, n: torch.stack([torch.cos(angle + 0.02 * torch.randn(n, generator=g)),  # noqa: E731
+                                         torch.sin(angle + 0.02 * torch.randn(n, generator=g))], dim=1)
+    pts = torch.cat([blob(torch.tensor(0.0), 12), blob(torch.tensor(2.0), 12), blob(torch.tensor(4.0), 3)])
+    pts = pts * torch.rand(len(pts), 1, generator=g).mul(10).add(1)  # any length: only the direction counts
+    labeled = torch.zeros(len(pts), dtype=torch.bool)
+    picked = Fn.typiclust(pts, labeled, 3, torch.Generator().manual_seed(0), min_cluster_size=5)
+    # 3 clusters (0 labeled + budget 3); the blob of 3 is dropped, so the two big ones give their turns
+    assert len(picked) == 3 and not (picked >= 24).any()
+    # each big blob's first pick is its most typical direction (typicality on the unit vectors)
+    unit = torch.nn.functional.normalize(pts, dim=1)
+    for lo in (0, 12):
+        block = picked[(picked >= lo) & (picked < lo + 12)]
+        assert int(block[0]) == lo + int(torch.argmax(Fn.typicality(unit[lo:lo + 12], k=6)))

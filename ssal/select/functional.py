@@ -340,58 +340,64 @@ def batchbald(mc_probs: torch.Tensor, budget: int, num_samples: int = 1000,
 
 
 def typicality(features: torch.Tensor, k: int = 20, chunk: int = 2048) -> torch.Tensor:
-    """Inverse of the mean Euclidean distance to the ``k`` nearest other points (Hacohen et al. 2022)."""
+    """Typicality (Hacohen et al. 2022): 1 / (mean squared Euclidean distance to the ``k`` nearest other
+    points + 1e-5), the form of the paper's code; with ``k`` = 0 every point is equally typical."""
     x = features.float()
     k = min(k, len(x) - 1)
     if k <= 0:
         return torch.ones(len(x))
     out = []
     for start in range(0, len(x), chunk):
-        d = torch.cdist(x[start:start + chunk], x)
+        d = torch.cdist(x[start:start + chunk], x).pow_(2)
         d[torch.arange(len(d)), torch.arange(start, start + len(d))] = float("inf")  # not itself
-        out.append(1.0 / d.topk(k, dim=1, largest=False).values.mean(dim=1).clamp_min(1e-12))
+        out.append(1.0 / (d.topk(k, dim=1, largest=False).values.mean(dim=1) + 1e-5))
     return torch.cat(out)
 
 
 def typiclust(features: torch.Tensor, labeled: torch.Tensor, budget: int,
               generator: torch.Generator | None = None, k: int = 20, min_cluster_size: int = 5,
               max_clusters: int = 500) -> torch.Tensor:
-    """TypiClust (Hacohen et al. 2022), for low budgets and the cold start: k-means of the
-    (self-supervised) features into #labeled + budget clusters (at most ``max_clusters``); then,
-    ``budget`` times, the cluster with the fewest labeled points (the largest on ties, clusters
-    smaller than ``min_cluster_size`` last) gives its most typical unlabeled point."""
+    """TypiClust (Hacohen et al. 2022), for low budgets and the cold start, as the paper's code does it:
+    the features are L2-normalised; k-means (mini-batch k-means past 50 clusters) into
+    #labeled + budget clusters (at most ``max_clusters``); clusters of at most ``min_cluster_size``
+    points are dropped; the rest are ordered by fewest labeled points, then largest, and visited in
+    turn, each visit taking the most typical of the cluster's unlabeled points (typicality among
+    them, with k = min(``k``, half of them)). A cluster without unlabeled points leaves the turn; the
+    dropped clusters are used only when no other has any left."""
+    from collections import deque
+
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
-    x = check_finite(features, "features").float()
+    x = _normalize(check_finite(features, "features"))
     labeled = torch.as_tensor(labeled, dtype=torch.bool)
     budget = min(int(budget), int((~labeled).sum()))
     if budget <= 0:
         return torch.empty(0, dtype=torch.long)
     n_clusters = max(1, min(int(labeled.sum()) + budget, max_clusters, len(x)))
     seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-    algo = KMeans if n_clusters <= 50 else MiniBatchKMeans
-    km = algo(n_clusters=n_clusters, n_init=1, random_state=seed)
-    assign = torch.as_tensor(km.fit_predict(torch.nn.functional.normalize(x, dim=1).numpy()), dtype=torch.long)
+    km = (KMeans(n_clusters=n_clusters, n_init=1, random_state=seed) if n_clusters <= 50 else
+          MiniBatchKMeans(n_clusters=n_clusters, batch_size=5000, n_init=1, random_state=seed))
+    assign = torch.as_tensor(km.fit_predict(x.numpy()), dtype=torch.long)
     sizes = torch.bincount(assign, minlength=n_clusters)
     covered = torch.bincount(assign[labeled], minlength=n_clusters)
+    ids = torch.arange(n_clusters)
+    order = sorted(ids[sizes > 0].tolist(), key=lambda c: (int(covered[c]), -int(sizes[c]), c))
+    turn = deque(c for c in order if sizes[c] > min_cluster_size)
+    dropped = deque(c for c in order if sizes[c] <= min_cluster_size)
     free = ~labeled.clone()
-    typ = torch.zeros(len(x))
-    for cl in assign.unique().tolist():
-        members = (assign == cl).nonzero().squeeze(1)
-        typ[members] = typicality(x[members], k)
-    picks = []
-    for _ in range(budget):
-        open_ = torch.bincount(assign[free], minlength=n_clusters) > 0
-        small = sizes < min_cluster_size
-        # order: fewest labeled, then not small, then largest, then lowest cluster id
-        key = covered.double() * 4 * (len(x) + 1) + small.double() * 2 * (len(x) + 1) - sizes.double()
-        key[~open_] = float("inf")
-        cl = int(torch.argmin(key))
+    picks: list[int] = []
+    while len(picks) < budget:
+        if not turn:
+            turn, dropped = dropped, deque()
+        cl = turn.popleft()
         members = (free & (assign == cl)).nonzero().squeeze(1)
-        i = int(members[torch.argmax(typ[members])])
+        if len(members) == 0:
+            continue
+        i = int(members[torch.argmax(typicality(x[members], min(k, len(members) // 2)))])
         picks.append(i)
         free[i] = False
-        covered[cl] += 1
+        if len(members) > 1:
+            turn.append(cl)
     return torch.tensor(picks, dtype=torch.long)
 
 
