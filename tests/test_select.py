@@ -164,3 +164,20 @@ def test_check_selection_rejects_broken_results():
         check_selection(torch.tensor([1, 2]), cands, 2, "x")
     with pytest.raises(RuntimeError):
         check_selection(torch.tensor([1]), cands, 2, "x")
+
+
+def test_readme_strategy_example_selects_the_smallest_logit_gaps(monkeypatch):
+    """The strategy written in README's 'Extending ssal' runs as shown."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "@STRATEGIES.register" in b)
+    monkeypatch.setattr(STRATEGIES, "_items", dict(STRATEGIES._items))  # registered for this test only
+    exec(compile(block, "README.md", "exec"), {})
+    strategy = STRATEGIES.get("max_logit_gap")()
+    logits = torch.tensor([[3.0, 1.0, 0.0], [2.0, 1.9, 0.0], [5.0, 0.0, 0.0], [1.0, 1.5, 1.2]])
+    sig = Signals(candidates=torch.tensor([4, 7, 9, 11]), labeled=torch.tensor([0]), values={S.Logits(): logits})
+    gaps = [2.0, 0.1, 5.0, 0.3]  # by hand: largest minus second largest
+    picked = strategy.select(sig, 2, torch.Generator())
+    assert picked.tolist() == [7, 11] and sorted(gaps)[:2] == [0.1, 0.3]
