@@ -8,7 +8,8 @@ the ratio divides it by the size of the case's main input matrix.
 
 Bounds (issue 5, 2 CPU cores): kcenter_greedy N=100k (1k labeled), D=512, budget 1k <= 30 s with
 extra memory <= 2x the features; badge N=50k, C=10, D=512, budget 1k <= 15 s; bald scoring
-T=20, N=60k, C=10 <= 0.1 s.
+T=20, N=60k, C=10 <= 0.1 s. Issue 25: egl within 2x of entropy's time (entropy runs first);
+bait and dfal at documented smaller sizes (bait: 5k candidates, budget 100; dfal: 1k images).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ CASES = {
     "bald": ("T=20, N=60,000, C=10", 0.1),
     "bald_passes": ("the T=20 MC-dropout passes: head of D=128, N=60,000", None),
     "entropy": ("N=60,000, C=10", None),
+    "egl": ("N=60,000, C=10, D=128 (bound: 2x entropy's time)", None),
+    "bait": ("N=5,000 (+100 labeled), C=10, D=128, budget 100", None),
+    "dfal": ("DeepFool on N=1,000 28x28 images, cnn_small, <= 50 steps", None),
     "consistency": ("K=10, N=60,000, C=10", None),
     "cal": ("N=10,000 candidates, 1,000 labeled, D=512, k=10", None),
     "feature_similarity": ("N=60,000, 1,000 labeled, D=128", None),
@@ -76,6 +80,30 @@ def run_case(name: str) -> dict:
     elif name == "entropy":
         p = torch.softmax(torch.randn(60_000, 10, generator=g), dim=1)
         main, call = p, lambda: Fn.entropy(p)
+    elif name == "egl":
+        p = torch.softmax(torch.randn(60_000, 10, generator=g), dim=1)
+        h = torch.randn(60_000, 128, generator=g).relu_()
+        main, call = h, lambda: Fn.egl(p, h)
+    elif name == "bait":
+        p = torch.softmax(torch.randn(5_100, 10, generator=g) * 2, dim=1)
+        h = torch.randn(5_100, 128, generator=g).relu_()
+        labeled = torch.zeros(5_100, dtype=torch.bool)
+        labeled[:100] = True
+        main, call = h, lambda: Fn.bait(p, h, labeled, 100)
+    elif name == "dfal":  # a trained-looking model is not needed for the cost: steps until the class changes
+        from ssal.models import build_model
+        from ssal.recipe import ModelConfig
+
+        spec = type("Spec", (), {"channels": 1, "num_classes": 10, "mean": (0.5,), "std": (0.25,),
+                                 "image_size": (28, 28)})()
+        torch.manual_seed(0)
+        model = build_model(ModelConfig(), spec).eval()
+        x = torch.rand(1_000, 1, 28, 28, generator=g)
+
+        def deepfool():
+            return torch.cat([Fn.deepfool(model, x[s:s + 250]) for s in range(0, len(x), 250)])
+
+        main, call = x, deepfool
     elif name == "consistency":
         aug = torch.softmax(torch.randn(10, 60_000, 10, generator=g), dim=2)
         main, call = aug, lambda: Fn.consistency(aug)
@@ -90,7 +118,8 @@ def run_case(name: str) -> dict:
         main, call = cf, lambda: Fn.feature_similarity(cf, lf, ly)
     else:
         raise SystemExit(f"unknown case {name}; choose from {', '.join(CASES)}")
-    call_small = {"bald": 5, "bald_passes": 3, "entropy": 5, "consistency": 5}.get(name, 1)  # fast ones: best of a few
+    # fast ones: best of a few
+    call_small = {"bald": 5, "bald_passes": 3, "entropy": 5, "egl": 5, "consistency": 5}.get(name, 1)
     before = _current_rss_mb()
     times = []
     for _ in range(call_small):
@@ -115,16 +144,20 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs visible")
     print(f"{'case':<20} {'size':<52} {'time':>9} {'bound':>7} {'extra MB':>9} {'x input':>8}")
     failed = []
+    seconds = {}
     for name in args.only:
         out = subprocess.run([sys.executable, __file__, "--case", name, "--threads", str(args.threads)],
                              capture_output=True, text=True, check=True)
         r = json.loads(out.stdout.strip().splitlines()[-1])
         desc, bound = CASES[name]
+        seconds[name] = r["seconds"]
+        if name == "egl" and "entropy" in seconds:  # the issue's bound: within 2x of entropy, measured alike
+            bound = 2 * seconds["entropy"]
         ok = bound is None or r["seconds"] <= bound
         mem_ok = name != "kcenter_greedy" or r["extra_mb"] <= 2 * r["input_mb"]
         if not (ok and mem_ok):
             failed.append(name)
-        b = f"{bound:g} s" if bound is not None else "-"
+        b = f"{bound:.3g} s" if bound is not None else "-"
         print(f"{name:<20} {desc:<52} {r['seconds']:>7.3f} s {b:>7} {r['extra_mb']:>9.0f} "
               f"{r['extra_mb'] / r['input_mb']:>7.2f}x")
     print("all bounds hold" if not failed else f"over a bound: {', '.join(failed)}")

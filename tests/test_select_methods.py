@@ -489,3 +489,16 @@ def test_deepfool_ranks_a_sample_without_input_gradient_last():
     d = Fn.deepfool(net, torch.tensor([[-5.0, -5.0], [0.5, 0.2]]))
     assert d[0] == torch.finfo(torch.float32).max
     assert 0 < d[1] < 10
+
+
+def test_deepfool_with_the_top_classes_only_is_the_closed_form_over_them():
+    torch.manual_seed(3)
+    lin = torch.nn.Linear(5, 6)
+    x = torch.randn(40, 5)
+    w, f = lin.weight.detach(), lin(x).detach()
+    top = f.topk(3, dim=1).indices
+    want = torch.stack([min(abs(f[i, k] - f[i, top[i, 0]]) / (w[k] - w[top[i, 0]]).norm() for k in top[i, 1:])
+                        for i in range(len(x))]) * 1.02
+    assert torch.allclose(Fn.deepfool(lin, x, classes=3), want, atol=1e-5)
+    everything = Fn.deepfool(lin, x, classes=None)
+    assert (everything <= want + 1e-5).all() and (everything < want - 1e-4).any()  # more boundaries, nearer ones

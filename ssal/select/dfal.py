@@ -18,6 +18,7 @@ class DeepFoolDistance(Signal):
 
     max_iter: int = 50
     overshoot: float = 0.02
+    classes: int = 10
 
 
 @produces(DeepFoolDistance)
@@ -26,28 +27,30 @@ def _deepfool(req: DeepFoolDistance, chunk: Chunk) -> torch.Tensor:
     # (the evaluation model is in eval mode: samples are independent, BatchNorm uses its running stats)
     with torch.inference_mode(False):
         x = chunk.x.clone()
-        return Fn.deepfool(chunk.ctx.model, x, req.max_iter, req.overshoot)
+        return Fn.deepfool(chunk.ctx.model, x, req.max_iter, req.overshoot, req.classes)
 
 
 @STRATEGIES.register("dfal")
 class DFAL(ScoreStrategy):
     """Smallest DeepFool perturbation that changes the prediction (Ducoffe & Precup 2018): a margin
-    measured in input space. Costs C backward passes per DeepFool step (at most ``max_iter``) per
-    candidate chunk. The paper also adds the adversarial images with the queried labels to the
+    measured in input space. Costs ``classes`` backward passes per DeepFool step (at most ``max_iter``)
+    per candidate chunk. The paper also adds the adversarial images with the queried labels to the
     training set; here only the queried images are labeled, as for every other strategy."""
 
     @dataclass
     class Config:
         max_iter: int = 50  # DeepFool steps at most per sample
         overshoot: float = 0.02  # the perturbation applied is (1 + overshoot) r
+        classes: int = 10  # boundaries to the top this many classes only (DeepFool's default); one backward each
 
         def check(self, key: str, recipe) -> None:
             checks.at_least(f"{key}.max_iter", self.max_iter, 1)
             checks.at_least(f"{key}.overshoot", self.overshoot, 0)
+            checks.at_least(f"{key}.classes", self.classes, 2)
 
     @property
     def needs(self) -> tuple[DeepFoolDistance]:
-        return (DeepFoolDistance(max_iter=self.cfg.max_iter, overshoot=self.cfg.overshoot),)
+        return (DeepFoolDistance(max_iter=self.cfg.max_iter, overshoot=self.cfg.overshoot, classes=self.cfg.classes),)
 
     def scores(self, signals: Signals) -> torch.Tensor:
         return -signals[self.needs[0]]  # the closest to the boundary first

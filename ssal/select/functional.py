@@ -405,12 +405,13 @@ def egl(probs: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """Expected gradient length of the last layer (Settles et al. 2008; Huang et al. 2016):
     sum_c p_c ||grad_W CE(x, c)|| over the head's weights W, the expectation taken under the model's
     own prediction. grad_W CE(x, c) = (p - e_c) (x) h, whose norm is ||p - e_c|| ||h||, and
-    ||p - e_c||^2 = ||p||^2 - 2 p_c + 1: O(N C) with no per-sample backward pass."""
-    p, h = _check_probs(probs).double(), check_finite(features, "features").double()
-    if h.ndim != 2 or len(h) != len(p):
-        raise ValueError(f"features must be [N, D] with N = {len(p)}, got shape {tuple(h.shape)}")
-    dist = ((p * p).sum(dim=1, keepdim=True) - 2 * p + 1).clamp_min(0).sqrt()  # ||p - e_c||, [N, C]
-    return ((p * dist).sum(dim=1) * h.norm(dim=1)).float()
+    ||p - e_c||^2 = ||p||^2 - 2 p_c + 1: O(N (C + D)) with no per-sample backward pass."""
+    p = _check_probs(probs).float()
+    if features.ndim != 2 or len(features) != len(p):
+        raise ValueError(f"features must be [N, D] with N = {len(p)}, got shape {tuple(features.shape)}")
+    dist = ((p * p).sum(dim=1, keepdim=True) - 2 * p + 1).clamp_min_(0).sqrt_()  # ||p - e_c||, [N, C]
+    score = (p * dist).sum(dim=1) * torch.linalg.vector_norm(features.float(), dim=1)
+    return check_finite(score, "features")  # a NaN/inf feature reaches its score: one check, at the end
 
 
 def variation_ratio(member_probs: torch.Tensor) -> torch.Tensor:
@@ -547,45 +548,48 @@ def bait(probs: torch.Tensor, features: torch.Tensor, labeled: torch.Tensor, bud
     return torch.tensor(chosen, dtype=torch.long)
 
 
-def deepfool(logits_fn, x: torch.Tensor, max_iter: int = 50, overshoot: float = 0.02) -> torch.Tensor:
+def deepfool(logits_fn, x: torch.Tensor, max_iter: int = 50, overshoot: float = 0.02,
+             classes: int | None = 10) -> torch.Tensor:
     """DeepFool (Moosavi-Dezfooli et al. 2016), batched: the L2 norm of the smallest perturbation of
     each input that changes its predicted class, as DFAL ranks samples (Ducoffe & Precup 2018).
 
-    Each step linearises every class k against the current prediction k0 at x + r:
+    Each step linearises the candidate classes k against the original prediction k0 at x + r:
     w_k = grad f_k - grad f_k0, f'_k = f_k - f_k0, takes the closest boundary
     l = argmin_k |f'_k| / ||w_k|| and moves r by |f'_l| / ||w_l||^2 w_l; the perturbation applied is
-    (1 + ``overshoot``) r. A sample stops once its prediction changes; one that has not after
-    ``max_iter`` steps, or that reaches a point without input gradient, keeps the norm reached (a lower
-    bound); one without input gradient at the start (dead units) cannot be moved at all and gets the
-    largest float32, ranking it farthest. ``logits_fn`` maps a batch of inputs
-    to logits and must treat samples independently (a model in eval mode). Costs C backward passes
-    per step over the samples still running. Returns float32 norms [N]."""
+    (1 + ``overshoot``) r. The candidate classes are each sample's ``classes`` highest logits at x
+    (DeepFool's default 10; None: all). A sample stops once its prediction changes; one that has not
+    after ``max_iter`` steps, or that reaches a point without input gradient, keeps the norm reached (a
+    lower bound); one without input gradient at the start (dead units) cannot be moved at all and gets
+    the largest float32, ranking it farthest. ``logits_fn`` maps a batch of inputs to logits and must
+    treat samples independently (a model in eval mode). Costs ``classes`` backward passes per step
+    over the samples still running. Returns float32 norms [N]."""
     x0 = x.detach().float()
     n = len(x0)
     r = torch.zeros_like(x0)
     stuck = torch.zeros(n, dtype=torch.bool, device=x0.device)
     with torch.enable_grad():
         with torch.no_grad():
-            k0 = logits_fn(x0).argmax(dim=1)
+            first = logits_fn(x0).float()
+        m = first.shape[1] if classes is None else min(int(classes), first.shape[1])
+        top = first.topk(m, dim=1).indices  # [N, m]; column 0 is the prediction k0
+        k0 = top[:, 0]
         active = torch.arange(n, device=x0.device)
         for _ in range(max_iter):
             xi = (x0[active] + (1 + overshoot) * r[active]).requires_grad_(True)
             logits = logits_fn(xi).float()
             check_finite(logits, "logits")
             still = logits.argmax(dim=1) == k0[active]
-            if not still.any():
+            if not still.any() or m < 2:
                 break
-            c = logits.shape[1]
-            grads = torch.stack([torch.autograd.grad(logits[:, k].sum(), xi, retain_graph=k < c - 1)[0]
-                                 for k in range(c)], dim=1).flatten(2)  # [n, C, P]
-            own = k0[active]
-            rows = torch.arange(len(active), device=x0.device)
-            w = grads - grads[rows, own][:, None]  # [n, C, P]
-            f = (logits - logits[rows, own][:, None]).detach()  # [n, C]
+            mine = top[active]
+            f_top = logits.gather(1, mine)  # [n, m]
+            grads = torch.stack([torch.autograd.grad(f_top[:, j].sum(), xi, retain_graph=j < m - 1)[0]
+                                 for j in range(m)], dim=1).flatten(2)  # [n, m, P]
+            w = (grads[:, 1:] - grads[:, :1])  # [n, m - 1, P]
+            f = (f_top[:, 1:] - f_top[:, :1]).detach()  # [n, m - 1]
             norm = w.norm(dim=2)
-            dist = f.abs() / norm.clamp_min(1e-12)
-            dist[rows, own] = float("inf")
-            best = dist.argmin(dim=1)
+            best = (f.abs() / norm.clamp_min(1e-12)).argmin(dim=1)
+            rows = torch.arange(len(active), device=x0.device)
             step = ((f[rows, best].abs() + 1e-8) / norm[rows, best].pow(2).clamp_min(1e-24))[:, None] * w[rows, best]
             flat = norm[rows, best] == 0  # no gradient towards any boundary: no step can be taken
             stuck[active[still & flat & (r[active].flatten(1) == 0).all(dim=1)]] = True  # (and none was)
