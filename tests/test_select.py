@@ -181,3 +181,17 @@ def test_readme_strategy_example_selects_the_smallest_logit_gaps(monkeypatch):
     gaps = [2.0, 0.1, 5.0, 0.3]  # by hand: largest minus second largest
     picked = strategy.select(sig, 2, torch.Generator())
     assert picked.tolist() == [7, 11] and sorted(gaps)[:2] == [0.1, 0.3]
+
+
+@pytest.mark.parametrize("name", [n for n in STRATEGIES.names() if n != "random"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_every_strategy_rejects_a_non_finite_signal(name, bad):
+    """A NaN/inf in any float signal a strategy reads (a diverged model) is a one-line error, never a pick."""
+    strategy = STRATEGIES.get(name)(_default_cfg(name))
+    floats = [r for r in strategy.needs if not isinstance(r, (S.Labels, Images))]
+    for request in floats:
+        sig = _signals(120, 0.3, 5, strategy)
+        sig.values[request] = sig.values[request].clone().float()
+        sig.values[request].view(-1)[3] = bad
+        with pytest.raises(ValueError, match="NaN/inf"):
+            strategy.select(sig, 10, torch.Generator().manual_seed(0))

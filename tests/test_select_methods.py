@@ -502,3 +502,20 @@ def test_deepfool_with_the_top_classes_only_is_the_closed_form_over_them():
     assert torch.allclose(Fn.deepfool(lin, x, classes=3), want, atol=1e-5)
     everything = Fn.deepfool(lin, x, classes=None)
     assert (everything <= want + 1e-5).all() and (everything < want - 1e-4).any()  # more boundaries, nearer ones
+
+
+def test_a_bait_too_large_for_the_machine_is_refused_before_anything_is_written(tmp_path, write_recipe, capsys,
+                                                                                   monkeypatch):
+    import ssal.select.bait as bait_module
+    from ssal.cli import main
+
+    monkeypatch.setattr(bait_module, "available_memory", lambda: 50 * 2**20)  # 50 MiB free
+    out = tmp_path / "run"
+    path = write_recipe("bait", out=out, active={"strategy": "bait"})
+    assert main(["run", str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ssal: error: active.strategy=bait needs")
+    assert "active.bait.dim=" in err[0] and not out.exists()
+    # with the projection it suggests, the same machine runs it (the check passes; rounds=0 keeps it short)
+    dim = int(err[0].split("active.bait.dim=")[1].split()[0])
+    assert main(["run", str(path), "--no-progress", f"active.bait.dim={dim}", "active.rounds=0"]) == 0
