@@ -406,12 +406,16 @@ def egl(probs: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     sum_c p_c ||grad_W CE(x, c)|| over the head's weights W, the expectation taken under the model's
     own prediction. grad_W CE(x, c) = (p - e_c) (x) h, whose norm is ||p - e_c|| ||h||, and
     ||p - e_c||^2 = ||p||^2 - 2 p_c + 1: O(N (C + D)) with no per-sample backward pass."""
-    p = _check_probs(probs).float()
+    if probs.ndim != 2:
+        raise ValueError(f"probs must be [N, C], got shape {tuple(probs.shape)}")
+    p = probs.float()
     if features.ndim != 2 or len(features) != len(p):
         raise ValueError(f"features must be [N, D] with N = {len(p)}, got shape {tuple(features.shape)}")
-    dist = ((p * p).sum(dim=1, keepdim=True) - 2 * p + 1).clamp_min_(0).sqrt_()  # ||p - e_c||, [N, C]
-    score = (p * dist).sum(dim=1) * torch.linalg.vector_norm(features.float(), dim=1)
-    return check_finite(score, "features")  # a NaN/inf feature reaches its score: one check, at the end
+    sq = torch.einsum("nc,nc->n", p, p)[:, None]
+    dist = torch.addcmul(sq + 1, p, p.new_tensor(-2.0)).clamp_min_(0).sqrt_()  # ||p - e_c||, [N, C]
+    score = torch.einsum("nc,nc->n", p, dist) * torch.linalg.vector_norm(features.float(), dim=1)
+    # a NaN/inf in the probabilities or the features reaches the score: one check, at the end
+    return check_finite(score, "probs or features")
 
 
 def variation_ratio(member_probs: torch.Tensor) -> torch.Tensor:
