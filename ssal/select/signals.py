@@ -48,9 +48,10 @@ from ssal.select.base import Signals, Strategy
 
 # ----------------------------------------------------------------------------- requests
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Signal:
-    """A request for one per-sample signal; subclasses add their parameters as fields."""
+    """A request for one per-sample signal; subclasses add their parameters as fields (``labeled`` is
+    keyword-only, so ``BALDScore(20, 0.5)`` sets the subclass's own fields)."""
 
     labeled: bool = False  # on the labeled set instead of the candidates
 
@@ -122,7 +123,7 @@ class PrevProbs(Signal):
                               "consistency or tod")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Labels(Signal):
     labeled: bool = True
     given: ClassVar[bool] = True
