@@ -303,6 +303,7 @@ def test_ens_run_predicts_with_the_mean_and_refuses_export(ens_runs, capsys):
     assert not pt.exists()
 
 
+@pytest.mark.slow  # 11 s each; CI runs it
 @pytest.mark.parametrize("reinit", [True, False])
 def test_ens_resume_after_a_crash_equals_the_uninterrupted_run(tmp_path, tiny_recipe, reinit):
     # 2 members, rounds 0-2: the crash comes after round 0, so the resumed run trains rounds 1 and 2 and

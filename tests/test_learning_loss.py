@@ -402,6 +402,7 @@ def test_a_run_selects_the_highest_predicted_losses(ll_run):
     assert torch.allclose(predicted[order], torch.tensor(sel["scores"]), atol=1e-5)
 
 
+@pytest.mark.slow  # 3-4 s each; CI runs it
 def test_resume_after_round_0_selects_as_the_uninterrupted_run(ll_run, tmp_path):
     path, full = ll_run
     b = tmp_path / "b"
@@ -415,6 +416,7 @@ def test_resume_after_round_0_selects_as_the_uninterrupted_run(ll_run, tmp_path)
     assert [row["train_ll_loss"] for row in read_metrics(b)] == [row["train_ll_loss"] for row in read_metrics(full)]
 
 
+@pytest.mark.slow  # 4-5 s each; CI runs it
 def test_resume_of_a_pending_selection_restores_the_module(ll_run, tmp_path):
     """Killed after round 1 chose but before it was recorded: the resumed run selects again with round 1's
     checkpoint, whose module (the objective's state) must come back with the model."""
