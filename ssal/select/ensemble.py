@@ -21,7 +21,7 @@ from ssal.select.base import STRATEGIES, ScoreStrategy, Signals
 from ssal.select.signals import Chunk, Signal, produces
 
 SCORES = {"variation_ratio": Fn.variation_ratio, "entropy": Fn.mean_entropy,
-          "bald": lambda p: Fn.bald(p)}  # over the members instead of MC-dropout passes
+          "bald": Fn.bald}  # over the members instead of MC-dropout passes
 
 
 class Ensemble(nn.Module):
