@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from scipy.stats import spearmanr
 
 from ssal.engine import Engine
+from ssal.errors import SsalError
 from ssal.loop import Parts, _Rounds, resume_recipe
 from ssal.rundir import RunDir
 
@@ -27,7 +29,7 @@ from ssal.rundir import RunDir
 def diagnose(run: Path, round_: int | None) -> None:
     cfg = resume_recipe(run)
     if cfg.active.strategy != "ll":
-        raise SystemExit(f"{run} is an active.strategy={cfg.active.strategy} run, not ll")
+        raise SsalError(f"{run} is an active.strategy={cfg.active.strategy} run; give an active.strategy=ll run")
     parts = Parts.build(cfg)
     engine = Engine(cfg.train.mixed_precision, 0, progress=False)
     run_dir = RunDir(run, writer=False)
@@ -57,8 +59,12 @@ def main() -> None:
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--round", type=int, default=None, help="the checkpoint's round (default: the last kept)")
     args = p.parse_args()
-    for run in args.runs:
-        diagnose(run, args.round)
+    try:
+        for run in args.runs:
+            diagnose(run, args.round)
+    except SsalError as e:
+        print(f"diagnose_ll: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
