@@ -22,6 +22,7 @@ from scipy.stats import spearmanr
 
 from ssal.engine import Engine
 from ssal.errors import SsalError
+from ssal.files import Damaged
 from ssal.loop import Parts, _Rounds, resume_recipe
 from ssal.rundir import RunDir
 
@@ -34,6 +35,8 @@ def diagnose(run: Path, round_: int | None) -> None:
     engine = Engine(cfg.train.mixed_precision, 0, progress=False)
     run_dir = RunDir(run, writer=False)
     kept = sorted(int(p.stem.removeprefix("round_")) for p in (run / "checkpoints").glob("round_*.pt"))
+    if not kept or (round_ is not None and round_ not in kept):
+        raise SsalError(f"{run} keeps the checkpoints of rounds {kept or 'none'}: pick --round among them")
     r = kept[-1] if round_ is None else round_
     fit = _Rounds(cfg, parts, engine, run_dir, True).restore_fit(run_dir.load_checkpoint(r))
     module, model, test = fit.objective.auxiliary, fit.eval_model, parts.data.test
@@ -62,7 +65,7 @@ def main() -> None:
     try:
         for run in args.runs:
             diagnose(run, args.round)
-    except SsalError as e:
+    except (SsalError, Damaged) as e:
         print(f"diagnose_ll: error: {e}", file=sys.stderr)
         sys.exit(2)
 
