@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import sys
 from pathlib import Path
 
@@ -32,6 +31,8 @@ def diagnose(run: Path, round_: int | None) -> None:
     if cfg.active.strategy != "ll":
         raise SsalError(f"{run} is an active.strategy={cfg.active.strategy} run; give an active.strategy=ll run")
     parts = Parts.build(cfg)
+    if not (parts.data.has_test and parts.data.has_truth):
+        raise SsalError(f"{run} has no test split or no pool labels to compare with: give a simulated run")
     engine = Engine(cfg.train.mixed_precision, 0, progress=False)
     run_dir = RunDir(run, writer=False)
     kept = sorted(int(p.stem.removeprefix("round_")) for p in (run / "checkpoints").glob("round_*.pt"))
@@ -52,8 +53,9 @@ def diagnose(run: Path, round_: int | None) -> None:
     rho = spearmanr(got["predicted"].numpy(), got["loss"].numpy()).statistic
     print(f"{run.name}: round {r}, predicted vs true loss on {len(test)} test images: Spearman {rho:+.3f}")
     counts: collections.Counter = collections.Counter()
-    for selected in sorted(run.glob("rounds/r*/selected.json")):
-        counts.update(parts.data.train.targets[torch.tensor(json.loads(selected.read_text())["indices"])].tolist())
+    for r in range(cfg.active.rounds):
+        if (run_dir.round_dir(r) / "selected.json").exists():  # read (and verified) by the run directory
+            counts.update(parts.data.train.targets[torch.tensor(run_dir.read_selection(r))].tolist())
     print(f"{run.name}: picks per class {[counts[c] for c in range(parts.data.num_classes)]}")
 
 
