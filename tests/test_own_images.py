@@ -142,16 +142,16 @@ def test_test_root_class_subfolders_give_a_labeled_test_split_in_data_classes_or
     root, test = tmp_path / "photos", tmp_path / "held_out"
     for i in range(4):
         png(root / f"{i}.png", noise(i))
-    files = {"cat/0.png": (200, 0, 0), "cat/1.png": (201, 0, 0), "dog/0.png": (0, 0, 200)}
+    files = {"cat/0.png": (200, 0, 0), "cat/1.png": (201, 0, 0), "dog/0.png": (0, 0, 200), "bird/0.png": (0, 90, 0)}
     for rel, color in files.items():
         png(test / rel, color)
-    # classes in an order other than the folders' alphabetical one; 'bird' has no test folder (allowed)
+    # classes in an order other than the folders' alphabetical one
     ds = load_dataset(folder(root=root, classes=["dog", "bird", "cat"], test_root=test))
-    assert ds.has_test and len(ds.test) == 3 and len(ds.train) == 4
+    assert ds.has_test and len(ds.test) == 4 and len(ds.train) == 4
     got = {Path(p).relative_to(test).as_posix(): t for p, t in zip(ds.test.paths, ds.test.targets.tolist(),
                                                                      strict=True)}
-    assert got == {"cat/0.png": 2, "cat/1.png": 2, "dog/0.png": 0}
-    x = ds.test.load(torch.arange(3))
+    assert got == {"cat/0.png": 2, "cat/1.png": 2, "dog/0.png": 0, "bird/0.png": 1}
+    x = ds.test.load(torch.arange(4))
     for img, p in zip(x, ds.test.paths, strict=True):
         assert img[:, 0, 0].tolist() == list(files[Path(p).relative_to(test).as_posix()])
     assert (ds.train.targets == -1).all()
@@ -294,7 +294,7 @@ def test_the_dataset_fingerprint_follows_the_labels_csv(labeled_pool, tmp_path):
     ([("c.png", "cta")], ["cta", "did you mean 'cat'?"]),
     ([("c.png", "cat"), ("d.png", "skip")], ["skip"]),
     ([("c.png", "unsure")], ["skip"]),
-    ([("c.png", "cat"), ("c.png", "dog")], ["two labels"]),
+    ([("c.png", "cat"), ("c.png", "dog")], ["'c.png' has 2 different answers", "'cat'", "'dog'"]),
     ([("c.png", "")], ["no labels"]),
 ])
 def test_bad_rows_of_data_labels_are_a_one_line_data_error_naming_data_labels(labeled_pool, tmp_path, rows, words):
@@ -787,6 +787,7 @@ def test_ssal_init_writes_a_recipe_that_loads(tmp_path, capsys, monkeypatch):
 def test_ssal_init_with_test_and_labels(tmp_path):
     images = _images(tmp_path)
     png(tmp_path / "test" / "cat" / "0.png", (1, 1, 1))
+    png(tmp_path / "test" / "dog" / "0.png", (2, 2, 2))
     _labels_csv(tmp_path / "seed.csv", [("0.png", "cat"), ("1.png", "dog")])
     proj = tmp_path / "p"
     assert cli.main(["init", str(proj), "--images", str(images), "--classes", "cat,dog",

@@ -14,13 +14,15 @@ import os
 import pickle
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ssal.errors import DataError, did_you_mean
+from ssal import files
+from ssal.data.walk import IMAGE_EXTENSIONS, LOOSE, walk_images
+from ssal.errors import DataError, did_you_mean, one_line
 from ssal.registry import Registry
 
 DATASETS = Registry("dataset")
@@ -52,6 +54,11 @@ class Split:
     def files(self) -> tuple[Path, list[str]] | None:
         """(root, paths relative to it) for images decoded from files, None for images in memory."""
         return None
+
+    def digests(self, indices: list[int]) -> list[str]:
+        """Checksums of the files of ``indices`` (images decoded from files only): what they hold now."""
+        root, rels = self.files()
+        return [files.file_identity(root / rels[i]) for i in indices]
 
 
 class TensorSplit(Split):
@@ -108,6 +115,7 @@ class ImageDataset:
     std: tuple[float, ...]
     hflip: bool  # whether a horizontal flip keeps the label (not for digits)
     seed_labels: tuple[torch.Tensor, torch.Tensor] | None = None  # (indices, labels) given before any query
+    notes: list[str] = field(default_factory=list)  # for people: what loading left out (see data.walk)
 
     def __post_init__(self) -> None:
         if len(self.classes) < 2:
@@ -202,8 +210,6 @@ def pool_statistics(split: Split, channels: int, cache_dir: str | None):
     """Per-channel mean and std of the pixels (in [0, 1]) of up to :data:`NORM_SAMPLE` seeded images of a
     folder pool, and a callable that remembers them in ``<cache_dir>/norm/<digest>.json`` (called once the
     run goes ahead, like the image check's)."""
-    from ssal import files
-
     root, rels = split.files()
     h = hashlib.blake2b(split.fingerprint().encode() + str(root.resolve()).encode(), digest_size=16)
     for rel in rels:  # the files themselves: another folder with the same names, or an image edited in place
@@ -434,41 +440,43 @@ class FolderSplit(Split):
         return torch.stack([self.load_one(int(i)) for i in indices])
 
 
-def _image_files(root: Path, skip: Path | None = None) -> list[str]:
-    """Every image file under ``root`` (recursively, symlinks followed, hidden entries skipped), sorted by
-    relative path; nothing under ``skip``."""
-    from torchvision.datasets.folder import IMG_EXTENSIONS
-
-    out = []
-    skip = None if skip is None else skip.resolve()
-    for folder, dirs, names in os.walk(root, followlinks=True):
-        dirs[:] = sorted(d for d in dirs
-                         if not d.startswith(".") and (skip is None or Path(folder, d).resolve() != skip))
-        out += [os.path.join(folder, n) for n in names
-                if not n.startswith(".") and n.lower().endswith(IMG_EXTENSIONS)]
-    return sorted(out, key=lambda p: os.path.relpath(p, root))
-
-
-def _labeled_folder(path: Path, classes: list[str] | None, what: str, howto: str) -> list[tuple[str, int]]:
-    """(file, class index) of ``path``/<class>/...; with ``classes`` the folder names must be among them."""
+def _labeled_folder(path: Path, classes: list[str] | None, what: str, howto: str,
+                    notes: list[str]) -> tuple[list[tuple[str, int]], list[str]]:
+    """(file, class index) of ``path``/<class>/... and the class names found; with ``classes`` the folder
+    names must be exactly them (a test set without a class cannot measure it)."""
     if not path.is_dir():
         raise DataError(f"{what} '{path}' does not exist or is not a folder; {howto}")
-    folders = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if classes is None:
-        classes = folders
-    unknown = [f for f in folders if f not in classes]
-    if unknown:
-        raise DataError(f"{what} '{path}' has the folder '{unknown[0]}', which is not one of the classes "
-                        f"({', '.join(classes)}){did_you_mean(unknown[0], classes)}; rename it or fix data.classes")
-    per_class = {c: _image_files(path / c) for c in folders}
-    empty = [c for c, found in per_class.items() if not found]
+    found = walk_images(path)
+    folders = sorted(found.folders)
+    for f in found.files:  # an image right under the folder belongs to no class
+        if "/" not in found.rel(f):
+            found.skipped[LOOSE].append(found.rel(f))
+    found.files = [f for f in found.files if "/" in found.rel(f)]
+    if classes is not None:
+        unknown = [f for f in folders if f not in classes]
+        if unknown:
+            raise DataError(f"{what} '{path}' has the folder '{one_line(unknown[0])}', which is not one of the classes "
+                            f"({', '.join(classes)}){did_you_mean(unknown[0], classes)}; rename it or fix "
+                            "data.classes")
+        absent = [c for c in classes if c not in folders]
+        if absent:
+            raise DataError(f"{what} '{path}' has no folder for the class '{absent[0]}'" +
+                            (f" (nor {len(absent) - 1} more)" if len(absent) > 1 else "") +
+                            f"; add one folder of images per class ({', '.join(classes)})")
+    per_class: dict[str, list[str]] = {c: [] for c in folders}
+    for f in found.files:
+        per_class[found.rel(f).split("/", 1)[0]].append(f)
+    empty = [c for c, got in per_class.items() if not got]
     if empty:
-        raise DataError(f"{what} '{path}': the class folder '{empty[0]}' holds no images; add its images or "
+        raise DataError(f"{what} '{path}': the class folder '{one_line(empty[0])}' holds no images; add its images or "
                         "remove the folder")
-    samples = [(f, classes.index(c)) for c in folders for f in per_class[c]]
-    if not samples:
+    if not found.files:
         raise DataError(f"{what} '{path}' holds no images in class subfolders; {howto}")
-    return samples
+    note = found.note(what)
+    if note:
+        notes.append(note)
+    order = classes if classes is not None else folders
+    return [(f, order.index(c)) for c in folders for f in per_class[c]], folders
 
 
 @DATASETS.register("imagefolder")
@@ -476,22 +484,26 @@ def imagefolder(cfg) -> ImageDataset:
     """A folder of images. With ``data.classes`` every image under ``data.root`` (flat, or nested in
     folders with no class meaning) is the unlabeled pool, and ``data.test_root`` (class subfolders) an
     optional test set. Without it, ``train/<class>/*`` is the pool (labels known: simulations) and
-    ``test/<class>/*`` (or ``val/``) the test set."""
+    ``test/<class>/*`` (or ``val/``) the test set. What a walk leaves out is in the data set's notes."""
     size, channels = (cfg.image_size, cfg.image_size), cfg.channels
+    notes: list[str] = []
     if cfg.classes is not None:
         howto = "point data.root at the folder of images to label"
         root = _root(cfg, None, howto)
         classes = list(cfg.classes)
         test_root = Path(os.path.expanduser(cfg.test_root)) if cfg.test_root is not None else None
-        paths = _image_files(root, skip=test_root)
-        if not paths:
-            raise DataError(f"data.root '{root}' holds no image files (.jpg, .png, .bmp, .tif, .webp, ...); {howto}")
-        train = FolderSplit([(p, -1) for p in paths], size, channels, root)
+        found = walk_images(root, skip=test_root)
+        if not found.files:
+            raise DataError(f"data.root '{root}' holds no image files ({', '.join(IMAGE_EXTENSIONS)})"
+                            + (f" ({found.note('it')})" if found.note("it") else "") + f"; {howto}")
+        if found.note("data.root"):
+            notes.append(found.note("data.root"))
+        train = FolderSplit([(p, -1) for p in found.files], size, channels, root)
         test_samples = [] if test_root is None else _labeled_folder(
-            test_root, classes, "data.test_root", "give a folder with one subfolder of images per class")
+            test_root, classes, "data.test_root", "give a folder with one subfolder of images per class", notes)[0]
         test = FolderSplit(test_samples, size, channels, test_root or root)
         return ImageDataset("imagefolder", train, test, classes, channels=channels, image_size=size,
-                            mean=(0.5,) * channels, std=(0.25,) * channels, hflip=False)
+                            mean=(0.5,) * channels, std=(0.25,) * channels, hflip=False, notes=notes)
     howto = ("point data.root at a folder holding train/<class>/<images> and test/<class>/<images>, or give "
              "data.classes to label a folder of unlabeled images")
     root = _root(cfg, None, howto)
@@ -499,17 +511,15 @@ def imagefolder(cfg) -> ImageDataset:
     if not (root / "train").is_dir() or test_dir is None:
         raise DataError(f"{root} needs the subfolders train/ and test/ (or val/), or data.classes (the class "
                         "names) when it is a folder of unlabeled images")
-    train_samples = _labeled_folder(root / "train", None, "data.root", howto)
-    classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir() and not d.name.startswith("."))
-    test_classes = sorted(d.name for d in test_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    train_samples, classes = _labeled_folder(root / "train", None, "data.root", howto, notes)
+    test_samples, test_classes = _labeled_folder(test_dir, None, "data.root", howto, notes)
     if classes != test_classes:
         only_train = sorted(set(classes) - set(test_classes))
         only_test = sorted(set(test_classes) - set(classes))
         raise DataError(f"{root}: train/ and {test_dir.name}/ have different class folders (only in train/: "
                         f"{', '.join(only_train) or '-'}; only in {test_dir.name}/: {', '.join(only_test) or '-'}); "
                         "make them match")
-    test_samples = _labeled_folder(test_dir, classes, "data.root", howto)
     return ImageDataset("imagefolder", FolderSplit(train_samples, size, channels, root),  # paths name data.root/...
                         FolderSplit(test_samples, size, channels, root),
                         classes, channels=channels, image_size=size,
-                        mean=(0.5,) * channels, std=(0.25,) * channels, hflip=False)
+                        mean=(0.5,) * channels, std=(0.25,) * channels, hflip=False, notes=notes)
