@@ -18,6 +18,17 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+FORCE_OUT = "replace an existing --out file that ssal did not write"
+
+
+def _whole(text: str) -> int:
+    """A whole number in ASCII digits (int() also takes '1_0' and other scripts' digits)."""
+    digits = text.strip().removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number (digits 0-9)")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="ssal", description="Self-/semi-supervised active learning for image classification.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -50,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "write results.csv, summary.md, curves.png and aubc.png in its output_dir.")
     c.add_argument("spec", help="comparison spec YAML file")
     c.add_argument("overrides", nargs="*", help="key=value recipe overrides for every cell (after the spec's)")
-    c.add_argument("--jobs", type=int, default=1, metavar="N",
+    c.add_argument("--jobs", type=_whole, default=1, metavar="N",
                    help="cells run at the same time (each gets cpu_count/N threads; default 1)")
     c.add_argument("--out", metavar="DIR", help="output directory (default: the spec's output_dir)")
     c.add_argument("--cells", action="append", default=[], metavar="GLOB",
@@ -65,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", metavar="DIR",
                     help="where to write (default: the comparison directory if one is given alone, else ./report)")
     rp.add_argument("--title", default=None, help="title of the tables and plots")
+    rp.add_argument("--force", action="store_true", help="write into a --out folder that holds other files")
 
     lb = sub.add_parser("label", help="labels from people: a labeling page, import answers, export queries",
                         description="With active.oracle=human a run stops after each selection and waits for "
@@ -85,6 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     le.add_argument("run_dir", metavar="RUN_DIR")
     le.add_argument("--format", choices=("labelstudio", "csv"), default="labelstudio")
     le.add_argument("--out", metavar="FILE", help="default: RUN_DIR/rounds/rXX/tasks.json (or queries.csv)")
+    le.add_argument("--force", action="store_true", help=FORCE_OUT)
     ls = lsub.add_parser("serve", help="label the open query batch in the browser",
                          description="Serve a labeling page for the run's open query batch: one image at a time "
                                      "with keys (1-9/0 class, s skip, Enter accept the suggestion, arrows move, z "
@@ -92,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
                                      "label import'. Stop it with Ctrl-C; nothing is lost.")
     ls.add_argument("run_dir", metavar="RUN_DIR")
     ls.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    ls.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free port)")
+    ls.add_argument("--port", type=_whole, default=8765, help="port (default 8765; 0: any free port)")
     ls.add_argument("--allow-remote", action="store_true",
                     help="allow a --host other machines can reach (the page has no password)")
     ls.add_argument("--continue", dest="cont", action="store_true",
@@ -104,14 +117,16 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("run_dir", metavar="RUN_DIR")
     pr.add_argument("--out", metavar="FILE", required=True)
     pr.add_argument("--images", metavar="FOLDER", help="predict these images (recursively) instead of the pool")
-    pr.add_argument("--batch-size", type=int, default=None, metavar="N")
+    pr.add_argument("--batch-size", type=_whole, default=None, metavar="N")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pr.add_argument("--force", action="store_true", help=FORCE_OUT)
 
     ex = sub.add_parser("export", help="write a run's model for timm: weights, class names, preprocessing",
                         description="Write the model of the run's last round as a file that timm alone loads "
                                     "(see the README for the snippet).")
     ex.add_argument("run_dir", metavar="RUN_DIR")
     ex.add_argument("--out", metavar="FILE", required=True)
+    ex.add_argument("--force", action="store_true", help=FORCE_OUT)
 
     it = sub.add_parser("init", help="write a recipe for labeling a folder of your images",
                         description="Write DIR/recipe.yaml: the recipe recipes/imagefolder/human.yaml for your "
@@ -128,7 +143,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_label(args) -> int:
-    from pathlib import Path
 
     from ssal import labels
 
@@ -144,23 +158,14 @@ def cmd_label(args) -> int:
               announce=lambda line: print(line, flush=True))
         print("stopped the labeling page; every answer given is stored in the run")
         return 0
+    written, n = labels.export_queries(args.run_dir, args.format, args.out, force=args.force)
+    if args.format == "csv":
+        print(f"queries of {n} images: {written[0]}")
+        return 0
+    tasks, config = written
     from ssal.rundir import RunDir
 
-    rd = RunDir(args.run_dir)
-    identity = labels.human_run(rd)
-    batch = labels.open_batch(rd, identity)
-    if args.format == "csv":
-        src = rd.round_dir(batch.round) / "queries.csv"
-        out = Path(args.out) if args.out else src
-        if out != src:
-            from ssal import files
-
-            files.write_bytes(out, src.read_bytes())
-        print(f"queries of {batch.folder}: {out}")
-        return 0
-    out = Path(args.out) if args.out else rd.round_dir(batch.round) / "tasks.json"
-    tasks, config, n = labels.export_label_studio(args.run_dir, out)
-    root = (identity["recipe"].get("data") or {}).get("root") or "<data.root>"
+    root = (RunDir(args.run_dir).identity()["recipe"].get("data") or {}).get("root") or "<data.root>"
     print(f"wrote {n} Label Studio tasks to {tasks} and the labeling config to {config}; let Label Studio serve the "
           f"images with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}")
     return 0
@@ -171,7 +176,8 @@ def cmd_predict(args) -> int:
 
     if args.batch_size is not None and args.batch_size < 1:
         raise SsalError(f"--batch-size must be at least 1, got {args.batch_size}")
-    out, n = predict(args.run_dir, args.out, args.images, args.batch_size, progress=not args.no_progress)
+    out, n = predict(args.run_dir, args.out, args.images, args.batch_size, progress=not args.no_progress,
+                     force=args.force)
     print(f"wrote predictions for {n} images to {out}")
     return 0
 
@@ -179,15 +185,18 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from ssal.deploy import export
 
-    print(f"wrote {export(args.run_dir, args.out)} (load it with timm: see the README, 'Use the model')")
+    print(f"wrote {export(args.run_dir, args.out, force=args.force)} (load it with timm: see the README, 'Use the "
+          "model')")
     return 0
 
 
 def cmd_init(args) -> int:
     from ssal.project import init_project
 
-    path = init_project(args.dir, args.images, [c.strip() for c in args.classes.split(",")], test=args.test,
-                        labels=args.labels, force=args.force)
+    path, found = init_project(args.dir, args.images, [c.strip() for c in args.classes.split(",")], test=args.test,
+                               labels=args.labels, force=args.force)
+    for line in found:
+        print(line)
     print(f"wrote {path}; start with 'ssal run {path}'")
     return 0
 
@@ -250,20 +259,14 @@ def cmd_compare(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from pathlib import Path
-
-    from ssal.report import collect_rows, write_report
+    from ssal.report import collect_rows, report_out, write_report
 
     rows = collect_rows(args.runs)
-    single = Path(args.runs[0])
-    out = Path(args.out) if args.out else single if len(args.runs) == 1 and (single / "cells").is_dir() \
-        else Path("report")
-    from ssal.files import writable_problem
+    out = report_out(args.runs, args.out, force=args.force)
+    single = args.runs[0]
+    from pathlib import Path
 
-    problem = writable_problem(out)
-    if problem:
-        raise SsalError(f"--out '{out}' cannot be used: {problem}; give a writable folder")
-    paths = write_report(rows, out, title=args.title or (single.name if len(args.runs) == 1 else "Comparison"))
+    paths = write_report(rows, out, title=args.title or (Path(single).name if len(args.runs) == 1 else "Comparison"))
     print(f"wrote {paths['results']}, {paths['summary']}, {paths['curves']}, {paths['aubc']}")
     return 0
 

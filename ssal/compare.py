@@ -48,10 +48,11 @@ from omegaconf import OmegaConf
 
 from ssal import files
 from ssal.errors import ConfigError, DataError, Interrupted
+from ssal.outputs import check_folder, data_folders
 from ssal.pretrain.stage import encoder_identity
 from ssal.recipe import load_recipe, read_yaml, to_yaml
 from ssal.report import collect_rows, method_label, strategy_label, write_report
-from ssal.rundir import LOCK, Lock, RunDir, RunInUse, read_metrics
+from ssal.rundir import COMPARISON, COMPARISON_KIND, LOCK, Lock, RunDir, RunInUse, read_metrics, store_kind
 
 SPEC_KEYS = ("recipe", "output_dir", "overrides", "grid", "title")
 LABEL_AXES = ("method", "strategy")
@@ -106,6 +107,9 @@ def _axes(grid: Any, spec: Path) -> list[tuple[str, list[tuple[str, dict[str, An
         return []
     if not isinstance(grid, dict):
         raise ConfigError(f"{spec}: 'grid' must be a mapping of axes (e.g. active.strategy: [random, entropy])")
+    if not grid:
+        raise ConfigError(f"{spec}: 'grid' is empty; give it at least one axis (e.g. seed: [0, 1, 2]), or remove "
+                          "it to run the base recipe alone")
     axes = []
     for axis, values in grid.items():
         axis = str(axis)
@@ -210,6 +214,8 @@ def cell_state(cell: Cell) -> tuple[str, int]:
         raise ConfigError(f"{d.path} was run with a different recipe ({diff}); the spec changed since. Remove that "
                           "cell directory to run it anew, or choose another output_dir")
     done = len(read_metrics(d.path))
+    if done >= cell.rounds and not d.verified_pool():  # 'ssal run --resume' repairs it (or says why not)
+        return "partial", done
     return ("done" if done >= cell.rounds else "partial"), done
 
 
@@ -296,20 +302,21 @@ def run_plan(plan: Plan, jobs: int = 1, progress: bool = True, procs: int = 1) -
 
     console = Console(stderr=True, soft_wrap=True)
     out = plan.output_dir
-    problem = files.writable_problem(out)
-    if problem:
-        raise ConfigError(f"the comparison's output folder '{out}' cannot be used: {problem}; choose another "
-                          "(--out DIR, or output_dir in the spec)")
     lock = Lock(out / LOCK)
     who = lock.holder()
     if who:
         raise RunInUse(f"{out} is in use by another ssal process ({who}); wait for it to finish")
     states = {c.name: cell_state(c) for c in plan.cells}  # may raise before anything is written
+    check_folder(out, lambda p: store_kind(p) == COMPARISON_KIND, "the comparison's output folder", allow=out,
+                 data=[f for c in plan.all_cells or plan.cells for f in data_folders(OmegaConf.to_container(c.cfg))],
+                 hint="choose another (--out DIR, or output_dir in the spec)")
     files.mkdirs(out)
     note = lock.acquire()
     try:
         if note:
             console.print(f"[yellow]note: {note}")
+        if not (out / COMPARISON).is_file():  # marks the folder: no other command writes into it
+            files.write_json(out / COMPARISON, files.seal({"spec": str(plan.spec), "title": plan.title}))
         for sub in ("recipes", "cells", "logs"):
             files.mkdirs(out / sub)
         for c in plan.cells:
@@ -415,7 +422,7 @@ def _report(plan: Plan, console: Any) -> None:
     done_dirs = [c.cfg.output_dir for c in reported if read_metrics(c.cfg.output_dir)]
     for c in reported:
         if c.cfg.output_dir in done_dirs:
-            files.write_json(Path(c.cfg.output_dir) / "cell.json", c.labels)
+            RunDir(c.cfg.output_dir).save_cell(c.labels)
     if done_dirs:
         paths = write_report(collect_rows(done_dirs), plan.output_dir, title=plan.title)
         console.print(f"compare: report in {paths['summary']}, {paths['curves']}, {paths['aubc']}")

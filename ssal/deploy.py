@@ -7,9 +7,8 @@ round evaluated) and the preprocessing the run recorded in ``run.json``.
 
 from __future__ import annotations
 
-import csv
-import io
 import os
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,10 +18,12 @@ from omegaconf import OmegaConf
 from ssal import files
 from ssal.errors import ConfigError, DataError
 from ssal.files import Damaged
+from ssal.outputs import Output, check_file, data_folders, resolved, starts_with
 from ssal.rundir import RunDir
 from ssal.select.ensemble import Ensemble
 
 EXPORT_FORMAT = "ssal-export/1"
+PREDICTION_COLUMNS = ("path", "index", "prediction", "confidence", "label")
 
 
 def _trained(run_dir: str | os.PathLike):
@@ -62,22 +63,49 @@ def _trained(run_dir: str | os.PathLike):
     return rd, cfg, prep, model, r
 
 
+PREDICTIONS = Output("a predictions CSV", starts_with(",".join(PREDICTION_COLUMNS).encode() + b"\r\n"))
+
+
+def _is_export(path: Path) -> bool:
+    if not starts_with(b"PK")(path):  # torch's zip format, before anything is unpickled
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not a torch file after all: not ours
+        return False
+    return isinstance(ck, dict) and ck.get("format") == EXPORT_FORMAT
+
+
+EXPORT = Output("a model file of 'ssal export'", _is_export)
+
+
+def _out(rd: RunDir, out: str | os.PathLike, kind: Output, force: bool, *more: str | os.PathLike) -> Path:
+    """``out`` checked before any work: outside every run, comparison and the run's data folders."""
+    if rd.kind() != "run":
+        raise ConfigError(f"'{rd.path}' is not a run directory (no run.json); give the output_dir of a run")
+    folders = data_folders(rd.identity()["recipe"]) + [resolved(m) for m in more]
+    return check_file(out, kind, force, folders)
+
+
 def predict(run_dir: str | os.PathLike, out: str | os.PathLike, images: str | os.PathLike | None = None,
-            batch_size: int | None = None, progress: bool = True) -> tuple[Path, int]:
+            batch_size: int | None = None, progress: bool = True, force: bool = False, say=print) -> tuple[Path, int]:
     """Write ``out``: path, index, predicted class, confidence (and the label people gave, for pool
-    images) for every image of the run's pool, or of the folder ``images``."""
+    images) for every image of the run's pool, or of the folder ``images``. ``say`` prints a note."""
     from ssal.data import load_dataset
-    from ssal.data.datasets import FolderSplit, _image_files
+    from ssal.data.datasets import FolderSplit
     from ssal.data.imagecheck import check_images
+    from ssal.data.walk import walk_images
     from ssal.engine import Engine
 
+    out = _out(RunDir(run_dir), out, PREDICTIONS, force, *([images] if images is not None else []))
     rd, cfg, prep, model, r = _trained(run_dir)
-    problem = files.writable_problem(Path(out).parent if str(Path(out).parent) else Path("."))
-    if problem:
-        raise ConfigError(f"--out '{out}' cannot be written: {problem}")
     labels: dict[int, int] = {}
     if images is None:
         data = load_dataset(cfg.data, seed=cfg.seed, cache_dir=cfg.cache_dir)
+        for note in data.notes:
+            say(f"note: {note}")
         if data.fingerprint() != rd.identity()["pool"]:
             raise DataError(f"the data under data.root changed since {rd.path} was made; give --images FOLDER to "
                             "predict other images")
@@ -90,9 +118,13 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, images: str | os
         root = Path(os.path.expanduser(str(images)))
         if not root.is_dir():
             raise ConfigError(f"--images '{images}' is not a folder; give a folder of images")
-        paths = _image_files(root)
+        found = walk_images(root)
+        paths = found.files
         if not paths:
-            raise DataError(f"--images '{images}' holds no image files")
+            raise DataError(f"--images '{images}' holds no image files" +
+                            (f" ({found.note('it')})" if found.note("it") else ""))
+        if found.note("--images"):
+            say(f"note: {found.note('--images')}")
         size = (prep["image_size"], prep["image_size"])
         split = FolderSplit([(p, -1) for p in paths], size, prep["channels"], root)
         names = split.files()[1]
@@ -102,23 +134,20 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, images: str | os
                            desc=f"predict ({len(split)} images)")["probs"]
     conf, guess = probs.max(1)
     classes = prep["classes"]
-    text = io.StringIO(newline="")
-    w = csv.writer(text)
-    w.writerow(["path", "index", "prediction", "confidence", "label"])
-    for i in range(len(split)):
-        w.writerow([names[i] if names else "", i, classes[int(guess[i])], f"{float(conf[i]):.4f}",
-                    classes[labels[i]] if i in labels else ""])
+    rows = ([names[i] if names else "", i, classes[int(guess[i])], f"{float(conf[i]):.4f}",
+             classes[labels[i]] if i in labels else ""] for i in range(len(split)))
     if engine.is_main:
-        files.write_text(out, text.getvalue())
+        files.write_text(out, files.csv_text(PREDICTION_COLUMNS, rows))
     return Path(out), len(split)
 
 
-def export(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
+def export(run_dir: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> Path:
     """Write the run's model as a timm state dict with its class names and preprocessing (see README)."""
     from timm.models import split_model_name_tag
 
     from ssal.models import create_backbone, size_kwargs
 
+    out = _out(RunDir(run_dir), out, EXPORT, force)
     rd, cfg, prep, model, r = _trained(run_dir)
     if isinstance(model, Ensemble):
         raise ConfigError(f"{rd.path} trained an ensemble of {len(model.members)} models (active.strategy=ens) and "

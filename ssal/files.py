@@ -17,8 +17,10 @@ turns into a repair or a one-line error.
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import hashlib
+import io
 import json
 import os
 import re
@@ -38,6 +40,7 @@ _HINTS = {
     errno.EACCES: "check its permissions",
     errno.EPERM: "check its permissions",
     errno.EROFS: "the file system is read-only; choose a writable folder",
+    errno.ENOENT: "its folder does not exist: create it first, or choose another path",
 }
 
 
@@ -124,8 +127,6 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def torch_save(path: str | os.PathLike, obj: Any) -> None:
     """``torch.save`` through memory: torch reports a full disk as a RuntimeError about zip positions,
     a plain write says ENOSPC."""
-    import io
-
     import torch
 
     buf = io.BytesIO()
@@ -134,7 +135,10 @@ def torch_save(path: str | os.PathLike, obj: Any) -> None:
 
 
 def writable_problem(path: str | os.PathLike) -> str | None:
-    """Why a folder could not be made or written at ``path`` (None: it could). Reads only."""
+    """Why a folder could not be made or written at ``path`` (None: it could). Leaves the disk as it was.
+
+    The nearest existing folder is probed with a real (empty, removed at once) folder: permission bits
+    say nothing for root, nor for /proc, a read-only mount or a full quota."""
     path = Path(os.path.expanduser(str(path)))
     for parent in [path, *path.parents]:
         if parent.exists():
@@ -142,6 +146,10 @@ def writable_problem(path: str | os.PathLike) -> str | None:
                 return f"'{parent}' is a file"
             if not os.access(parent, os.W_OK | os.X_OK):
                 return f"'{parent}' is not writable"
+            try:
+                os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".ssal-probe."))
+            except OSError as e:
+                return f"'{parent}' cannot be written ({(e.strerror or type(e).__name__).lower()})"
             return None
     return None
 
@@ -151,6 +159,59 @@ def mkdirs(path: str | os.PathLike) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise storage_error(e, path, "create") from None
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """A checksum of a file's bytes (what an image *is*, whatever its name): :func:`digest` of them."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_identity(path: str | os.PathLike) -> str:
+    """:func:`file_digest`, or why the file cannot be read (which never equals a digest)."""
+    try:
+        return file_digest(path)
+    except OSError as e:
+        return f"unreadable ({(e.strerror or type(e).__name__).lower()})"
+
+
+# ----------------------------------------------------------------------------- CSV for people
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP, "CSV injection"):
+# '=HYPERLINK(...)' in a file name would be a live link in queries.csv.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def csv_plain(cell: str) -> str:
+    """The text a cell written by :func:`csv_safe` stands for (its protecting apostrophe removed)."""
+    if len(cell) > 1 and cell[0] == "'" and (cell[1] in _FORMULA_START or cell[1] == "'"):
+        return cell[1:]
+    return cell
+
+
+def csv_safe(value: Any) -> str:
+    """``value`` as a CSV cell that a spreadsheet shows as text: a string that would start a formula
+    gets a leading apostrophe (a number stays a number); :func:`csv_plain` gives the string back."""
+    text = str(value)
+    if not isinstance(value, str) or not text:
+        return text
+    if (text[0] in _FORMULA_START and not _NUMBER.fullmatch(text)) or csv_plain(text) != text:
+        return "'" + text
+    return text
+
+
+def csv_text(header: list[str] | tuple[str, ...], rows: Any) -> str:
+    """A CSV file (excel dialect, ``\\r\\n`` lines) whose every text cell is :func:`csv_safe`."""
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow([csv_safe(h) for h in header])
+    for row in rows:
+        w.writerow([csv_safe(v) for v in row])
+    return text.getvalue()
 
 
 # ----------------------------------------------------------------------------- checksums
@@ -197,6 +258,8 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise Damaged(path, f"not valid JSON (line {e.lineno}: {e.msg}; truncated?)") from None
+    except RecursionError:
+        raise Damaged(path, "not a state file (JSON nested too deeply)") from None
 
 
 def read_sealed_json(path: str | os.PathLike) -> dict:

@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import os
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +28,13 @@ import torch
 from ssal import files
 from ssal.data.pool import SKIP, ActivePool
 from ssal.errors import ConfigError, DataError, closest, one_line
-from ssal.rundir import RunDir, RunInUse
+from ssal.outputs import Output, check_file, data_folders, starts_with
+from ssal.rundir import RunDir, RunInUse, check_unchanged
 
 SKIP_WORDS = ("skip", "unsure")
 QUERY_COLUMNS = ("query", "index", "path", "suggestion", "confidence", "label", "run")
 LS_PREFIX = "/data/local-files/?d="  # how Label Studio serves local files
+TRANSACTION_WAIT = 10.0  # seconds an import or an answer waits for another one to finish (two pages, ...)
 
 
 @dataclass
@@ -62,17 +65,21 @@ class _Pool:
         self.by_path = {} if self.names is None else {p: i for i, p in self.names.items()}
 
     def index_of_path(self, raw: str) -> int | None:
-        p = raw.strip()
-        if p.startswith(LS_PREFIX):
-            p = p[len(LS_PREFIX):]
-        if self.root is not None and os.path.isabs(p):
-            p = os.path.relpath(p, self.root)
-        p = os.path.normpath(p).replace(os.sep, "/")
-        return self.by_path.get(p)
+        """The index a path names: as written, or as a spreadsheet or ssal's CSV protection wrote it (spaces
+        around it, a protecting apostrophe), a Label Studio reference (URL-encoded) or an absolute path."""
+        for p in dict.fromkeys((raw, files.csv_plain(raw), raw.strip(), files.csv_plain(raw.strip()))):
+            if p.startswith(LS_PREFIX):
+                p = urllib.parse.unquote(p[len(LS_PREFIX):])
+            if self.root is not None and os.path.isabs(p):
+                p = os.path.relpath(p, self.root)
+            p = os.path.normpath(p).replace(os.sep, "/") if p else p
+            if p in self.by_path:
+                return self.by_path[p]
+        return None
 
     def label_of(self, raw: str, where: str) -> int | None:
         """A class index, SKIP, or None for an empty answer."""
-        text = raw.strip()
+        text = files.csv_plain(raw.strip())
         if not text:
             return None
         if text in self.classes:
@@ -101,6 +108,10 @@ def _read_text(path: Path) -> str:
                         "again") from None
 
 
+class NoLabels(DataError):
+    """A label file whose every label is empty."""
+
+
 def read_answer_file(path: str | os.PathLike, pool: _Pool, run_id: str | None = None) -> tuple[dict[int, int], int]:
     """``({index: label or SKIP}, rows without an answer)`` of a CSV or Label Studio JSON file."""
     path = Path(path)
@@ -109,35 +120,38 @@ def read_answer_file(path: str | os.PathLike, pool: _Pool, run_id: str | None = 
         rows = _label_studio_rows(path, text, run_id)
     else:
         rows = _csv_rows(path, text, run_id)
-    answers: dict[int, int] = {}
-    first_line: dict[int, tuple[str, str]] = {}
-    empty = 0
-    for where, index, path_text, label_text in rows:
+    given: dict[int, list[tuple[str, int | None, str]]] = {}  # index -> (where, label or None, as written)
+    for where, index, path_text, label_texts in rows:
         i = _resolve(pool, where, index, path_text)
-        label = pool.label_of(label_text, where)
-        if label is None:
-            empty += 1
-            continue
-        if i in answers and answers[i] != label:
-            other_where, other = first_line[i]
-            name = pool.names[i] if pool.names and i in pool.names else f"index {i}"
-            raise DataError(f"{other_where} and {where.removeprefix(str(path)).strip()} give {name} two labels "
-                            f"('{other}' and '{label_text.strip()}'); keep one of them")
-        answers[i] = label
-        first_line.setdefault(i, (where, label_text.strip()))
+        for label_text in [label_texts] if isinstance(label_texts, str) else label_texts:
+            given.setdefault(i, []).append((where, pool.label_of(label_text, where), label_text.strip()))
+    several = {i: got for i, got in given.items() if len({label for _, label, _ in got}) > 1}
+    if several:  # one image, different answers (two rows, or several annotators): ssal will not pick one
+        i, got = next(iter(several.items()))
+        shown = ", ".join(f"'{one_line(text) or 'no label'}' ({where.removeprefix(str(path)).strip()})"
+                          for where, _, text in got[:3])
+        more = f"; {len(several) - 1} more images have several answers too" if len(several) > 1 else ""
+        raise DataError(f"{path}: {_name(pool, i)} has {len(got)} different answers: {shown}{more}; keep one "
+                        "answer per image and import the file again")
+    answers = {i: got[0][1] for i, got in given.items() if got[0][1] is not None}
+    empty = sum(1 for got in given.values() if got[0][1] is None)
     if not answers:
-        raise DataError(f"{path} has no labels (every label is empty); fill in the label column (a class name, or "
-                        f"{'/'.join(SKIP_WORDS)}), then import it")
+        raise NoLabels(f"{path} has no labels (every label is empty); fill in the label column (a class name, or "
+                       f"{'/'.join(SKIP_WORDS)}), then import it")
     return answers, empty
+
+
+def _name(pool: _Pool, i: int) -> str:
+    return f"'{one_line(pool.names[i])}'" if pool.names and i in pool.names else f"index {i}"
 
 
 def _resolve(pool: _Pool, where: str, index: str | int | None, path_text: str | None) -> int:
     i = None
     if index is not None and str(index).strip() != "":
-        try:
-            i = int(str(index).strip())
-        except ValueError:
-            raise DataError(f"{where}: index '{one_line(str(index))}' is not a whole number") from None
+        text = str(index).strip()
+        if isinstance(index, bool) or not (text.isascii() and text.isdigit()):  # int() takes '1_0' and '١'
+            raise DataError(f"{where}: index '{one_line(text)}' is not a whole number (digits 0-9 only)")
+        i = int(text)
         if not 0 <= i < pool.n:
             raise DataError(f"{where}: index {i} is not in the pool (0..{pool.n - 1})")
     if path_text is not None and path_text.strip() and pool.names is not None:
@@ -155,13 +169,19 @@ def _resolve(pool: _Pool, where: str, index: str | int | None, path_text: str | 
     return i
 
 
+def _dialect(text: str) -> type[csv.Dialect]:
+    """Comma, semicolon (spreadsheets in some locales) or tab: the one that splits the header into a 'label'
+    column; read from the header alone, since file names in the rows may hold any of them."""
+    header = text.split("\n", 1)[0].strip().lower()
+    for delimiter in (",", ";", "\t"):
+        if "label" in [h.strip().strip('"') for h in header.split(delimiter)]:
+            return type("Dialect", (csv.excel,), {"delimiter": delimiter})
+    return csv.excel
+
+
 def _csv_rows(path: Path, text: str, run_id: str | None) -> list[tuple[str, str | None, str | None, str]]:
     try:
-        dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t") if text.strip() else csv.excel
-    except csv.Error:
-        dialect = csv.excel
-    try:
-        reader = csv.reader(io.StringIO(text, newline=""), dialect)
+        reader = csv.reader(io.StringIO(text, newline=""), _dialect(text))
         header = next(reader, None)
         body = list(reader)
     except csv.Error as e:
@@ -190,12 +210,16 @@ def _csv_rows(path: Path, text: str, run_id: str | None) -> list[tuple[str, str 
     return rows
 
 
-def _label_studio_rows(path: Path, text: str, run_id: str | None) -> list[tuple[str, int | None, str | None, str]]:
+def _label_studio_rows(path: Path, text: str, run_id: str | None
+                       ) -> list[tuple[str, int | None, str | None, list[str]]]:
     try:
         tasks = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"{path} is not valid JSON (line {e.lineno}: {e.msg}); export it again from Label "
                         "Studio as JSON") from None
+    except RecursionError:
+        raise DataError(f"{path} is JSON nested too deeply to be a Label Studio export; export the project "
+                        "again as JSON") from None
     if isinstance(tasks, dict) and ({"data", "ssal_index", "image", "path"} & tasks.keys()):
         tasks = [tasks]  # one task
     if not isinstance(tasks, list) or not all(isinstance(t, dict) for t in tasks):
@@ -211,35 +235,37 @@ def _label_studio_rows(path: Path, text: str, run_id: str | None) -> list[tuple[
         index = data.get("ssal_index")
         image = data.get("image") or data.get("path")
         if "data" in task:
-            label = _ls_choice(task, where)
+            labels = _ls_choices(task, where)
         else:  # JSON-MIN: the choice under the control's name ('label' in ssal's config)
-            label = _one_choice(task.get("label", ""), where)
-        if label is None:
+            labels = [_one_choice(task.get("label", ""), where)]
+        if not labels:
             continue
-        rows.append((where, index, image if isinstance(image, str) else None, label))
+        rows.append((where, index, image if isinstance(image, str) else None, labels))
     return rows
 
 
-def _ls_choice(task: dict, where: str) -> str | None:
-    """The latest annotation's choice ('skip' when the annotator skipped the task; None: not annotated)."""
+def _ls_choices(task: dict, where: str) -> list[str]:
+    """Every annotation's choice ('skip' where an annotator skipped the task, '' for an empty submit); []
+    when nobody annotated it. Several annotations that differ are refused by the caller."""
     annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict)]
-    if not annotations:
-        return None
-    latest = max(annotations, key=lambda a: str(a.get("updated_at") or a.get("created_at") or ""))
-    if latest.get("was_cancelled"):
-        return SKIP_WORDS[0]
-    results = latest.get("result") or []
-    if not isinstance(results, list):
-        raise DataError(f"{where}: the annotation's result is not a list; export the project again as JSON")
-    choices = []
-    for r in results:
-        if isinstance(r, dict) and r.get("type") == "choices":
-            value = r.get("value")
-            if not isinstance(value, dict):
-                raise DataError(f"{where}: a choice without a value object; export the project again as JSON")
-            found = value.get("choices")
-            choices += [found] if isinstance(found, str) else list(found or [])
-    return _one_choice(choices, where)
+    out = []
+    for annotation in annotations:
+        if annotation.get("was_cancelled"):
+            out.append(SKIP_WORDS[0])
+            continue
+        results = annotation.get("result") or []
+        if not isinstance(results, list):
+            raise DataError(f"{where}: the annotation's result is not a list; export the project again as JSON")
+        choices = []
+        for r in results:
+            if isinstance(r, dict) and r.get("type") == "choices":
+                value = r.get("value")
+                if not isinstance(value, dict):
+                    raise DataError(f"{where}: a choice without a value object; export the project again as JSON")
+                found = value.get("choices")
+                choices += [found] if isinstance(found, str) else list(found or [])
+        out.append(_one_choice(choices, where))
+    return out
 
 
 def _one_choice(value, where: str) -> str:
@@ -349,31 +375,92 @@ def update_answers(rd: RunDir, identity: dict, source: str, given: Callable[[Bat
     open batch; any answer to an image the batch did not query refuses them all (``source`` names where they
     came from); the merge with the stored answers is written atomically. ``expect_round``: refuse
     (:class:`BatchChanged`) if another batch is open."""
-    for note in rd.lock():
+    for note in rd.lock(wait=TRANSACTION_WAIT):
         print(f"note: {note}")
     try:
         files.remove_stale_tmp(rd.path)  # of a killed import (the lock is held: no live writer)
         batch = open_batch(rd, identity)
         if expect_round is not None and batch.round != expect_round:
             raise BatchChanged(f"the open batch is {batch.folder} now, not the one answered; reload the page")
-        answers = given(batch, batch_pool(rd, identity, batch))
-        queried = set(batch.indices)
-        stray = sorted(i for i in answers if i not in queried)
-        if stray:
-            raise DataError(f"{source} labels {len(stray)} images that the open batch ({batch.folder}, "
-                            f"{len(queried)} images) did not query, e.g. index {stray[0]}; answer only "
-                            f"{batch.folder}/queries.csv")
-        stored = rd.read_answers(batch.round)
-        changed = sum(1 for i, y in answers.items() if i in stored and stored[i] != y)
-        for i, y in answers.items():
-            if y is None:
-                stored.pop(i, None)
-            else:
-                stored[i] = y
-        rd.save_answers(batch.round, stored)
+        return _store(rd, identity, batch, source, given)
     finally:
         rd.unlock()
+
+
+def _store(rd: RunDir, identity: dict, batch: Batch, source: str,
+           given: Callable[[Batch, _Pool], dict[int, int | None]]) -> Stored:
+    """The transaction of :func:`update_answers`, its lock held (by it, or by the run itself)."""
+    pool = batch_pool(rd, identity, batch)
+    answers = given(batch, pool)
+    queried = set(batch.indices)
+    stray = sorted(i for i in answers if i not in queried)
+    if stray:
+        raise DataError(f"{source} labels {len(stray)} images that the open batch ({batch.folder}, "
+                        f"{len(queried)} images) did not query, e.g. index {stray[0]}; answer only "
+                        f"{batch.folder}/queries.csv")
+    stored = rd.read_answers(batch.round)
+    if not answers:
+        return Stored(batch, stored, 0, 0)
+    check_answered_images(rd, identity, batch, [i for i, y in answers.items() if y is not None])
+    changed = sum(1 for i, y in answers.items() if i in stored and stored[i] != y)
+    for i, y in answers.items():
+        if y is None:
+            stored.pop(i, None)
+        else:
+            stored[i] = y
+    rd.save_answers(batch.round, stored)
     return Stored(batch, stored, len(answers), changed)
+
+
+def check_answered_images(rd: RunDir, identity: dict, batch: Batch, indices: list[int]) -> None:
+    """The files of ``indices`` still hold the images the batch recorded when it was queried (a one-line
+    error naming the first that changed: an answer is for what a person saw)."""
+    record = rd.selection_record(batch.round)
+    digests = record.get("digests")
+    root = (identity["recipe"].get("data") or {}).get("root")
+    if not indices or not isinstance(digests, list) or len(digests) != len(batch.indices) or root is None:
+        return
+    position = {i: k for k, i in enumerate(batch.indices)}
+    names = dict(zip(batch.indices, record.get("paths") or [], strict=False))
+    root = Path(os.path.expanduser(root))
+    check_unchanged(indices, [digests[position[i]] for i in indices],
+                    [files.file_identity(root / names[i]) for i in indices], names, f"{batch.folder}/selected.json")
+
+
+def take_filled_queries(rd: RunDir, r: int) -> str | None:
+    """Answers a person wrote into the run's own ``rounds/rXX/queries.csv`` (filled in place, instead of
+    ``ssal label import``), stored by the run that holds the lock. Only images without a stored answer
+    take one; a different stored answer is a one-line error. Returns what was taken, or None."""
+    path = rd.round_dir(r) / "queries.csv"
+    if not path.is_file():
+        return None
+    identity = rd.identity()
+    batch = Batch(r, rd.read_selection(r))
+    stored = rd.read_answers(r)
+    taken = 0
+
+    def read(batch: Batch, pool: _Pool) -> dict[int, int]:
+        nonlocal taken
+        try:
+            answers, _ = read_answer_file(path, pool, rd.run_id())
+        except NoLabels:
+            return {}
+        clash = next((i for i, y in answers.items() if i in stored and stored[i] != y), None)
+        if clash is not None:
+            raise DataError(f"{path} answers {_name(pool, clash)} with '{_label_name(pool, answers[clash])}', but "
+                            f"the run holds the answer '{_label_name(pool, stored[clash])}' for it (from the labeling "
+                            f"page or an import): to replace stored answers import the file ('ssal label import "
+                            f"{rd.path} {path}'), or make the two agree")
+        new = {i: y for i, y in answers.items() if i not in stored}
+        taken = len(new)
+        return new
+
+    _store(rd, identity, batch, str(path), read)
+    return f"took {taken} answers from {path}" if taken else None
+
+
+def _label_name(pool: _Pool, y: int) -> str:
+    return SKIP_WORDS[0] if y == SKIP else pool.classes[y]
 
 
 def import_labels(run_dir: str | os.PathLike, label_file: str | os.PathLike) -> str:
@@ -404,14 +491,9 @@ def import_labels(run_dir: str | os.PathLike, label_file: str | os.PathLike) -> 
 
 def queries_csv(indices: list[int], names: list[str] | None, suggestions: list[str], confidences: list[float | None],
                 run_id: str) -> bytes:
-    text = io.StringIO(newline="")
-    w = csv.writer(text)
-    w.writerow(QUERY_COLUMNS)
-    for q, i in enumerate(indices, start=1):
-        conf = confidences[q - 1]
-        w.writerow([q, i, names[i] if names else "", suggestions[q - 1], "" if conf is None else f"{conf:.3f}", "",
-                    run_id])
-    return text.getvalue().encode()
+    rows = ([q, i, names[i] if names else "", suggestions[q - 1], "" if conf is None else f"{conf:.3f}", "", run_id]
+            for q, (i, conf) in enumerate(zip(indices, confidences, strict=True), start=1))
+    return files.csv_text(QUERY_COLUMNS, rows).encode()
 
 
 def contact_sheet(thumbnails: list, captions: list[str], size: int = 128, columns: int = 10) -> bytes:
@@ -464,19 +546,65 @@ def _xml(text: str) -> str:
     return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def export_label_studio(run_dir: str | os.PathLike, out: str | os.PathLike) -> tuple[Path, Path, int]:
-    """Label Studio tasks for the open batch (``out``) and its labeling config (``out`` with .xml)."""
+def _is_tasks(path: Path) -> bool:
+    try:
+        tasks = json.loads(path.read_bytes().decode())
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(tasks, list) and all(isinstance(t, dict) and isinstance(t.get("data"), dict)
+                                           and "ssal_run" in t["data"] for t in tasks)
+
+
+TASKS = Output("a Label Studio task file of 'ssal label export'", _is_tasks)
+LS_CONFIG = Output("a Label Studio labeling config of 'ssal label export'",
+                   starts_with(b'<View>\n  <Image name="image" value="$image"/>\n'))
+QUERIES = Output("a queries CSV of ssal", starts_with(",".join(QUERY_COLUMNS).encode() + b"\r\n"))
+
+
+def export_queries(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike | None = None,
+                   force: bool = False) -> tuple[list[Path], int]:
+    """The open batch for a labeling tool: Label Studio tasks (``out``, default ``rounds/rXX/tasks.json``)
+    and their labeling config (``out`` with .xml), or ssal's queries CSV (default: the run's own
+    ``queries.csv``, which exists already). Into the run directory only under its lock; anywhere else
+    only where :mod:`ssal.outputs` allows. Returns (files written or named, images)."""
     rd = RunDir(run_dir)
     identity = human_run(rd)
-    batch = open_batch(rd, identity)
+    folders = data_folders(identity["recipe"])
+    if out is not None:
+        out = Path(os.path.expanduser(str(out)))
+        if fmt == "labelstudio" and out.suffix.lower() == ".xml":
+            raise ConfigError(f"--out '{out}' names the task file, and its labeling config goes beside it with "
+                              "the suffix .xml: give a .json name (e.g. tasks.json)")
+        check_file(out, TASKS if fmt == "labelstudio" else QUERIES, force, folders)
+        if fmt == "labelstudio":
+            check_file(out.with_suffix(".xml"), LS_CONFIG, force, folders, what="--out (its .xml config)")
+    for note in rd.lock():
+        print(f"note: {note}")
+    try:
+        batch = open_batch(rd, identity)
+        folder = rd.round_dir(batch.round)
+        if fmt == "csv":
+            src = folder / "queries.csv"
+            if out is not None:
+                files.write_bytes(out, src.read_bytes())
+            return [out or src], len(batch.indices)
+        out = out or folder / "tasks.json"
+        tasks = _label_studio_tasks(rd, identity, batch)
+        files.write_text(out, json.dumps(tasks, indent=1) + "\n")
+        files.write_text(out.with_suffix(".xml"), label_studio_config(list(identity["pool"]["classes"])))
+        return [out, out.with_suffix(".xml")], len(tasks)
+    finally:
+        rd.unlock()
+
+
+def _label_studio_tasks(rd: RunDir, identity: dict, batch: Batch) -> list[dict]:
     record = rd.selection_record(batch.round)
-    classes = list(identity["pool"]["classes"])
     run_id = rd.run_id()
     tasks = []
     for q, i in enumerate(batch.indices, start=1):
         data = {"ssal_index": i, "ssal_run": run_id, "query": q}
-        if "paths" in record:
-            data["image"] = LS_PREFIX + record["paths"][q - 1]
+        if "paths" in record:  # a reference is a URL: '%20', '#' or '+' in a name must name that file
+            data["image"] = LS_PREFIX + urllib.parse.quote(record["paths"][q - 1], safe="/")
             data["path"] = record["paths"][q - 1]
         task = {"data": data}
         label = (record.get("suggestions") or [""] * len(batch.indices))[q - 1]
@@ -485,11 +613,7 @@ def export_label_studio(run_dir: str | os.PathLike, out: str | os.PathLike) -> t
             task["predictions"] = [{"model_version": f"ssal {batch.folder}", "score": conf, "result": [
                 {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [label]}}]}]
         tasks.append(task)
-    out = Path(out)
-    config = out.with_suffix(".xml")
-    files.write_text(out, json.dumps(tasks, indent=1) + "\n")
-    files.write_text(config, label_studio_config(classes))
-    return out, config, len(tasks)
+    return tasks
 
 
 def pool_entries(pool: ActivePool) -> set[int]:

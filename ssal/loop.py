@@ -22,12 +22,14 @@ from omegaconf import DictConfig, OmegaConf
 from ssal import files
 from ssal.data import ActivePool, load_dataset
 from ssal.data.datasets import ImageDataset
+from ssal.data.pool import SKIP
 from ssal.engine import Engine, FitResult, derive_seed
 from ssal.errors import ConfigError, Interrupted
 from ssal.faults import failpoint
-from ssal.labels import contact_sheet, queries_csv, thumbnails
+from ssal.labels import contact_sheet, queries_csv, take_filled_queries, thumbnails
 from ssal.models import build_model, create_backbone, initial_weights
 from ssal.oracle import HumanOracle, Oracle, SimulatedOracle
+from ssal.outputs import check_run_place, data_folders
 from ssal.pretrain.stage import check_cache_dir, pretrained_encoder
 from ssal.recipe import validate_pool
 from ssal.rundir import Restored, RunDir
@@ -59,7 +61,7 @@ class Parts:
     @classmethod
     def build(cls, cfg: DictConfig) -> Parts:
         data = load_dataset(cfg.data, seed=cfg.seed, cache_dir=cfg.cache_dir)
-        validate_pool(cfg, len(data.train))
+        validate_pool(cfg, len(data.train), 0 if data.seed_labels is None else len(data.seed_labels[0]))
         strategy = STRATEGIES.get(cfg.active.strategy)(getattr(cfg.active, cfg.active.strategy, None))
         model_cfg = cfg.model
         mc = [r for r in strategy.needs if isinstance(r, MCDropout)]
@@ -102,12 +104,15 @@ def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: E
     engine.guarded(lambda: _check_start(run_dir, cfg, resume, force) if engine.is_main else None)
     engine.announce(batch_sizes(cfg))  # and checks that the batches divide
     parts = Parts.build(cfg)
-    if resume:
-        engine.guarded(lambda: run_dir.check_pool(parts.data.fingerprint()) if engine.is_main else None)
     run_dir.names = parts.data.names()
+    if parts.data.train.files() is not None:  # a label is for an image's content, not only its path
+        run_dir.contents = parts.data.train.digests
+    if resume:
+        engine.guarded(lambda: (run_dir.check_pool(parts.data.fingerprint()), run_dir.check_contents())
+                       if engine.is_main else None)
     notes = engine.guarded(run_dir.lock)
     try:
-        for note in notes:
+        for note in [*parts.data.notes, *notes]:
             engine.print(f"[yellow]note: {note}")
         if engine.is_main:
             parts.data.save_caches()  # the image check's results, now that the run goes ahead
@@ -127,6 +132,7 @@ def _check_start(run_dir: RunDir, cfg: DictConfig, resume: bool, force: bool) ->
         run_dir.check_resumable()
     else:
         run_dir.check_new(force)
+    check_run_place(cfg.output_dir, cfg.cache_dir, data_folders(OmegaConf.to_container(cfg)))
     check_cache_dir(cfg)
 
 
@@ -203,14 +209,16 @@ class _Rounds:
             data = self.parts.data
             preprocess = {"classes": list(data.classes), "channels": data.channels, "image_size": data.image_size[0],
                           "mean": list(data.mean), "std": list(data.std)}
-            for note in eng.guarded(lambda: rd.create(self.cfg, data.fingerprint(), force, preprocess)):
+            seeded = [] if data.seed_labels is None else data.seed_labels[0].tolist()
+            for note in eng.guarded(lambda: rd.create(self.cfg, data.fingerprint(), force, preprocess, seeded)):
                 self.note(note)
             return Restored([], None)
-        for change in eng.guarded(lambda: rd.update_recipe(self.cfg)):
-            self.note(f"recipe changed on resume: {change}")
         state = rd.restore(self.parts.oracle.answers, self.parts.new_pool, self.checkpoints_needed)
         for note in state.notes:
             self.note(note)
+        if state.start <= self.R:  # the run goes on: the keys changed on resume become its own
+            for change in eng.guarded(lambda: rd.update_recipe(self.cfg)):
+                self.note(f"recipe changed on resume: {change}")
         return state
 
     # ------------------------------------------------------------------ the rounds
@@ -362,12 +370,23 @@ class _Rounds:
     def receive(self, acq: Acquisition, pool: ActivePool) -> bool:
         """Label acquisition ``acq`` with the oracle's answers (and save the pool); when people have not
         answered all of it yet, write the queries and say so: False."""
-        answers = self.parts.oracle.answers(acq.round, acq.indices)
+        oracle, rd = self.parts.oracle, self.run_dir
+        answers = oracle.answers(acq.round, acq.indices)
+        if answers is None and oracle.asks_people and rd.writer:  # the queries.csv a person filled in, if any
+            taken = take_filled_queries(rd, acq.round)
+            if taken:
+                self.note(taken)
+                answers = oracle.answers(acq.round, acq.indices)
         if answers is None:
             self.write_queries(acq)
             return False
+        if pool.n_labeled == 0 and bool((answers == SKIP).all()):  # before anything is written
+            raise ConfigError(f"every answer to the first batch ({rd.round_dir(acq.round).name}) is skip or unsure, so "
+                              f"round 0 has no label to train on; change some of them ('ssal label serve {rd.path}' "
+                              f"or 'ssal label import'), then 'ssal run --resume {rd.path}', or start again with a "
+                              "larger active.initial (or data.labels naming a few labeled images) and --force")
         pool.label(acq.indices, answers, acq.round + 1)
-        self.run_dir.save_pool(pool)
+        rd.save_pool(pool)
         return True
 
     def write_queries(self, acq: Acquisition) -> None:

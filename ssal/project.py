@@ -13,6 +13,7 @@ import yaml
 
 from ssal import files
 from ssal.errors import ConfigError
+from ssal.outputs import check_place, check_run_place, data_folders
 
 HUMAN_RECIPE = {
     "data": {"dataset": "imagefolder", "root": "???", "classes": "???", "image_size": 64, "channels": 3,
@@ -35,8 +36,9 @@ HEADER = """\
 
 
 def init_project(folder: str | os.PathLike, images: str | os.PathLike, classes: list[str], test: str | None = None,
-                 labels: str | None = None, force: bool = False) -> Path:
-    """Write ``folder/recipe.yaml`` (checked like any recipe) and return its path."""
+                 labels: str | None = None, force: bool = False) -> tuple[Path, list[str]]:
+    """Write ``folder/recipe.yaml`` (checked like any recipe, its folders walked): its path, and lines for
+    people saying what was found."""
     from ssal.recipe import from_dict
 
     folder = Path(os.path.expanduser(str(folder)))
@@ -54,11 +56,31 @@ def init_project(folder: str | os.PathLike, images: str | os.PathLike, classes: 
         recipe["data"]["test_root"] = str(Path(os.path.expanduser(test)).resolve())
     if labels is not None:
         recipe["data"]["labels"] = str(Path(os.path.expanduser(labels)).resolve())
-    from_dict(recipe)  # the same checks as a recipe file (classes, names, values)
+    cfg = from_dict(recipe)  # the same checks as a recipe file (classes, names, values)
+    data = _check_data(cfg)
+    check_place(folder, "DIR", data_folders(recipe))
+    check_run_place(cfg.output_dir, cfg.cache_dir, data_folders(recipe))
     problem = files.writable_problem(folder)
     if problem:
         raise ConfigError(f"'{folder}' cannot be written: {problem}; choose another folder")
     files.mkdirs(folder)
     text = HEADER.format(images=images, recipe=path) + yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True)
     files.write_text(path, text)
-    return path
+    found = [f"{len(data.train)} images to label in {images}"
+             + (f", {len(data.test)} test images in {len(data.classes)} classes" if data.has_test else
+                " (no test folder: rounds report the model's confidence, not its accuracy; --test FOLDER adds one)")
+             + (f", {len(data.seed_labels[0])} labeled already" if data.seed_labels is not None else "")]
+    return path, found + [f"note: {note}" for note in data.notes]
+
+
+def _check_data(cfg):
+    """The folders and the label file of ``cfg`` as a run reads them (walked, not decoded): an empty image
+    folder, a test folder whose class folders are not the classes, a label file that is missing or names
+    other images are one-line errors now, not at the run."""
+    from ssal.data import DATASETS
+    from ssal.labels import read_seed_labels
+
+    data = DATASETS.get("imagefolder")(cfg.data)
+    if cfg.data.labels is not None:
+        data.seed_labels = read_seed_labels(cfg.data.labels, data)
+    return data

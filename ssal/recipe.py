@@ -17,7 +17,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from ssal.errors import ConfigError, closest, did_you_mean
+from ssal.errors import ConfigError, closest, did_you_mean, one_line
 
 
 @dataclass
@@ -161,6 +161,8 @@ def read_yaml(path: Path, what: str = "recipe") -> Any:
     try:
         _check_duplicate_keys(yaml.compose(text), f"{what} '{path}'")
         return yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{what} '{path}' nests its values too deeply to be a {what}; give a YAML file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -385,6 +387,10 @@ def validate(cfg: DictConfig) -> None:
     from ssal.semi import OBJECTIVES
 
     _require_finite(cfg)
+    name = cfg.name
+    _require(name not in (".", "..") and name.isprintable() and not set(name) & {"/", "\\"},
+             f"name '{one_line(name)}' must be a plain name (no '/', '\\', '..' or control characters): it names the "
+             "run's folder under runs/ and its plots")
     for key in ("seed", "pretrain.seed"):
         value = OmegaConf.select(cfg, key)
         _require(value is None or 0 <= value < 2**63, f"{key} must be in [0, 2**63), got {value}")
@@ -467,6 +473,9 @@ def _validate_folder_keys(d: DictConfig) -> None:
                                   "learns nothing")
         _require(all(isinstance(c, str) and c.strip() == c and c for c in names),
                  f"data.classes must be non-empty names without leading/trailing spaces, got {names}")
+        _require(all(c.isprintable() for c in names),  # a name shows on buttons, in CSV cells and in XML
+                 f"data.classes must be printable names (no line breaks, tabs or control characters), got "
+                 f"{[c for c in names if not c.isprintable()][:1]}")
         dup = sorted({c for c in names if names.count(c) > 1})
         _require(not dup, f"data.classes names {', '.join(dup)} twice; give each class once")
         lowered = [c.lower() for c in names]
@@ -514,15 +523,18 @@ def _validate_methods(cfg: DictConfig) -> None:
         request.check(cfg, cfg.active.strategy)
 
 
-def validate_pool(cfg: DictConfig, pool_size: int) -> None:
-    """Checks that need the size of the pool (known once the data set is found)."""
+def validate_pool(cfg: DictConfig, pool_size: int, seeded: int = 0) -> None:
+    """Checks that need the size of the pool (known once the data set is found) and the number of images
+    ``data.labels`` labels already (``seeded``)."""
     from ssal.semi import OBJECTIVES
 
     a = cfg.active
-    needed = a.initial + a.rounds * a.budget
+    needed = seeded + a.initial + a.rounds * a.budget
+    seed = f"the {seeded} of data.labels + " if seeded else ""
     _require(needed <= pool_size,
-             f"active.initial + active.rounds * active.budget = {needed} labels, more than the "
-             f"{pool_size} images in the pool; lower active.budget or active.rounds")
+             f"{seed}active.initial + active.rounds * active.budget = {needed} labels, more than the "
+             f"{pool_size} images in the pool; lower active.budget or active.rounds"
+             + (" (or label fewer images in data.labels)" if seeded else ""))
     _require(not OBJECTIVES.get(cfg.train.method).uses_unlabeled() or needed < pool_size,
              f"train.method={cfg.train.method} trains on unlabeled images, but the last round would have none "
              f"({needed} labels, {pool_size} images in the pool); lower active.budget or active.rounds")

@@ -28,8 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from ssal import files
-from ssal.errors import ConfigError, DataError
-from ssal.rundir import read_metrics
+from ssal.errors import ConfigError, DataError, SsalError
+from ssal.outputs import check_folder, data_folders, resolved
+from ssal.recipe import read_yaml
+from ssal.rundir import RunDir, read_metrics
 
 __all__ = ["read_metrics", "write_report", "collect_rows"]  # read_metrics: re-exported for scripts
 
@@ -55,11 +57,8 @@ def _png(fig, **kwargs) -> bytes:
 def curve_files(rows: list[dict], title: str) -> tuple[str, bytes]:
     """The text of ``curve.csv`` and the bytes of ``curve.png`` (n_labeled vs test_acc) of a run's rows."""
     plt = _pyplot()
-    text = io.StringIO(newline="")
-    w = csv.writer(text)
-    w.writerow(["round", "n_labeled", "test_acc"])
-    for r in rows:
-        w.writerow([r["round"], r["n_labeled"], f"{r['test_acc']:.6f}"])
+    text = files.csv_text(("round", "n_labeled", "test_acc"),
+                          ([r["round"], r["n_labeled"], f"{r['test_acc']:.6f}"] for r in rows))
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
     ax.plot([r["n_labeled"] for r in rows], [100 * r["test_acc"] for r in rows], marker="o")
     ax.set_xlabel("labeled samples")
@@ -69,7 +68,7 @@ def curve_files(rows: list[dict], title: str) -> tuple[str, bytes]:
     fig.tight_layout()
     png = _png(fig)
     plt.close(fig)
-    return text.getvalue(), png
+    return text, png
 
 
 # ----------------------------------------------------------------------------- labels of a run
@@ -97,22 +96,13 @@ def run_rows(run_dir: str | Path) -> list[dict]:
     if not (run_dir / "metrics.jsonl").is_file():
         raise DataError(f"'{run_dir}' is not a run directory (no metrics.jsonl); give the output_dir of a run "
                         "or of 'ssal compare'")
-    if (run_dir / "cell.json").is_file():
-        try:
-            labels = files.read_json(run_dir / "cell.json")
-        except files.Damaged as d:
-            raise DataError(f"{d}; delete it (the labels then come from recipe.yaml)") from None
-        if not isinstance(labels, dict) or not {"method", "strategy", "seed"} <= labels.keys():
-            raise DataError(f"{run_dir / 'cell.json'} lacks method, strategy and seed; delete it (the labels then "
-                            "come from recipe.yaml)")
+    labels = RunDir(run_dir).read_cell()
+    if labels is not None:
+        pass
     elif (run_dir / "run.json").is_file():  # the recipe the run was made with, verified
-        from ssal.rundir import RunDir
-
         recipe = RunDir(run_dir).identity()["recipe"]
         labels = {"method": method_label(recipe), "strategy": strategy_label(recipe), "seed": recipe["seed"]}
     elif (run_dir / "recipe.yaml").is_file():  # a run of an ssal without run.json
-        from ssal.recipe import read_yaml
-
         try:
             recipe = read_yaml(run_dir / "recipe.yaml", "recipe") or {}
         except ConfigError as e:
@@ -151,24 +141,55 @@ def _seconds(row: dict, key: str) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
-def collect_rows(paths: Iterable[str | Path]) -> list[dict]:
-    """Rows of run directories; a directory of ``ssal compare`` (with ``cells/``) stands for its cells."""
-    rows: list[dict] = []
+def run_dirs(paths: Iterable[str | Path]) -> list[Path]:
+    """The run directories given: a directory of ``ssal compare`` (with ``cells/``) stands for its cells."""
+    out: list[Path] = []
     for p in map(Path, paths):
         if not p.is_dir():
             what = "is a file, not a folder" if p.exists() else "does not exist"
             raise DataError(f"'{p}' {what}; give run directories or the output_dir of 'ssal compare'")
         if (p / "metrics.jsonl").is_file():
-            rows += run_rows(p)
+            out.append(p)
         elif (p / "cells").is_dir():
-            cells = sorted(c for c in (p / "cells").iterdir() if (c / "metrics.jsonl").is_file())
-            for c in cells:
-                rows += run_rows(c)
+            out += sorted(c for c in (p / "cells").iterdir() if (c / "metrics.jsonl").is_file())
         else:
             raise DataError(f"'{p}' holds neither a run (metrics.jsonl) nor a comparison (cells/)")
+    return out
+
+
+def collect_rows(paths: Iterable[str | Path]) -> list[dict]:
+    """Rows of run directories; a directory of ``ssal compare`` (with ``cells/``) stands for its cells."""
+    rows = [row for d in run_dirs(paths) for row in run_rows(d)]
     if not rows:
         raise DataError("no finished round in the given directories; run them first")
     return rows
+
+
+REPORT_FILES = ("results.csv", "summary.md", "curves.png", "aubc.png")
+
+
+def report_out(runs: list[str], out: str | None, force: bool = False) -> Path:
+    """Where ``ssal report RUNS`` writes: ``out``; by default the comparison folder given alone (its own
+    report), else ./report. Never into a run, another comparison or a data folder of the runs, nor over
+    other files unless ``force`` (see :mod:`ssal.outputs`)."""
+    single = Path(runs[0])
+    comparison = single if len(runs) == 1 and (single / "cells").is_dir() else None
+    target = Path(out) if out else comparison or Path("report")
+    own = comparison is not None and resolved(target) == resolved(comparison)
+    folders: list[Path] = []
+    for d in run_dirs(runs):
+        try:
+            folders += data_folders(RunDir(d).identity()["recipe"])
+        except SsalError:  # a run of an ssal without run.json: its recipe.yaml says where its data were
+            try:
+                folders += data_folders(read_yaml(d / "recipe.yaml") or {})
+            except (SsalError, AttributeError):
+                pass
+
+    def is_ours(folder: Path) -> bool:
+        return own or all(p.name in REPORT_FILES for p in folder.iterdir())
+
+    return check_folder(target, is_ours, "--out", force, folders, allow=comparison if own else None)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -297,19 +318,16 @@ def paired_to_baseline(groups: dict[tuple[str, str], Group], baseline: str = BAS
 def write_results_csv(rows: list[dict], path: str | Path) -> Path:
     path = Path(path)
     ordered = sorted(rows, key=lambda r: (r["method"], r["strategy"], int(r["seed"]), int(r["round"])))
-    text = io.StringIO(newline="")
-    w = csv.DictWriter(text, fieldnames=RESULT_FIELDS, extrasaction="ignore", lineterminator="\r\n")
-    w.writeheader()
-    for r in ordered:
-        w.writerow({**r, "test_acc": f"{float(r['test_acc']):.6f}", "train_s": f"{float(r['train_s']):.3f}",
-                    "select_s": f"{float(r['select_s']):.3f}"})
-    files.write_text(path, text.getvalue())
+    formatted = ({**r, "test_acc": f"{float(r['test_acc']):.6f}", "train_s": f"{float(r['train_s']):.3f}",
+                  "select_s": f"{float(r['select_s']):.3f}"} for r in ordered)
+    files.write_text(path, files.csv_text(RESULT_FIELDS, ([r[k] for k in RESULT_FIELDS] for r in formatted)))
     return path
 
 
 def read_results_csv(path: str | Path) -> list[dict]:
     with open(path, newline="") as f:
-        return [{**r, "seed": int(r["seed"]), "round": int(r["round"]), "n_labeled": int(r["n_labeled"]),
+        return [{**{k: files.csv_plain(v) for k, v in r.items()},
+                 "seed": int(r["seed"]), "round": int(r["round"]), "n_labeled": int(r["n_labeled"]),
                  "test_acc": float(r["test_acc"]), "train_s": float(r["train_s"]),
                  "select_s": float(r["select_s"])} for r in csv.DictReader(f)]
 

@@ -35,6 +35,7 @@ import os
 import shutil
 import socket
 import sys
+import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,6 +52,9 @@ from ssal.files import Damaged
 
 FORMAT = 1
 LOCK, IDENTITY, RECIPE, METRICS, POOL = ".lock", "run.json", "recipe.yaml", "metrics.jsonl", "pool.json"
+CELL = "cell.json"  # a comparison cell's labels (method, strategy, seed), written by ``ssal compare``
+COMPARISON = "compare.json"  # marks the output folder of ``ssal compare``
+RUN_KIND, COMPARISON_KIND = "run directory", "comparison folder"
 # recipe keys that may differ on --resume: they change neither what a stored label means nor what
 # the committed rounds computed (active.rounds may only grow: the run buys the missing batches)
 SAFE_ON_RESUME = ("name", "output_dir", "cache_dir", "data.root", "data.num_workers", "active.rounds")
@@ -106,12 +110,51 @@ def _row_problem(row: Any, i: int) -> str | None:
     return None
 
 
+def store_kind(folder: Path) -> str | None:
+    """Whether ``folder`` is a run directory (also one of an ssal without run.json) or the folder of a
+    comparison (also one made before compare.json marked it), or neither (None)."""
+    if (folder / IDENTITY).is_file() or all((folder / n).is_file() for n in (RECIPE, METRICS, POOL)):
+        return RUN_KIND
+    if (folder / COMPARISON).is_file() or all((folder / n).is_dir() for n in ("cells", "recipes", "logs")):
+        return COMPARISON_KIND
+    return None
+
+
+def enclosing_store(path: Path) -> tuple[str, Path] | None:
+    """The innermost run directory or comparison folder that holds the resolved ``path`` (or is it):
+    (kind, folder), or None."""
+    for folder in (path, *path.parents):
+        kind = store_kind(folder)
+        if kind is not None:
+            return kind, folder
+    return None
+
+
+def check_unchanged(indices: list[int], recorded: list[str], now: list[str], names, where: str) -> None:
+    """A one-line :class:`DataError` naming the first of ``indices`` whose file no longer holds what
+    ``recorded`` says it held when ``where`` recorded it: a label is for the image a person saw."""
+    changed = [k for k, (a, b) in enumerate(zip(now, recorded, strict=True)) if a != b]
+    if changed:
+        i = indices[changed[0]]
+        name = f"'{names[i]}'" if names is not None else f"index {i}"
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        what = "is missing or unreadable" if now[changed[0]].startswith("unreadable") else "has other content"
+        raise DataError(f"the image {name}{more} {what} since {where} recorded it; the run's label or query is for the "
+                        "image that was there: put the original file back, or start a new run")
+
+
 # ----------------------------------------------------------------------------- the lock
 
 class Lock:
-    """An exclusive ``flock`` on ``.lock`` for the life of a run. The kernel drops it when the process
-    dies (kill -9 included), so a lock is never stale in effect; the file also names its holder, and a
-    name left by a dead process is reported when the lock is taken over."""
+    """An exclusive ``flock`` on ``.lock`` for the life of a run (or of one labeling transaction). The
+    kernel drops it when the process dies (kill -9 included), so a lock is never stale in effect; the
+    file names its holder while it is held and is removed when it is released, so a clean stop leaves
+    nothing behind. A name left by a dead process is reported when the lock is taken over.
+
+    Removing a lock file that others may be waiting on is safe because a taker checks, once it holds
+    the lock, that the file it locked is still the one at the path (else it takes the new one)."""
+
+    SETTLE = 0.5  # seconds a taker retries: a holder() probe holds the lock for microseconds
 
     def __init__(self, path: Path):
         self.path = path
@@ -119,33 +162,47 @@ class Lock:
 
     def holder(self) -> str | None:
         """Who holds the lock now (a description), or None when it is free. Changes nothing on disk."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return _describe(os.pread(fd, 4096, 0))
-        else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return None
-        finally:
-            os.close(fd)
+        deadline = time.monotonic() + 0.25
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDONLY)
+            except OSError:
+                return None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                who = _describe(os.pread(fd, 4096, 0))
+                if who is not None or time.monotonic() > deadline:  # a new holder writes its name at once
+                    return who or "a process that did not say who it is"
+            else:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                return None
+            finally:
+                os.close(fd)
+            time.sleep(0.01)
 
-    def acquire(self) -> str | None:
-        """Take the lock or raise :class:`RunInUse`. Returns a note when a dead holder's name was found."""
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise files.storage_error(e, self.path, "create") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            who = _describe(os.pread(fd, 4096, 0))
-            os.close(fd)
-            raise RunInUse(f"{self.path.parent} is in use by another ssal process ({who}); wait for it to finish, "
-                           "or stop it, then try again") from None
+    def acquire(self, wait: float = 0.0) -> str | None:
+        """Take the lock, waiting up to ``wait`` seconds (at least :attr:`SETTLE`) for its holder, or raise
+        :class:`RunInUse`. Returns a note when a dead holder's name was found."""
+        deadline = time.monotonic() + max(wait, self.SETTLE)
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise files.storage_error(e, self.path, "create") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                if time.monotonic() < deadline:
+                    time.sleep(0.02)
+                    continue
+                who = self.holder() or "a process that has just stopped"
+                raise RunInUse(f"{self.path.parent} is in use by another ssal process ({who}); wait for it to "
+                               "finish, or stop it, then try again") from None
+            if _same_file(fd, self.path):
+                break
+            os.close(fd)  # its holder removed the file while we waited: take the one at the path now
         previous = os.pread(fd, 4096, 0)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(), "command": " ".join(sys.argv)}
         try:
@@ -157,18 +214,29 @@ class Lock:
             raise files.storage_error(e, self.path) from None
         self.fd = fd
         _HELD.add(self)
-        return f"took over the lock of {_describe(previous)}, which is no longer running" if previous.strip() else None
+        if not previous.strip():
+            return None
+        return f"took over the lock of {_describe(previous) or 'an unknown process'}, which is no longer running"
 
     def release(self) -> None:
         _HELD.discard(self)
         if self.fd is None:
             return
-        with contextlib.suppress(OSError):
-            os.ftruncate(self.fd, 0)  # an empty lock file: nobody holds it
+        if _same_file(self.fd, self.path):
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)  # still held: a taker that opened it finds it gone and retries
         with contextlib.suppress(OSError):
             fcntl.flock(self.fd, fcntl.LOCK_UN)
         os.close(self.fd)
         self.fd = None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 _HELD: set[Lock] = set()
@@ -190,12 +258,13 @@ def _now() -> str:
     return datetime.datetime.now().isoformat(timespec="seconds")
 
 
-def _describe(raw: bytes) -> str:
+def _describe(raw: bytes) -> str | None:
+    """The holder a lock file names, or None when it names nobody (empty, or being written)."""
     try:
-        info = json.loads(raw.decode())
+        info, _ = json.JSONDecoder().raw_decode(raw.decode())  # an older, longer name may follow a new one
         return f"pid {info['pid']} on {info['host']}, since {info['since']}: {info['command']}"
     except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-        return "a process that did not say who it is"
+        return None
 
 
 # ----------------------------------------------------------------------------- the run directory
@@ -224,10 +293,12 @@ class Restored:
 class RunDir:
     """One run directory. ``writer=False`` (processes other than the main one): reads only."""
 
-    def __init__(self, path: str | os.PathLike, writer: bool = True, names: list[str] | dict[int, str] | None = None):
+    def __init__(self, path: str | os.PathLike, writer: bool = True, names: list[str] | dict[int, str] | None = None,
+                 contents: Callable[[list[int]], list[str]] | None = None):
         self.path = Path(path)
         self.writer = writer
         self.names = names  # image paths relative to data.root (the pool's list, or index -> path), for folders
+        self.contents = contents  # indices -> digests of their image files (folders): what a label was given for
         self._lock = Lock(self.path / LOCK)
 
     def __repr__(self) -> str:
@@ -312,9 +383,15 @@ class RunDir:
     def resume_recipe(self, overrides: list[str] = ()) -> DictConfig:
         """The recipe to continue with: recipe.yaml (+ ``overrides``), checked against the recipe the run
         was made with. A change outside :data:`SAFE_ON_RESUME` (or fewer rounds) is refused."""
-        from ssal.recipe import from_dict, load_recipe
+        from ssal.recipe import from_dict, load_recipe, parse_overrides
 
         stored = self.check_resumable()["recipe"]
+        # an override of a key that must not change is refused for that reason, before the recipe it would
+        # make is checked (active.oracle=human on a run made for people is not an initial_strategy problem)
+        given = OmegaConf.to_container(parse_overrides(list(overrides))) if overrides else {}
+        for key, before, after in _differences(stored, given):
+            if after is not None and key not in SAFE_ON_RESUME and _has(stored, key):  # (a typo: load says so)
+                self._refuse_change("the overrides", key, before, after)
         where = f"'{self._p(RECIPE)}'"
         if self._p(RECIPE).is_file():
             try:  # the file alone first: its errors are the file's, an override's are the override's
@@ -334,21 +411,25 @@ class RunDir:
                 continue
             if key in SAFE_ON_RESUME and key != "active.rounds":
                 continue
-            how = ("active.rounds may only grow on --resume" if key == "active.rounds" else
-                   f"only {', '.join(SAFE_ON_RESUME)} may change on --resume")
-            raise ConfigError(f"{where} changes {key} from {before!r} to {after!r}, but {self.path} was made with "
-                              f"{before!r} and its stored labels and rounds depend on it ({how}); undo the change, "
-                              "or start a new run with another output_dir")
+            self._refuse_change(where, key, before, after)
         return cfg
 
+    def _refuse_change(self, where: str, key: str, before: Any, after: Any) -> None:
+        how = ("active.rounds may only grow on --resume" if key == "active.rounds" else
+               f"only {', '.join(SAFE_ON_RESUME)} may change on --resume")
+        raise ConfigError(f"{where} changes {key} from {before!r} to {after!r}, but {self.path} was made with "
+                          f"{before!r} and its stored labels and rounds depend on it ({how}); undo the change, "
+                          "or start a new run with another output_dir")
+
     # ------------------------------------------------------------------ lifecycle
-    def lock(self) -> list[str]:
-        """Take the run's lock for this process (main process only; the folder is made if needed).
-        Returns notes (a dead holder's lock taken over); raises :class:`RunInUse`."""
+    def lock(self, wait: float = 0.0) -> list[str]:
+        """Take the run's lock for this process (main process only; the folder is made if needed), waiting
+        up to ``wait`` seconds for another holder (a labeling transaction takes milliseconds). Returns
+        notes (a dead holder's lock taken over); raises :class:`RunInUse`."""
         if not self.writer:
             return []
         files.mkdirs(self.path)
-        note = self._lock.acquire()
+        note = self._lock.acquire(wait)
         return [note] if note else []
 
     def unlock(self) -> None:
@@ -358,9 +439,11 @@ class RunDir:
         """Who holds the run's lock now (pid, host, since, command), or None. Changes nothing."""
         return self._lock.holder()
 
-    def create(self, cfg: DictConfig, pool_fingerprint: dict, force: bool, preprocess: dict | None = None) -> list[str]:
+    def create(self, cfg: DictConfig, pool_fingerprint: dict, force: bool, preprocess: dict | None = None,
+               seed_labeled: list[int] = ()) -> list[str]:
         """Write a new run (lock held): with ``force`` an existing run is deleted first. ``preprocess``
-        (class names, channels, image size, mean and std) is what a model of the run expects as input."""
+        (class names, channels, image size, mean and std) is what a model of the run expects as input;
+        ``seed_labeled``: the indices ``data.labels`` labels (their images' digests are kept)."""
         notes = []
         if not self.writer:
             return notes
@@ -383,7 +466,9 @@ class RunDir:
         files.write_json(self._p(IDENTITY), files.seal({
             "format": FORMAT, "ssal": __version__, "created": _now(), "recipe": recipe,
             "recipe_digest": files.json_digest(recipe), "pool": pool_fingerprint,
-            **({"preprocess": preprocess} if preprocess is not None else {})}))
+            **({"preprocess": preprocess} if preprocess is not None else {}),
+            **({"seed_digests": [list(p) for p in zip(seed_labeled, self.contents(list(seed_labeled)), strict=True)]}
+               if seed_labeled and self.contents is not None else {})}))
         self._write_recipe(cfg)
         files.write_text(self._p(METRICS), "")
         for sub in ("checkpoints", "rounds"):
@@ -467,11 +552,33 @@ class RunDir:
         return self.round_dir(r) / "selected.json"
 
     def save_selection(self, record: dict) -> None:
-        """``rounds/rXX/selected.json`` (round -1: the initial set, ``rounds/initial/``)."""
+        """``rounds/rXX/selected.json`` (round -1: the initial set, ``rounds/initial/``), with the paths and
+        the content digests of folder images: people answer what the files hold now."""
         if self.writer:
             path = self._selection_path(record["round"])
             files.mkdirs(path.parent)
-            files.write_json(path, {**record, **self._paths(record["indices"])})
+            digests = {} if self.contents is None else {"digests": self.contents(record["indices"])}
+            files.write_json(path, {**record, **self._paths(record["indices"]), **digests})
+
+
+    def check_contents(self) -> None:
+        """Every image the run holds a label or a query for is still the image it was (run.json's seed
+        labels, every selected.json): one :class:`DataError` line naming the first that changed."""
+        if self.contents is None:
+            return
+        seed = self.identity().get("seed_digests")
+        if seed:
+            indices = [i for i, _ in seed]
+            check_unchanged(indices, [d for _, d in seed], self.contents(indices), self.names, "run.json")
+        rows = self.committed()
+        for r in range(-1, (rows[-1]["round"] if rows else -1) + 1):
+            try:
+                record = self.selection_record(r)
+            except Damaged:
+                continue  # a missing or damaged record is --resume's to repair, not a changed image
+            if isinstance(record.get("digests"), list) and len(record["digests"]) == len(record["indices"]):
+                check_unchanged(record["indices"], record["digests"], self.contents(record["indices"]), self.names,
+                                f"rounds/{self.round_dir(r).name}/selected.json")
 
     def saved_selection(self, r: int) -> list[int] | None:
         """Acquisition ``r``'s indices as recorded, or None when there is no readable record."""
@@ -574,6 +681,44 @@ class RunDir:
             files.write_text(self._p("curve.csv"), csv_text)
             files.write_bytes(self._p("curve.png"), png)
 
+    def save_cell(self, labels: dict) -> None:
+        """``cell.json``: the labels (method, strategy, seed) a comparison gives this run (lock taken here:
+        the comparison writes it once the cell's own run has ended)."""
+        if not self.writer:
+            return
+        self.lock(wait=5.0)
+        try:
+            files.write_json(self._p(CELL), files.seal(dict(labels)))
+        finally:
+            self.unlock()
+
+    def read_cell(self) -> dict | None:
+        """The comparison's labels of this run, verified; None when it has none. A damaged file is a
+        one-line :class:`DataError`."""
+        if not self._p(CELL).exists():
+            return None
+        try:
+            labels = files.read_sealed_json(self._p(CELL))
+        except Damaged as d:
+            raise DataError(f"{d}; delete it (the labels then come from the run's recipe)") from None
+        if not {"method", "strategy", "seed"} <= labels.keys():
+            raise DataError(f"{self._p(CELL)} lacks method, strategy and seed; delete it (the labels then come from "
+                            "the run's recipe)")
+        return labels
+
+    def verified_pool(self) -> bool:
+        """Whether pool.json holds exactly what the last committed round recorded (reads only)."""
+        rows = self.committed()
+        want = rows[-1].get("pool") if rows else None
+        if not isinstance(want, dict):
+            return not rows
+        try:
+            body = files.read_sealed_json(self._p(POOL))
+            pool = ActivePool.from_state(body).head(want["labeled"])
+        except (Damaged, ValueError, KeyError, TypeError, IndexError, RuntimeError):
+            return False
+        return files.json_digest(pool.state_dict()) == want.get("digest")
+
     def write_pretrain_log(self, lines: list[dict]) -> None:
         if self.writer:
             files.write_text(self._p("pretrain.jsonl"), "".join(files.dumps(line) + "\n" for line in lines))
@@ -664,6 +809,14 @@ class RunDir:
         except (Damaged, ValueError, IndexError):
             return None
         return pool
+
+
+def _has(tree: dict, key: str) -> bool:
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return False
+        tree = tree[part]
+    return True
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:

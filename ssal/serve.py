@@ -17,22 +17,24 @@ from the paths the run recorded: a request never names a file.
 from __future__ import annotations
 
 import collections
+import hmac
 import io
 import ipaddress
 import json
-import mimetypes
 import os
+import secrets
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from ssal import labels
+from ssal import files, labels
 from ssal.data.pool import SKIP
 from ssal.errors import ConfigError, DataError, SsalError, one_line
 from ssal.files import Damaged
@@ -47,9 +49,9 @@ LOG_LINES = 200  # of the --continue run, kept for the page
 class Problem(Exception):
     """A bad request: an HTTP status and one line saying why (nothing was changed)."""
 
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None):
         super().__init__(reason)
-        self.status = status
+        self.status, self.headers = status, headers or {}
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Item:
     path: str | None
     suggestion: str
     confidence: float | None
+    digest: str | None = None  # of the file when it was queried: the page shows only that image
 
 
 class Job:
@@ -108,6 +111,7 @@ class Session:
         self.root = Path(os.path.expanduser(root)).resolve() if root else None
         self.allow_continue = allow_continue
         self.run_id = self.rd.run_id()  # in image URLs: another run's image 5 is never taken from the browser cache
+        self.token = secrets.token_urlsafe(24)  # in the page; every request that changes something must carry it
         self.job: Job | None = None
         self.write_lock = threading.Lock()  # one write at a time within this server (the run lock is between processes)
         self._split = None  # the pool's images when they are not files (builtin data sets)
@@ -141,9 +145,10 @@ class Session:
             paths = record.get("paths") or [None] * n
             suggestions = record.get("suggestions") or [""] * n
             confidences = record.get("confidences") or [None] * n
-            self._items[batch.round] = [Item(q, i, p, s or "", c) for q, (i, p, s, c) in
-                                        enumerate(zip(batch.indices, paths, suggestions, confidences, strict=True),
-                                                  start=1)]
+            digests = record.get("digests") if len(record.get("digests") or []) == n else [None] * n
+            self._items[batch.round] = [Item(q, i, p, s or "", c, d) for q, (i, p, s, c, d) in
+                                        enumerate(zip(batch.indices, paths, suggestions, confidences, digests,
+                                                      strict=True), start=1)]
         return self._items[batch.round]
 
     def state(self) -> dict:
@@ -218,7 +223,7 @@ class Session:
         if item is None:
             raise Problem(404, f"index {index} is not an image of the open batch {batch.folder}")
         if item.path is not None:
-            return self._file(item.path)
+            return self._file(item)
         import torch
         from torchvision.transforms.functional import to_pil_image
 
@@ -227,28 +232,34 @@ class Session:
         to_pil_image(split.load(torch.tensor([index]))[0]).save(buf, format="PNG")
         return buf.getvalue(), "image/png"
 
-    def _file(self, rel: str) -> tuple[bytes, str]:
+    def _file(self, item: Item) -> tuple[bytes, str]:
+        """The image ``item`` names: a file under data.root (links resolved, none out of it), the image the
+        run queried (its digest), decoded; sent as it is in a format browsers show, else as a PNG."""
         if self.root is None:
             raise Problem(500, "the run's recipe has no data.root")
-        parts = Path(rel).parts
-        if Path(rel).is_absolute() or ".." in parts:  # selected.json names it, but never serve above data.root
-            raise Problem(404, "not an image of the pool")
-        path = self.root / rel  # not resolved: a pool image may be a link to a file elsewhere, as the pool allows
+        rel = item.path
+        path = Path(os.path.realpath(self.root / rel))
+        if Path(rel).is_absolute() or not path.is_relative_to(self.root):  # selected.json names it: never above
+            raise Problem(404, f"{rel} does not lead to a file under data.root")
         try:
             data = path.read_bytes()
         except OSError as e:
             raise Problem(404, f"cannot read {rel} under data.root ({e.strerror}); was the image moved?") from None
-        from PIL import Image, UnidentifiedImageError
+        if item.digest is not None and files.digest(data) != item.digest:
+            raise Problem(409, f"{rel} has changed since it was queried; put the original file back (its answer "
+                               "would be for another image)")
+        from PIL import Image
 
         try:
             with Image.open(io.BytesIO(data)) as im:
+                im.load()  # decodes: a file that is not a whole image is never sent
                 if im.format in BROWSER_FORMATS:
                     return data, BROWSER_FORMATS[im.format]
                 buf = io.BytesIO()
                 im.convert("RGB").save(buf, format="PNG")
                 return buf.getvalue(), "image/png"
-        except (UnidentifiedImageError, OSError):
-            return data, mimetypes.guess_type(rel)[0] or "application/octet-stream"
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+            raise Problem(409, f"{rel} is not an image that can be decoded ({type(e).__name__}); replace it") from None
 
     def _pool_split(self):
         with self._split_lock:  # the page asks for several images at once; load the data set once
@@ -274,6 +285,7 @@ class Session:
         if missing:
             raise DataError(f"{len(missing)} of the {len(paths)} images of {batch.folder} are not under data.root "
                             f"({self.root}), e.g. {missing[0]}; put them back (the run's labels name these paths)")
+        labels.check_answered_images(self.rd, self.identity, batch, list(batch.indices))
 
     # ------------------------------------------------------------------ the next round
     def start_continue(self) -> dict:
@@ -317,10 +329,26 @@ def create_app(session: Session, allowed_hosts: list[str]):
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
-    html = page()
+    html = page().replace(b"{{SSAL_TOKEN}}", session.token.encode())
 
     def problem(e: Problem) -> JSONResponse:
-        return JSONResponse({"error": str(e)}, status_code=e.status)
+        return JSONResponse({"error": str(e)}, status_code=e.status, headers=e.headers)
+
+    def from_the_page(request: Request) -> None:
+        """A request that changes something comes from this server's own page: it carries the page's token
+        (another site's page cannot read it) and no other site's Origin (or Referer)."""
+        if not hmac.compare_digest(request.headers.get("x-ssal-token", ""), session.token):
+            raise Problem(403, "this request does not come from the labeling page (its token is missing or wrong); "
+                               "answer on the page itself, or reload it",
+                          {"X-SSAL-Stale-Token": "1"})  # the page of a restarted server reads the new one
+        own = f"http://{request.headers.get('host', '')}"
+        origin = request.headers.get("origin")
+        if origin is None and request.headers.get("referer"):
+            parts = urllib.parse.urlsplit(request.headers["referer"])
+            origin = f"{parts.scheme}://{parts.netloc}"
+        if origin is not None and origin != own:
+            raise Problem(403, f"a request from another site ({one_line(origin)[:100]}) is refused; use the page at "
+                               f"{own}/")
 
     async def json_body(request: Request) -> object:
         if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
@@ -349,6 +377,7 @@ def create_app(session: Session, allowed_hosts: list[str]):
 
     async def answer(request: Request) -> Response:
         try:
+            from_the_page(request)
             body = await json_body(request)
             from starlette.concurrency import run_in_threadpool
 
@@ -366,10 +395,14 @@ def create_app(session: Session, allowed_hosts: list[str]):
             data, media = session.image(int(raw))
         except Problem as e:
             return problem(e)
-        return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+        return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600",
+                                                          "X-Content-Type-Options": "nosniff"})
 
-    def cont(request: Request) -> Response:
+    async def cont(request: Request) -> Response:
         try:
+            from_the_page(request)
+            if await json_body(request) != {}:
+                raise Problem(400, "continue takes an empty JSON object {}")
             return JSONResponse(session.start_continue())
         except Problem as e:
             return problem(e)

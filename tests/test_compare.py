@@ -3,7 +3,6 @@ real tiny grid."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,6 +16,7 @@ import yaml
 from ssal.cli import main
 from ssal.compare import load_spec, run_plan
 from ssal.report import read_metrics, read_results_csv
+from ssal.rundir import RunDir
 
 SSAL = str(Path(sys.executable).with_name("ssal"))
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,7 +120,7 @@ def test_tiny_grid_runs_and_reports(tmp_path, base):
     for c in plan.cells:
         mine = [r for r in rows if (r["strategy"], r["seed"]) == (c.labels["strategy"], c.labels["seed"])]
         assert [r["test_acc"] for r in mine] == pytest.approx([m["test_acc"] for m in read_metrics(c.cfg.output_dir)])
-        assert json.loads((Path(c.cfg.output_dir) / "cell.json").read_text()) == c.labels
+        assert RunDir(c.cfg.output_dir).read_cell() == c.labels
         assert (out / "recipes" / f"{c.name}.yaml").is_file()
     # same seed, same initial labels and round-0 training: the paired difference at 20 labels is 0
     assert "| supervised | entropy | 2 | +0.00 [+0.00, +0.00] |" in (out / "summary.md").read_text()

@@ -55,10 +55,12 @@ SECRET = b"secret-token-7f3a9c: never served\n"
 @pytest.fixture(scope="module")
 def pool(tmp_path_factory) -> dict:
     """80 16x16 colour images under data.root (flat and nested): every 4th a TIFF, every 4th a PNG that is
-    a symbolic link to a file outside data.root; secret.txt next to them. truth: {relative path: class}."""
+    a symbolic link to a file in a hidden folder of data.root; secret.txt next to them. truth: {relative
+    path: class}."""
     tmp = tmp_path_factory.mktemp("label_page")
-    root, elsewhere = tmp / "photos", tmp / "elsewhere"
-    elsewhere.mkdir()
+    root = tmp / "photos"
+    elsewhere = root / ".store"  # not walked itself (hidden), reached through the links only
+    elsewhere.mkdir(parents=True)
     rng = np.random.default_rng(7)
     truth, kinds = {}, {}
     for i in range(N_POOL):
@@ -98,8 +100,16 @@ def selected(run: Path, folder: str = "initial") -> dict:
     return json.loads((run / "rounds" / folder / "selected.json").read_text())
 
 
+def page_token(html: bytes) -> str:
+    """The token the page carries (and sends with every request that changes something)."""
+    return re.search(rb'<meta name="ssal-token" content="([^"]+)">', html).group(1).decode()
+
+
 def client(run: Path, **kw) -> TestClient:
-    return TestClient(create_app(Session(run, **kw), ["testserver"]), raise_server_exceptions=False)
+    """A client of the page's app that sends what the page sends: its token (read from the page)."""
+    c = TestClient(create_app(Session(run, **kw), ["testserver"]), raise_server_exceptions=False)
+    c.headers["X-SSAL-Token"] = page_token(c.get("/").content)
+    return c
 
 
 def one_line_error(response, status: int, *fragments: str) -> str:
@@ -180,10 +190,14 @@ class Server:
             raise AssertionError(f"the server printed nothing for {timeout} s") from None
 
     def request(self, method: str, path: str, body=None, headers: dict | None = None) -> tuple[int, dict, bytes]:
+        if method == "POST" and not hasattr(self, "token"):  # what the page sends: read it from the page
+            self.token = page_token(self.request("GET", "/")[2])
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
         try:
             data = None if body is None else json.dumps(body).encode()
             hdrs = {"Content-Type": "application/json"} if data is not None else {}
+            if method == "POST":
+                hdrs["X-SSAL-Token"] = self.token
             conn.request(method, path, body=data, headers={**hdrs, **(headers or {})})
             r = conn.getresponse()
             return r.status, dict(r.getheaders()), r.read()
@@ -417,7 +431,8 @@ def test_a_body_of_exactly_64_kib_is_accepted_and_one_byte_more_is_413(run):
 def test_continue_without_the_flag_and_wrong_methods_are_refused_and_change_nothing(run):
     c = client(run)
     before = snapshot(run)
-    one_line_error(c.post("/api/continue"), 403, "--continue")
+    one_line_error(c.post("/api/continue", content=b"{}", headers={"content-type": "application/json"}), 403,
+                   "--continue")
     assert c.get("/api/answer").status_code == 405
     assert c.put("/api/answer", content=b"{}", headers={"content-type": "application/json"}).status_code == 405
     assert c.post("/api/batch").status_code == 405
@@ -537,9 +552,9 @@ def test_an_image_is_the_bytes_of_its_file_and_a_tiff_is_sent_as_a_png_of_the_sa
             assert c.get(f"/api/image/{it['index']}").content == (root / it["path"]).read_bytes()
 
 
-def test_a_pool_image_that_is_a_link_to_a_file_outside_data_root_is_shown(run, pool):
-    """The pool follows links (os.walk followlinks=True, open()), so the run queries such images; the page
-    must show them like any other (the path comes from the run, not from the request)."""
+def test_a_pool_image_that_is_a_link_to_a_file_elsewhere_under_data_root_is_shown(run, pool):
+    """The pool follows links that stay under data.root, so the run queries such images; the page must show
+    them like any other (the path comes from the run, not from the request)."""
     root = pool["root"]
     c = client(run)
     batch = c.get("/api/batch").json()

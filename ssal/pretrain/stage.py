@@ -90,9 +90,8 @@ def cache_path(cfg: DictConfig, key: str) -> Path:
 
 
 def check_cache_dir(cfg: DictConfig) -> None:
-    """A one-line error when the recipe pretrains and its cache_dir cannot be written. Reads only."""
-    if cfg.pretrain.method == "none":
-        return
+    """A one-line error when the recipe's cache_dir cannot be written (the pretrained encoders, and for
+    folders the image check and the normalisation, are kept there). Reads only."""
     problem = files.writable_problem(cfg.cache_dir)
     if problem:
         raise ConfigError(f"cache_dir '{cfg.cache_dir}' cannot be used: {problem}; set cache_dir=... to a "
