@@ -348,7 +348,6 @@ def batch_pool(rd: RunDir, identity: dict, batch: Batch) -> _Pool:
     """What answers to ``batch`` are checked against (and names its images in answers.json)."""
     record = rd.selection_record(batch.round)
     names = dict(zip(batch.indices, record["paths"], strict=True)) if "paths" in record else None
-    rd.names = names  # answers.json names the images too
     root = (identity["recipe"].get("data") or {}).get("root")
     return _Pool(identity["pool"]["n"], names, list(identity["pool"]["classes"]),
                  Path(os.path.expanduser(root)) if root else None, f"one of the images queried in {batch.folder}")
@@ -408,7 +407,7 @@ def _store(rd: RunDir, identity: dict, batch: Batch, source: str,
             stored.pop(i, None)
         else:
             stored[i] = y
-    rd.save_answers(batch.round, stored)
+    rd.save_answers(batch.round, stored, names=pool.names)  # answers.json names the images too
     return Stored(batch, stored, len(answers), changed)
 
 

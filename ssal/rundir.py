@@ -609,11 +609,13 @@ class RunDir:
         raise DataError(f"{path} is {reason}; the labels it held are lost: delete it and import the label file "
                         "again with 'ssal label import'")
 
-    def save_answers(self, r: int, answers: dict[int, int]) -> None:
+    def save_answers(self, r: int, answers: dict[int, int], names: dict[int, str] | None = None) -> None:
+        """``answers.json`` of acquisition ``r`` (``names``: the batch's paths, else the run's)."""
         if self.writer:
             rows = sorted(answers.items())
+            paths = {} if names is None else {"paths": [names[i] for i, _ in rows]}
             files.write_json(self.answers_path(r), files.seal(
-                {"round": r, "answers": [[i, y] for i, y in rows], **self._paths([i for i, _ in rows])}))
+                {"round": r, "answers": [[i, y] for i, y in rows], **(paths or self._paths([i for i, _ in rows]))}))
 
     def write_new(self, path: Path, data: bytes) -> bool:
         """Write ``path`` unless it exists (a query file a person may be filling in is never replaced)."""
