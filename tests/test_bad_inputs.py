@@ -128,6 +128,30 @@ class Env:
         shutil.copytree(self.finished_base / "run", dst)
         return dst
 
+    def human_copy(self, name: str = "hrun") -> Path:
+        """A copy of the module's human run (digits), stopped at its first batch of 20 queries."""
+        dst = self.tmp / name
+        shutil.copytree(self.finished_base / "human", dst)
+        return dst
+
+    def answers(self, run: Path, label: str | None = None, **rows: str) -> Path:
+        """A CSV answering the open first batch of ``run`` by index: every query ``label`` (default: its
+        true digit), and ``rows`` {index text: label} appended as they are."""
+        queried = json.loads((run / "rounds" / "initial" / "selected.json").read_text())["indices"]
+        targets = _digits_pool_targets() if label is None else None
+        lines = ["index,label"] + [f"{i},{label if label is not None else targets[i]}" for i in queried]
+        lines += [f"{k},{v}" for k, v in rows.items()]
+        return self.file("answers.csv", ("\n".join(lines) + "\n").encode())
+
+    def flat_images(self, n: int = 12, name: str = "photos") -> Path:
+        """A flat folder of ``n`` 8x8 PNGs (an unlabeled pool)."""
+        root = self.tmp / name
+        root.mkdir(parents=True)
+        rng = np.random.default_rng(1)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(root / f"i{i:02d}.png")
+        return root
+
     def fmnist(self) -> Path:
         dst = self.tmp / "fmnist"
         shutil.copytree(self.fmnist_src, dst)
@@ -1119,6 +1143,168 @@ def _(env: Env) -> Case:
                  *env.images_args(root), "--no-progress"], ("bad.png", "cannot be decoded"), absent=(env.cache,))
 
 
+# ============================================================================= hostile inputs (issue 33)
+
+def _digits_pool_targets() -> list[int]:
+    """The labels of the tiny recipe's digits pool (400 seeded images), computed as the data set does."""
+    from ssal.data import load_dataset
+    from ssal.recipe import from_dict
+
+    cfg = from_dict(tiny_recipe_dict(Path("/unused")))
+    return load_dataset(cfg.data, seed=cfg.seed).train.targets.tolist()
+
+
+def _init(env: Env, *args: str) -> list[str]:
+    return ["init", str(env.tmp / "proj"), *args]
+
+
+@case("label-import-json-nested-100000-deep")
+def _(env: Env) -> Case:
+    run = env.human_copy()
+    f = env.file("deep.json", b"[" * 100_000 + b"]" * 100_000)
+    return Case(["label", "import", str(run), str(f)], (str(f), "nested too deeply"))
+
+
+@case("label-import-index-with-an-underscore")
+def _(env: Env) -> Case:
+    run = env.human_copy()
+    queried = json.loads((run / "rounds" / "initial" / "selected.json").read_text())["indices"]
+    text = str(queried[0])
+    odd = f"{text[0]}_{text[1:]}" if len(text) > 1 else f"0_{text}"  # int() reads it as the queried index
+    f = env.file("u.csv", f"index,label\n{odd},3\n".encode())
+    return Case(["label", "import", str(run), str(f)], (f"'{odd}'", "not a whole number"))
+
+
+@case("label-import-index-in-arabic-indic-digits")
+def _(env: Env) -> Case:
+    run = env.human_copy()
+    queried = json.loads((run / "rounds" / "initial" / "selected.json").read_text())["indices"]
+    odd = "".join(chr(0x660 + int(d)) for d in str(queried[0]))  # int() takes these digits too
+    f = env.file("a.csv", f"index,label\n{odd},3\n".encode())
+    return Case(["label", "import", str(run), str(f)], (f"'{odd}'", "not a whole number"))
+
+
+@case("label-export-out-names-the-xml-config")
+def _(env: Env) -> Case:
+    run = env.human_copy()
+    return Case(["label", "export", str(run), "--out", str(env.tmp / "x.xml")], ("x.xml", ".json"),
+                absent=(env.tmp / "x.xml",))
+
+
+@case("resume-after-every-first-answer-was-skip")
+def _(env: Env) -> Case:
+    run = env.human_copy()
+    assert main(["label", "import", str(run), str(env.answers(run, label="skip"))]) == 0
+    return Case(["run", "--resume", str(run), "--no-progress"], ("every answer to the first batch", "skip",
+                                                                  "ssal label serve"), absent=(run / "pool.json",))
+
+
+@case("resume-override-of-the-oracle-names-the-oracle")
+def _(env: Env) -> Case:
+    run = env.run_copy()
+    # together the two make a recipe that fails a check of its own; the line must be about --resume
+    return Case(["run", "--resume", str(run), "active.oracle=human", "active.oracle_noise=0.1", "--no-progress"],
+                ("active.oracle", "'simulated'", "'human'", "--resume"), forbidden=("set it to 0",))
+
+
+@case("resume-with-nothing-to-do-records-no-unusable-cache-dir")
+def _(env: Env) -> Case:
+    run = env.run_copy()
+    return Case(["run", "--resume", str(run), "cache_dir=/proc/x", "--no-progress"], ("cache_dir", "/proc"))
+
+
+@case("name-with-a-path-out-of-runs")
+def _(env: Env) -> Case:
+    return Case(["run", str(env.recipe()), "name=../../evil", "output_dir=null", "--no-progress"],
+                ("name", "../../evil"), absent=(env.tmp / "evil", env.cwd / "runs"))
+
+
+@case("data-labels-label-the-whole-pool")
+def _(env: Env) -> Case:
+    root = env.flat_images(12)
+    labels = env.file("seed.csv", ("path,label\n" + "".join(f"i{i:02d}.png,{'ab'[i % 2]}\n" for i in range(12)))
+                      .encode())
+    return Case(["run", str(env.recipe()), "data.dataset=imagefolder", f"data.root={root}", "data.image_size=8",
+                 "data.pool_size=null", "data.test_size=null", "data.classes=[a,b]", f"data.labels={labels}",
+                 "active.oracle=human", "active.initial=0", "active.rounds=1", "active.budget=1",
+                 "active.subset=null", "--no-progress"], ("data.labels", "12 images"), absent=(env.out,))
+
+
+@case("predict-out-in-a-folder-that-does-not-exist")
+def _(env: Env) -> Case:
+    run = env.run_copy()
+    out = env.tmp / "missing" / "p.csv"
+    return Case(["predict", str(run), "--out", str(out), "--no-progress"], (str(out), "does not exist"),
+                forbidden=("check the disk",))
+
+
+@case("predict-batch-size-with-an-underscore")
+def _(env: Env) -> Case:
+    run = env.run_copy()
+    return Case(["predict", str(run), "--out", str(env.tmp / "p.csv"), "--batch-size", "1_6", "--no-progress"],
+                ("'1_6'", "whole number"), usage=True, absent=(env.tmp / "p.csv",))
+
+
+@case("compare-grid-empty")
+def _(env: Env) -> Case:
+    return Case(_compare(env, env.spec(grid={})), ("grid", "empty"), absent=(env.tmp / "cmp",))
+
+
+@case("init-labels-file-missing")
+def _(env: Env) -> Case:
+    root = env.flat_images()
+    return Case(_init(env, "--images", str(root), "--classes", "a,b", "--labels", str(env.tmp / "no.csv")),
+                (str(env.tmp / "no.csv"), "not found"), absent=(env.tmp / "proj",))
+
+
+@case("init-test-folder-missing")
+def _(env: Env) -> Case:
+    root = env.flat_images()
+    return Case(_init(env, "--images", str(root), "--classes", "a,b", "--test", str(env.tmp / "held_out")),
+                (str(env.tmp / "held_out"), "does not exist"), absent=(env.tmp / "proj",))
+
+
+@case("init-test-folder-with-a-class-too-many")
+def _(env: Env) -> Case:
+    root, test = env.flat_images(), env.flat_images(2, "held_out/a")
+    shutil.copytree(test, env.tmp / "held_out" / "b")
+    shutil.copytree(test, env.tmp / "held_out" / "c")
+    return Case(_init(env, "--images", str(root), "--classes", "a,b", "--test", str(env.tmp / "held_out")),
+                ("'c'", "not one of the classes"), absent=(env.tmp / "proj",))
+
+
+@case("init-test-folder-missing-a-class")
+def _(env: Env) -> Case:
+    root = env.flat_images()
+    env.flat_images(2, "held_out/a")
+    return Case(_init(env, "--images", str(root), "--classes", "a,b", "--test", str(env.tmp / "held_out")),
+                ("no folder for the class 'b'",), absent=(env.tmp / "proj",))
+
+
+@case("run-test-folder-missing-a-class")
+def _(env: Env) -> Case:
+    root = env.flat_images(30)
+    env.flat_images(2, "held_out/a")
+    return Case(["run", str(env.recipe()), "data.dataset=imagefolder", f"data.root={root}", "data.image_size=8",
+                 "data.pool_size=null", "data.test_size=null", "data.classes=[a,b]",
+                 f"data.test_root={env.tmp / 'held_out'}", "active.oracle=human", "active.subset=null",
+                 "--no-progress"], ("data.test_root", "no folder for the class 'b'"), absent=(env.out,))
+
+
+@case("init-empty-image-folder")
+def _(env: Env) -> Case:
+    (env.tmp / "empty").mkdir()
+    return Case(_init(env, "--images", str(env.tmp / "empty"), "--classes", "a,b"),
+                (str(env.tmp / "empty"), "no image files"), absent=(env.tmp / "proj",))
+
+
+@case("init-class-name-with-a-line-break")
+def _(env: Env) -> Case:
+    root = env.flat_images()
+    return Case(_init(env, "--images", str(root), "--classes", "a\nb,c"), ("data.classes", "printable"),
+                absent=(env.tmp / "proj",))
+
+
 # ============================================================================= argparse misuse
 
 @case("argparse-unknown-option")
@@ -1150,13 +1336,17 @@ def _(env: Env) -> Case:
 
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
-    """A finished tiny run (3 committed rounds) in <base>/run, its cache in <base>/cache; never changed
-    (cases damage copies of it)."""
+    """A finished tiny run (3 committed rounds) in <base>/run, its cache in <base>/cache, and a human run
+    of the same data stopped at its first batch in <base>/human; never changed (cases damage copies)."""
     base = tmp_path_factory.mktemp("finished")
     recipe = base / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe_dict(base / "run", cache_dir=str(base / "cache"),
                                                       train={"steps": 5})))
     assert main(["run", str(recipe), "--no-progress"]) == 0
+    human = base / "human.yaml"
+    human.write_text(yaml.safe_dump(tiny_recipe_dict(base / "human", cache_dir=str(base / "cache"),
+                                                     train={"steps": 5}, active={"oracle": "human"})))
+    assert main(["run", str(human), "--no-progress"]) == 0
     return base
 
 

@@ -129,6 +129,14 @@ def test_tiny_grid_runs_and_reports(tmp_path, base):
     assert main(["report", str(out), "--out", str(rep)]) == 0
     assert read_results_csv(rep / "results.csv") == [{**r, "run": r["run"]} for r in rows]
 
+    # a done cell whose pool.json is damaged is not complete: the comparison resumes it, which repairs it
+    cell = Path(plan.cells[0].cfg.output_dir)
+    good = (cell / "pool.json").read_bytes()
+    (cell / "pool.json").write_bytes(good[:-20])
+    assert run_plan(load_spec(tmp_path / "spec.yaml"), progress=False) == 0
+    assert (cell / "pool.json").read_bytes() == good
+    assert "pool.json was" in (out / "logs" / f"{plan.cells[0].name}.log").read_text()
+
     # a changed spec does not silently mix runs of two recipes
     changed = spec(tmp_path, {"active.strategy": ["random", "entropy"], "seed": [0, 1]},
                    overrides={"train.steps": 5})
