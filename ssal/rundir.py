@@ -12,7 +12,9 @@ and the commit of a round.
                               people, and their answers (``ssal label import``; sealed)
     checkpoints/round_XX.pt   the last two rounds' models (checksummed)
     curve.csv, curve.png, pretrain.jsonl
-    .lock                     held (flock) by the process that runs the directory; says who that is
+    .lock                     held (flock) by the process that runs the directory (or stores answers);
+                              says who that is; removed when released
+    cell.json                 a comparison cell's labels (sealed)
 
 Protocol of round r: train, evaluate, save checkpoint r, (select, write selected.json and pool.json),
 then commit: metrics.jsonl is rewritten atomically with round r's line, which records how many labels

@@ -8,10 +8,12 @@ the next batch when it is ready.
 
 The server is Starlette on uvicorn (small, well kept, no build step); the page is one HTML file
 with its CSS and JS inline and no CDN, so it works offline. There is no authentication: it binds
-to loopback unless told otherwise, refuses requests for another host name (DNS rebinding) and
-takes answers only as ``application/json`` (a cross-site form cannot send that without a
-preflight this server never grants). Images are served by pool index, only for the open batch,
-from the paths the run recorded: a request never names a file.
+to loopback unless told otherwise, refuses requests for another host name (DNS rebinding), and a
+request that changes something must be ``application/json``, carry the token the page was served
+with (another site's page cannot read it) and come from no other site's Origin or Referer. Images
+are served by pool index, only for the open batch, from the paths the run recorded (a request
+never names a file), only from under data.root, only as the image that was queried (its digest),
+decoded.
 """
 
 from __future__ import annotations
