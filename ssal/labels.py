@@ -65,9 +65,10 @@ class _Pool:
         self.by_path = {} if self.names is None else {p: i for i, p in self.names.items()}
 
     def index_of_path(self, raw: str) -> int | None:
-        """The index a path names: as written, or as a spreadsheet or ssal's CSV protection wrote it (spaces
-        around it, a protecting apostrophe), a Label Studio reference (URL-encoded) or an absolute path."""
-        for p in dict.fromkeys((raw, files.csv_plain(raw), raw.strip(), files.csv_plain(raw.strip()))):
+        """The index a path names: as ssal's CSV protection wrote it (a leading apostrophe: tried first, so
+        ssal's own CSV reads back even beside a file whose name is the protected form), as written, without
+        the spaces a spreadsheet may add, as a Label Studio reference (URL-encoded) or an absolute path."""
+        for p in dict.fromkeys((files.csv_plain(raw), raw, files.csv_plain(raw.strip()), raw.strip())):
             if p.startswith(LS_PREFIX):
                 p = urllib.parse.unquote(p[len(LS_PREFIX):])
             if self.root is not None and os.path.isabs(p):
@@ -172,7 +173,7 @@ def _resolve(pool: _Pool, where: str, index: str | int | None, path_text: str | 
 def _dialect(text: str) -> type[csv.Dialect]:
     """Comma, semicolon (spreadsheets in some locales) or tab: the one that splits the header into a 'label'
     column; read from the header alone, since file names in the rows may hold any of them."""
-    header = text.split("\n", 1)[0].strip().lower()
+    header = (text.splitlines() or [""])[0].strip().lower()  # \n, \r\n or a Mac spreadsheet's \r
     for delimiter in (",", ";", "\t"):
         if "label" in [h.strip().strip('"') for h in header.split(delimiter)]:
             return type("Dialect", (csv.excel,), {"delimiter": delimiter})

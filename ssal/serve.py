@@ -19,6 +19,7 @@ decoded.
 from __future__ import annotations
 
 import collections
+import errno
 import hmac
 import io
 import ipaddress
@@ -26,6 +27,7 @@ import json
 import os
 import secrets
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -244,7 +246,7 @@ class Session:
         if Path(rel).is_absolute() or not path.is_relative_to(self.root):  # selected.json names it: never above
             raise Problem(404, f"{rel} does not lead to a file under data.root")
         try:
-            data = path.read_bytes()
+            data = _read_regular_file(path)
         except OSError as e:
             raise Problem(404, f"cannot read {rel} under data.root ({e.strerror}); was the image moved?") from None
         if item.digest is not None and files.digest(data) != item.digest:
@@ -313,6 +315,19 @@ class Session:
             self.job.stop()
 
 
+def _read_regular_file(path: Path) -> bytes:
+    """The bytes of ``path`` if it is a regular file (a named pipe put in an image's place would block a
+    plain read forever: opened without blocking, then refused)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def _is_int(x: object) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -339,15 +354,19 @@ def create_app(session: Session, allowed_hosts: list[str]):
     def from_the_page(request: Request) -> None:
         """A request that changes something comes from this server's own page: it carries the page's token
         (another site's page cannot read it) and no other site's Origin (or Referer)."""
-        if not hmac.compare_digest(request.headers.get("x-ssal-token", ""), session.token):
+        given = request.headers.get("x-ssal-token", "")
+        if not (given.isascii() and hmac.compare_digest(given, session.token)):
             raise Problem(403, "this request does not come from the labeling page (its token is missing or wrong); "
                                "answer on the page itself, or reload it",
                           {"X-SSAL-Stale-Token": "1"})  # the page of a restarted server reads the new one
         own = f"http://{request.headers.get('host', '')}"
         origin = request.headers.get("origin")
         if origin is None and request.headers.get("referer"):
-            parts = urllib.parse.urlsplit(request.headers["referer"])
-            origin = f"{parts.scheme}://{parts.netloc}"
+            try:
+                parts = urllib.parse.urlsplit(request.headers["referer"])
+                origin = f"{parts.scheme}://{parts.netloc}"
+            except ValueError:  # not a URL: not this page's
+                origin = request.headers["referer"]
         if origin is not None and origin != own:
             raise Problem(403, f"a request from another site ({one_line(origin)[:100]}) is refused; use the page at "
                                f"{own}/")
