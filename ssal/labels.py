@@ -551,7 +551,7 @@ def _is_tasks(path: Path) -> bool:
         tasks = json.loads(path.read_bytes().decode())
     except (OSError, ValueError, RecursionError):
         return False
-    return isinstance(tasks, list) and all(isinstance(t, dict) and isinstance(t.get("data"), dict)
+    return isinstance(tasks, list) and bool(tasks) and all(isinstance(t, dict) and isinstance(t.get("data"), dict)
                                            and "ssal_run" in t["data"] for t in tasks)
 
 

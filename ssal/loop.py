@@ -132,7 +132,7 @@ def _check_start(run_dir: RunDir, cfg: DictConfig, resume: bool, force: bool) ->
         run_dir.check_resumable()
     else:
         run_dir.check_new(force)
-    check_run_place(cfg.output_dir, cfg.cache_dir, data_folders(OmegaConf.to_container(cfg)))
+    check_run_place(cfg.output_dir, data_folders(OmegaConf.to_container(cfg)))
     check_cache_dir(cfg)
 
 

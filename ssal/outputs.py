@@ -115,10 +115,9 @@ def check_folder(path: str | os.PathLike, is_ours: Callable[[Path], bool], what:
     return path
 
 
-def check_run_place(output_dir: str | os.PathLike, cache_dir: str | os.PathLike, data: Iterable[Path]) -> None:
-    """A run's ``output_dir`` and ``cache_dir`` lie outside other runs, comparisons (a run may be a cell of
-    a comparison: ``<comparison>/cells/<name>``) and the run's data folders."""
-    data = list(data)
+def check_run_place(output_dir: str | os.PathLike, data: Iterable[Path]) -> None:
+    """A run's ``output_dir`` lies outside other runs, comparisons (a run may be a cell of a comparison:
+    ``<comparison>/cells/<name>``) and the run's data folders. (Its cache_dir: ``check_cache_dir``.)"""
     real = resolved(output_dir)
     store = enclosing_store(real.parent)
     if store is not None and not (store[0] == COMPARISON_KIND and real.parent == store[1] / "cells"):
@@ -128,4 +127,3 @@ def check_run_place(output_dir: str | os.PathLike, cache_dir: str | os.PathLike,
     if folder is not None:
         raise ConfigError(f"output_dir '{output_dir}' is inside the data folder '{folder}' (the run's images and "
                           "plots would join the pool): choose another output_dir=...")
-    check_place(cache_dir, "cache_dir", data)

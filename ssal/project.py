@@ -14,6 +14,7 @@ import yaml
 from ssal import files
 from ssal.errors import ConfigError
 from ssal.outputs import check_place, check_run_place, data_folders
+from ssal.pretrain.stage import check_cache_dir
 
 HUMAN_RECIPE = {
     "data": {"dataset": "imagefolder", "root": "???", "classes": "???", "image_size": 64, "channels": 3,
@@ -59,7 +60,8 @@ def init_project(folder: str | os.PathLike, images: str | os.PathLike, classes: 
     cfg = from_dict(recipe)  # the same checks as a recipe file (classes, names, values)
     data = _check_data(cfg)
     check_place(folder, "DIR", data_folders(recipe))
-    check_run_place(cfg.output_dir, cfg.cache_dir, data_folders(recipe))
+    check_run_place(cfg.output_dir, data_folders(recipe))
+    check_cache_dir(cfg)
     problem = files.writable_problem(folder)
     if problem:
         raise ConfigError(f"'{folder}' cannot be written: {problem}; choose another folder")

@@ -26,6 +26,7 @@ from ssal import files
 from ssal.engine import Engine, derive_seed
 from ssal.errors import ConfigError
 from ssal.models import build_model
+from ssal.outputs import check_place, data_folders
 from ssal.pretrain.base import PRETRAINERS
 from ssal.pretrain.knn import knn_accuracy, pixels
 
@@ -91,7 +92,9 @@ def cache_path(cfg: DictConfig, key: str) -> Path:
 
 def check_cache_dir(cfg: DictConfig) -> None:
     """A one-line error when the recipe's cache_dir cannot be written (the pretrained encoders, and for
-    folders the image check and the normalisation, are kept there). Reads only."""
+    folders the image check and the normalisation, are kept there), or lies in a run directory, a
+    comparison or a data folder of the recipe (:mod:`ssal.outputs`). Reads only."""
+    check_place(cfg.cache_dir, "cache_dir", data_folders(OmegaConf.to_container(cfg)))
     problem = files.writable_problem(cfg.cache_dir)
     if problem:
         raise ConfigError(f"cache_dir '{cfg.cache_dir}' cannot be used: {problem}; set cache_dir=... to a "
