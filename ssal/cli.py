@@ -9,7 +9,7 @@ import sys
 import threading
 
 from ssal import faults
-from ssal.errors import Interrupted, SsalError
+from ssal.errors import Interrupted, SsalError, one_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -325,8 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                 "label": cmd_label, "predict": cmd_predict, "export": cmd_export, "init": cmd_init,
                 "list": cmd_list}[args.command](args)
     except SsalError as e:
-        if main_process:
-            sys.stderr.write(f"ssal: error: {e}\n")
+        if main_process:  # one line, whatever a path in the message holds (a line break in a folder's name)
+            sys.stderr.write(f"ssal: error: {one_line(str(e))}\n")
         else:
             _let_the_main_process_speak()
         return 130 if isinstance(e, Interrupted) else 2

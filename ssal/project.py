@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from ssal import files
-from ssal.errors import ConfigError
+from ssal.errors import ConfigError, one_line
 from ssal.outputs import check_place, check_run_place, data_folders
 from ssal.pretrain.stage import check_cache_dir
 
@@ -68,7 +68,7 @@ def init_project(folder: str | os.PathLike, images: str | os.PathLike, classes: 
     files.mkdirs(folder)
     text = HEADER.format(images=images, recipe=path) + yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True)
     files.write_text(path, text)
-    found = [f"{len(data.train)} images to label in {images}"
+    found = [f"{len(data.train)} images to label in {one_line(str(images))}"
              + (f", {len(data.test)} test images in {len(data.classes)} classes" if data.has_test else
                 " (no test folder: rounds report the model's confidence, not its accuracy; --test FOLDER adds one)")
              + (f", {len(data.seed_labels[0])} labeled already" if data.seed_labels is not None else "")]

@@ -29,13 +29,14 @@ MAX_ENTRIES = 5_000_000  # files and folders visited under one root (ImageNet's 
 HIDDEN = "hidden entries (names starting with '.')"
 NOT_IMAGE = "files that are not images (by their extension)"
 OUTSIDE = "links out of the folder"
+INTO_SKIPPED = "links into the test folder"
 LOOP = "links to a folder already walked (loops, second paths)"
 SECOND_NAME = "second names of an image already found (links)"
 BROKEN = "broken links"
 UNREADABLE = "unreadable entries"
 SPECIAL = "special files (pipes, sockets, devices)"
 LOOSE = "files outside the class folders"
-REASONS = (HIDDEN, NOT_IMAGE, OUTSIDE, LOOP, SECOND_NAME, BROKEN, UNREADABLE, SPECIAL, LOOSE)
+REASONS = (HIDDEN, NOT_IMAGE, OUTSIDE, INTO_SKIPPED, LOOP, SECOND_NAME, BROKEN, UNREADABLE, SPECIAL, LOOSE)
 
 
 @dataclass
@@ -57,7 +58,7 @@ class Found:
         if not left:
             return None
         parts = [f"{reason}: {len(names)} (e.g. {one_line(names[0])})" for reason, names in left]
-        return f"{what} '{self.root}': {len(self.files)} images; left out {'; '.join(parts)}"
+        return f"{what} '{one_line(str(self.root))}': {len(self.files)} images; left out {'; '.join(parts)}"
 
 
 def walk_images(root: str | os.PathLike, skip: Path | None = None, limit: int = MAX_ENTRIES) -> Found:
@@ -74,10 +75,10 @@ def walk_images(root: str | os.PathLike, skip: Path | None = None, limit: int = 
     except OSError as e:
         raise DataError(f"cannot read the folder '{root}' ({e.strerror})") from None
     seen_folders = {(st.st_dev, st.st_ino)}
-    skip_key = None
+    skip_key, skip_real = None, None
     if skip is not None and skip.is_dir():
         st = os.stat(skip)
-        skip_key = (st.st_dev, st.st_ino)
+        skip_key, skip_real = (st.st_dev, st.st_ino), Path(os.path.realpath(skip))
         seen_folders.add(skip_key)  # as if walked already: never entered, not reported
     seen_files: set[tuple[int, int]] = set()
     folders: list[tuple[str, str]] = [(str(root), "")]
@@ -117,6 +118,8 @@ def walk_images(root: str | os.PathLike, skip: Path | None = None, limit: int = 
                     continue
                 if not Path(target).is_relative_to(real_root):
                     found.skipped[OUTSIDE].append(name)
+                elif skip_real is not None and Path(target).is_relative_to(skip_real):
+                    found.skipped[INTO_SKIPPED].append(name)  # a test image must not join the pool
                 else:
                     take(path, name, st)
             links = []
