@@ -83,6 +83,7 @@ def walk_images(root: str | os.PathLike, skip: Path | None = None, limit: int = 
     seen_files: set[tuple[int, int]] = set()
     folders: list[tuple[str, str]] = [(str(root), "")]
     links: list[tuple[str, str]] = []  # (path, relative name), followed once the real entries are done
+    taken: list[tuple[str, str]] = []  # (relative name, path) of the images
     count = 0
 
     def take(path: str, name: str, st: os.stat_result) -> None:
@@ -104,7 +105,7 @@ def walk_images(root: str | os.PathLike, skip: Path | None = None, limit: int = 
             found.skipped[SECOND_NAME].append(name)
         else:
             seen_files.add(key)
-            found.files.append(path)
+            taken.append((name, path))
 
     while folders or links:
         if not folders:  # the real entries are walked: now the links, in name order
@@ -151,7 +152,7 @@ def walk_images(root: str | os.PathLike, skip: Path | None = None, limit: int = 
                 continue
             take(entry.path, name, st)
         folders[depth:] = reversed(folders[depth:])  # depth first, in name order
-    found.files.sort(key=found.rel)
+    found.files = [path for _, path in sorted(taken)]
     return found
 
 
