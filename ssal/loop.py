@@ -372,11 +372,11 @@ class _Rounds:
         answered all of it yet, write the queries and say so: False."""
         oracle, rd = self.parts.oracle, self.run_dir
         answers = oracle.answers(acq.round, acq.indices)
-        if answers is None and oracle.asks_people and rd.writer:  # the queries.csv a person filled in, if any
-            taken = take_filled_queries(rd, acq.round)
+        if answers is None and oracle.asks_people:  # the queries.csv a person filled in, if any (main process)
+            taken = self.engine.guarded(lambda: take_filled_queries(rd, acq.round) if rd.writer else None)
             if taken:
                 self.note(taken)
-                answers = oracle.answers(acq.round, acq.indices)
+            answers = oracle.answers(acq.round, acq.indices)  # every process reads what the main one stored
         if answers is None:
             self.write_queries(acq)
             return False
