@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from ssal import faults
 from ssal.errors import Interrupted, SsalError, one_line
@@ -143,7 +144,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_label(args) -> int:
-
     from ssal import labels
 
     if args.label_command == "import":
@@ -263,10 +263,8 @@ def cmd_report(args) -> int:
 
     rows = collect_rows(args.runs)
     out = report_out(args.runs, args.out, force=args.force)
-    single = args.runs[0]
-    from pathlib import Path
-
-    paths = write_report(rows, out, title=args.title or (Path(single).name if len(args.runs) == 1 else "Comparison"))
+    title = args.title or (Path(args.runs[0]).name if len(args.runs) == 1 else "Comparison")
+    paths = write_report(rows, out, title=title)
     print(f"wrote {paths['results']}, {paths['summary']}, {paths['curves']}, {paths['aubc']}")
     return 0
 
