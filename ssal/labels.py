@@ -375,7 +375,7 @@ def update_answers(rd: RunDir, identity: dict, source: str, given: Callable[[Bat
     open batch; any answer to an image the batch did not query refuses them all (``source`` names where they
     came from); the merge with the stored answers is written atomically. ``expect_round``: refuse
     (:class:`BatchChanged`) if another batch is open."""
-    for note in rd.lock(wait=TRANSACTION_WAIT):
+    for note in rd.lock(wait=TRANSACTION_WAIT, purpose="answers"):
         print(f"note: {note}")
     try:
         files.remove_stale_tmp(rd.path)  # of a killed import (the lock is held: no live writer)

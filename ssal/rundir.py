@@ -183,10 +183,12 @@ class Lock:
                 os.close(fd)
             time.sleep(0.01)
 
-    def acquire(self, wait: float = 0.0) -> str | None:
-        """Take the lock, waiting up to ``wait`` seconds (at least :attr:`SETTLE`) for its holder, or raise
-        :class:`RunInUse`. Returns a note when a dead holder's name was found."""
-        deadline = time.monotonic() + max(wait, self.SETTLE)
+    def acquire(self, wait: float = 0.0, purpose: str = "run") -> str | None:
+        """Take the lock for ``purpose`` ("run", or "answers": a labeling transaction of milliseconds), or
+        raise :class:`RunInUse`. A holder is waited for :attr:`SETTLE` seconds, and up to ``wait`` seconds
+        while it is a labeling transaction (never a run's hours). Returns a note when a dead holder's name
+        was found."""
+        start = time.monotonic()
         while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -195,8 +197,9 @@ class Lock:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
+                brief = _purpose(os.pread(fd, 4096, 0)) == "answers"
                 os.close(fd)
-                if time.monotonic() < deadline:
+                if time.monotonic() - start < (max(wait, self.SETTLE) if brief else self.SETTLE):
                     time.sleep(0.02)
                     continue
                 who = self.holder() or "a process that has just stopped"
@@ -206,7 +209,8 @@ class Lock:
                 break
             os.close(fd)  # its holder removed the file while we waited: take the one at the path now
         previous = os.pread(fd, 4096, 0)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(), "command": " ".join(sys.argv)}
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now(), "command": " ".join(sys.argv),
+              "purpose": purpose}
         try:
             os.ftruncate(fd, 0)
             os.pwrite(fd, json.dumps(me).encode(), 0)
@@ -258,6 +262,13 @@ os.register_at_fork(after_in_child=_forget_locks_in_child)
 
 def _now() -> str:
     return datetime.datetime.now().isoformat(timespec="seconds")
+
+
+def _purpose(raw: bytes) -> str | None:
+    try:
+        return json.JSONDecoder().raw_decode(raw.decode())[0].get("purpose")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return None
 
 
 def _describe(raw: bytes) -> str | None:
@@ -424,14 +435,14 @@ class RunDir:
                           "or start a new run with another output_dir")
 
     # ------------------------------------------------------------------ lifecycle
-    def lock(self, wait: float = 0.0) -> list[str]:
+    def lock(self, wait: float = 0.0, purpose: str = "run") -> list[str]:
         """Take the run's lock for this process (main process only; the folder is made if needed), waiting
-        up to ``wait`` seconds for another holder (a labeling transaction takes milliseconds). Returns
-        notes (a dead holder's lock taken over); raises :class:`RunInUse`."""
+        up to ``wait`` seconds for another labeling transaction (see :meth:`Lock.acquire`). Returns notes
+        (a dead holder's lock taken over); raises :class:`RunInUse`."""
         if not self.writer:
             return []
         files.mkdirs(self.path)
-        note = self._lock.acquire(wait)
+        note = self._lock.acquire(wait, purpose)
         return [note] if note else []
 
     def unlock(self) -> None:

@@ -26,6 +26,7 @@ import ipaddress
 import json
 import os
 import secrets
+import signal
 import socket
 import stat
 import subprocess
@@ -483,8 +484,16 @@ def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8765,
     app = create_app(session, sorted(names))
     shown = f"[{host}]" if ":" in host else host
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
-    # Ctrl-C is how a server stops (every answer is stored already), even before uvicorn takes the signal over
+    # Ctrl-C (or SIGTERM) is how a server stops (every answer is stored already), also before uvicorn takes the
+    # signals over: until then a signal only asks it to stop, so none lands inside asyncio's setup
     warnings.filterwarnings("ignore", message="coroutine 'Server.serve' was never awaited")
+
+    def stop(signum, frame) -> None:
+        server.force_exit = server.should_exit
+        server.should_exit = True
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
     try:
         if not is_loopback(host):
             announce(f"warning: the page on {host} has no authentication: anyone who can reach port {bound} can "
@@ -500,5 +509,7 @@ def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8765,
     except KeyboardInterrupt:
         pass
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         session.close()
         sock.close()

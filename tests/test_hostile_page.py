@@ -559,7 +559,7 @@ def test_an_answer_waits_for_another_transaction_holding_the_lock_and_the_lock_f
     token = token_of(c)
     index = selected(run)["indices"][0]
     other = RunDir(run)  # another open file of .lock: flock says held, as for another server's transaction
-    other.lock()
+    other.lock(purpose="answers")
     held = (run / ".lock").read_text()
     assert f'"pid": {os.getpid()}' in held, held  # the lock file names its holder while held
     timer = threading.Timer(1.0, other.unlock)
