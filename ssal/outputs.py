@@ -57,12 +57,13 @@ def _inside(path: Path, folders: Iterable[Path]) -> Path | None:
     return next((f for f in folders if path == f or path.is_relative_to(f)), None)
 
 
-def check_place(path: str | os.PathLike, what: str, data: Iterable[Path] = (), allow: Path | None = None) -> Path:
+def check_place(path: str | os.PathLike, what: str, data: Iterable[Path] = (), allow: Path | None = None,
+                itself: bool = False) -> Path:
     """``path`` resolved, or a one-line error when it lies in a run directory, a comparison folder or one
     of the ``data`` folders. ``allow``: a store that may hold it (the comparison a cell runs in, the
-    comparison whose own report this is)."""
+    comparison whose own report this is); ``itself``: ``path`` may be a store (a run's own output_dir)."""
     real = resolved(path)
-    store = enclosing_store(real)
+    store = enclosing_store(real.parent if itself else real)
     if store is not None and (allow is None or store[1] != resolved(allow)):
         kind, folder = store
         raise ConfigError(f"{what} '{path}' is inside the {kind} '{folder}', which only ssal's own commands on it "
@@ -120,10 +121,6 @@ def check_run_place(output_dir: str | os.PathLike, data: Iterable[Path]) -> None
     ``<comparison>/cells/<name>``) and the run's data folders. (Its cache_dir: ``check_cache_dir``.)"""
     real = resolved(output_dir)
     store = enclosing_store(real.parent)
-    if store is not None and not (store[0] == COMPARISON_KIND and real.parent == store[1] / "cells"):
-        raise ConfigError(f"output_dir '{output_dir}' is inside the {store[0]} '{store[1]}': a run there would mix "
-                          "its files with that one's; choose another output_dir=...")
-    folder = _inside(real, data)
-    if folder is not None:
-        raise ConfigError(f"output_dir '{output_dir}' is inside the data folder '{folder}' (the run's images and "
-                          "plots would join the pool): choose another output_dir=...")
+    cell_of = store[1] if store is not None and store[0] == COMPARISON_KIND and real.parent == store[1] / "cells" \
+        else None
+    check_place(output_dir, "output_dir", data, allow=cell_of, itself=True)
