@@ -36,10 +36,12 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from ssal.data.datasets import ImageDataset, TensorSplit
-from ssal.engine import Engine
+from ssal.engine import Engine, FitResult, Optim, TrainData
 from ssal.models import build_model
+from ssal.models.ema import ema_advice
 from ssal.recipe import ModelConfig, TrainConfig, load_recipe
 from ssal.semi import OBJECTIVES
+from ssal.semi.base import make_objective
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -80,12 +82,20 @@ def hand_loop(data: ImageDataset, cfg: TrainConfig, labeled: torch.Tensor) -> fl
     return (time.perf_counter() - t0) / cfg.steps
 
 
+def train(engine: Engine, cls: type, cfg: TrainConfig, data: ImageDataset, labeled: torch.Tensor,
+          unlabeled: torch.Tensor | None = None) -> FitResult:
+    """``engine.fit`` of objective ``cls`` as a run calls it (train section ``cfg``), seed 0, on a fresh model."""
+    advice = ema_advice(cfg.ema, cfg.steps)
+    if advice is not None:
+        engine.print(f"[yellow]warning: {advice}")
+    return engine.fit(build_model(ModelConfig(), data), lambda m: make_objective(cls, m, cfg),
+                      TrainData(data.train, labeled, data.train.targets[labeled], unlabeled, hflip=True),
+                      Optim.from_train(cfg), seed=0, ema=cfg.ema)
+
+
 def engine_loop(engine: Engine, data: ImageDataset, cfg: TrainConfig, labeled: torch.Tensor) -> float:
     torch.manual_seed(0)
-    model = build_model(ModelConfig(), data)
-    fit = engine.fit(model, OBJECTIVES.get("supervised"), cfg, data.train, labeled, data.train.targets[labeled],
-                     hflip=True, seed=0)
-    return fit.seconds / cfg.steps
+    return train(engine, OBJECTIVES.get("supervised"), cfg, data, labeled).seconds / cfg.steps
 
 
 def objective_steps(data: ImageDataset, steps: int, workers: list[int], batch_size: int,
@@ -106,10 +116,8 @@ def objective_steps(data: ImageDataset, steps: int, workers: list[int], batch_si
             engine = Engine(precision, progress=False, num_workers=w)
             torch.manual_seed(0)
             warm = OmegaConf.merge(cfg, {"steps": 3})
-            engine.fit(build_model(ModelConfig(), data), cls, warm, data.train, labeled, data.train.targets[labeled],
-                       unlabeled, hflip=True, seed=0)
-            fit = engine.fit(build_model(ModelConfig(), data), cls, cfg, data.train, labeled,
-                             data.train.targets[labeled], unlabeled, hflip=True, seed=0)
+            train(engine, cls, warm, data, labeled, unlabeled)
+            fit = train(engine, cls, cfg, data, labeled, unlabeled)
             share = 100 * fit.data_seconds / fit.seconds
             print(f"{name:<12} {precision:>9} {w:>7} {1000 * fit.seconds / steps:>9.1f} {share:>16.1f}%")
 
@@ -124,9 +132,7 @@ def fixmatch_fit(data: ImageDataset, steps: int) -> tuple[float, int]:
     times = []
     for c in (OmegaConf.merge(cfg, {"steps": 3, "ema": 0.0}), cfg):
         torch.manual_seed(0)
-        fit = engine.fit(build_model(ModelConfig(), data), cls, c, data.train, labeled, data.train.targets[labeled],
-                         unlabeled, hflip=True, seed=0)
-        times.append(fit.seconds)
+        times.append(train(engine, cls, c, data, labeled, unlabeled).seconds)
     seconds = torch.tensor([times[-1]])
     if engine.world > 1:
         torch.distributed.all_reduce(seconds, op=torch.distributed.ReduceOp.MAX)

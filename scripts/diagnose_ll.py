@@ -21,9 +21,10 @@ from scipy.stats import spearmanr
 
 from ssal.engine import Engine
 from ssal.errors import SsalError
+from ssal.experiment.loop import Parts, Rounds
 from ssal.files import Damaged
-from ssal.loop import Parts, _Rounds, resume_recipe
-from ssal.rundir import RunDir
+from ssal.recipe import resume_recipe
+from ssal.run.store import RunDir
 
 
 def diagnose(run: Path, round_: int | None) -> None:
@@ -39,7 +40,7 @@ def diagnose(run: Path, round_: int | None) -> None:
     if not kept or (round_ is not None and round_ not in kept):
         raise SsalError(f"{run} keeps the checkpoints of rounds {kept or 'none'}: pick --round among them")
     r = kept[-1] if round_ is None else round_
-    fit = _Rounds(cfg, parts, engine, run_dir, True).restore_fit(run_dir.load_checkpoint(r))
+    fit = Rounds(cfg, parts, engine, run_dir, True).trainer.restore(run_dir.load_checkpoint(r))
     module, model, test = fit.objective.auxiliary, fit.eval_model, parts.data.test
 
     def fn(x: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:

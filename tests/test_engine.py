@@ -10,11 +10,14 @@ import torch
 from conftest import run_two_processes
 
 from ssal.data import load_dataset
-from ssal.engine import Engine, InfiniteBatchSampler, derive_seed, split_batch
+from ssal.engine import Engine, InfiniteBatchSampler, Optim, TrainData, split_batch
 from ssal.errors import SsalError
 from ssal.models import build_model
+from ssal.models.ema import ema_advice
 from ssal.recipe import DataConfig, ModelConfig, TrainConfig
+from ssal.rng import derive_seed
 from ssal.semi import OBJECTIVES
+from ssal.semi.base import make_objective
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,6 +28,13 @@ def train_cfg(**kw):
 
 def digits():
     return load_dataset(DataConfig(dataset="digits"))
+
+
+def fit(engine, model, cfg, data, labeled, *, hflip, seed, build=None):
+    """``engine.fit`` of the supervised objective on ``data.train[labeled]`` as a run calls it."""
+    build = build or (lambda m: make_objective(OBJECTIVES.get("supervised"), m, cfg))
+    return engine.fit(model, build, TrainData(data.train, labeled, data.train.targets[labeled], hflip=hflip),
+                      Optim.from_train(cfg), seed=seed, ema=cfg.ema)
 
 
 def test_infinite_sampler_reshuffles_whole_epochs():
@@ -67,8 +77,7 @@ def test_fit_learns_digits_and_is_deterministic():
     def train():
         torch.manual_seed(0)
         model = build_model(ModelConfig(), data)
-        return engine.fit(model, OBJECTIVES.get("supervised"), cfg, data.train, labeled,
-                          data.train.targets[labeled], hflip=False, seed=7)
+        return fit(engine, model, cfg, data, labeled, hflip=False, seed=7)
 
     a, b = train(), train()
     for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values(), strict=True):
@@ -85,10 +94,8 @@ def test_views_do_not_depend_on_worker_count():
     for workers in (0, 2):
         torch.manual_seed(0)
         model = build_model(ModelConfig(), data)
-        fit = Engine(num_workers=workers, progress=False).fit(
-            model, OBJECTIVES.get("supervised"), cfg, data.train, labeled, data.train.targets[labeled],
-            hflip=True, seed=1)
-        states.append(fit.model.state_dict())
+        states.append(fit(Engine(num_workers=workers, progress=False), model, cfg, data, labeled, hflip=True,
+                          seed=1).model.state_dict())
     for k in states[0]:
         assert torch.equal(states[0][k], states[1][k]), k
 
@@ -103,14 +110,13 @@ def test_ema_is_the_exponential_average_of_the_weights():
         torch.manual_seed(0)
         model = build_model(ModelConfig(), data)
         cfg = train_cfg(steps=steps, batch_size=16, schedule="constant", ema=ema)
-        return engine.fit(model, OBJECTIVES.get("supervised"), cfg, data.train, labeled,
-                          data.train.targets[labeled], hflip=False, seed=5)
+        return fit(engine, model, cfg, data, labeled, hflip=False, seed=5)
 
     w1 = run(1, 0.0).model.state_dict()
     w2 = run(2, 0.0).model.state_dict()
-    fit = run(2, decay)
-    assert fit.eval_model is not fit.model
-    ema = fit.eval_model.state_dict()
+    averaged = run(2, decay)
+    assert averaged.eval_model is not averaged.model
+    ema = averaged.eval_model.state_dict()
     for k, v in w2.items():
         if v.dtype.is_floating_point:
             # first update copies the weights, the second averages: d * w1 + (1 - d) * w2
@@ -172,9 +178,7 @@ def test_backbone_lr_scale_sets_the_backbone_rate():
         model = build_model(ModelConfig(), data)
         before = {k: v.clone() for k, v in model.state_dict().items()}
         cfg = train_cfg(steps=3, batch_size=16, backbone_lr_scale=scale, weight_decay=0.0)
-        fit = engine.fit(model, OBJECTIVES.get("supervised"), cfg, data.train, labeled,
-                         data.train.targets[labeled], hflip=False, seed=5)
-        return before, fit.model.state_dict()
+        return before, fit(engine, model, cfg, data, labeled, hflip=False, seed=5).model.state_dict()
 
     before, after = run(0.0)  # a frozen backbone: only the head (and BatchNorm statistics) change
     for k, v in after.items():
@@ -185,13 +189,31 @@ def test_backbone_lr_scale_sets_the_backbone_rate():
     assert any(not torch.equal(full[k], before[k]) for k in full if k.startswith("backbone.") and "weight" in k)
 
 
-def test_an_ema_too_slow_for_the_schedule_is_warned_about(capsys):
+def test_an_ema_too_slow_for_the_schedule_is_advised_against():
+    assert ema_advice(0.99, 10) == ("with train.ema=0.99 and train.steps=10 the averaged weights keep 90 % of the "
+                                    "initial ones; set train.ema=0")  # 0.99 ** 10 = 0.904
+    assert ema_advice(0.999, 100).endswith("keep 90 % of the initial ones; lower train.ema (e.g. 0.95) or train longer")
+    assert ema_advice(0.5, 10) is None and ema_advice(0.0, 10) is None
+
+
+def test_fit_builds_the_objective_once_torch_is_seeded_and_the_model_laid_out():
+    """What ``build`` draws (an objective's new head) depends on fit's seed alone, not on the state torch's
+    generator was left in; the model it wraps is already in the engine's memory format."""
     data = digits()
     labeled = torch.arange(32)
-    for ema, warned in ((0.99, True), (0.5, False)):
+    cfg = train_cfg(steps=1, batch_size=8)
+    engine = Engine(progress=False)
+    drawn = []
+
+    def build(model):
+        conv = next(p for p in model.parameters() if p.dim() == 4)
+        assert conv.is_contiguous(memory_format=engine.memory_format)
+        drawn.append(torch.randn(4))
+        return make_objective(OBJECTIVES.get("supervised"), model, cfg)
+
+    for left_at, seed in ((1, 3), (2, 3), (1, 4)):
         torch.manual_seed(0)
-        Engine(progress=False).fit(build_model(ModelConfig(), data), OBJECTIVES.get("supervised"),
-                                   train_cfg(steps=10, batch_size=8, ema=ema), data.train, labeled,
-                                   data.train.targets[labeled], hflip=False, seed=0)
-        out = capsys.readouterr().out
-        assert ("keep 90 % of the initial ones" in out) == warned, out  # 0.99 ** 10 = 0.904
+        model = build_model(ModelConfig(), data)
+        torch.manual_seed(left_at)  # whatever state the caller left torch's generator in
+        fit(engine, model, cfg, data, labeled, hflip=False, seed=seed, build=build)
+    assert torch.equal(drawn[0], drawn[1]) and not torch.equal(drawn[0], drawn[2])

@@ -11,12 +11,12 @@ import torch.nn.functional as F
 from conftest import run_two_processes
 from torch import nn
 
-from ssal import loop
+from ssal.experiment import loop
+from ssal.experiment.report import read_metrics
 from ssal.models.ema import batch_statistics, ema_model
-from ssal.recipe import load_recipe
-from ssal.report import read_metrics
+from ssal.recipe import load_recipe, resume_recipe
 from ssal.semi import OBJECTIVES
-from ssal.semi.base import Objective
+from ssal.semi.base import Objective, make_objective, resolve_views
 from ssal.semi.consistency import consistency_loss, sigmoid_rampup
 from ssal.semi.contrastive import supcon_loss
 from ssal.semi.fixmatch import adaptive_thresholds, fixmatch_loss, update_adaptive_state
@@ -351,6 +351,16 @@ def test_student_view_option_asks_for_a_strong_student_view():
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_a_recipes_augment_replaces_the_weak_view_only_where_the_method_did_not_choose():
+    train = cfg_for("consistency", student_view="strong")
+    train.augment = "none"
+    cons = make_objective(OBJECTIVES.get("consistency"), Tiny(), train)
+    assert cons.views == {"x_l": ("labeled", "none"), "u_teacher": ("unlabeled", "none"),
+                          "u_student": ("unlabeled", "strong")}
+    assert OBJECTIVES.get("consistency").views["u_teacher"] == ("unlabeled", "weak")  # the class default is intact
+    assert resolve_views({"x_l": ("labeled", "weak")}, "weak") == {"x_l": ("labeled", "weak")}
+
+
 def test_contrastive_objective_is_the_sum_of_its_losses():
     from lightly.loss import NTXentLoss
 
@@ -417,32 +427,28 @@ def test_tiny_run_with_adaptive_thresholds(write_recipe):
 def test_resume_restores_the_teacher(write_recipe, monkeypatch):
     """reinit=false continues the student and its EMA teacher across rounds; a run killed in
     round 1 and resumed ends with exactly the teacher of an uninterrupted run."""
-    from ssal.engine import Engine
     from ssal.faults import SimulatedCrash
 
     common = dict(train={"method": "consistency", "steps": 5, "batch_size": 8, "reinit": False},
                   active={"rounds": 2, "strategy": "entropy"})
     full = loop.run(load_recipe(write_recipe("full", **common)), progress=False)
 
-    real_fit, calls = Engine.fit, []
+    real_load, handed = Objective.load_extra_state, []
 
-    def crash_in_round_1(self, *a, **k):
-        calls.append(k.get("objective_state"))
-        if len(calls) == 2:
-            raise SimulatedCrash("killed while training round 1")
-        return real_fit(self, *a, **k)
+    def crash_in_round_1(self, state):  # the first objective handed a state: round 1's, round 0 starts afresh
+        handed.append(state)
+        raise SimulatedCrash("killed while training round 1")
 
     cut_recipe = load_recipe(write_recipe("cut", **common))
-    monkeypatch.setattr(Engine, "fit", crash_in_round_1)
+    monkeypatch.setattr(Objective, "load_extra_state", crash_in_round_1)
     with pytest.raises(SimulatedCrash):
         loop.run(cut_recipe, progress=False)
-    assert calls[0] is None and calls[1]  # round 1 was handed round 0's teacher
-    monkeypatch.setattr(Engine, "fit", real_fit)
+    assert [m["round"] for m in read_metrics(cut_recipe.output_dir)] == [0] and handed[0]  # round 0's teacher
     resumed = []
-    monkeypatch.setattr(Engine, "fit", lambda self, *a, **k: resumed.append(k["objective_state"]) or
-                        real_fit(self, *a, **k))
-    cut = loop.run(loop.resume_recipe(cut_recipe.output_dir), resume=True, progress=False)
-    for k, v in calls[1].items():  # the resumed round 1 starts from the checkpointed teacher
+    monkeypatch.setattr(Objective, "load_extra_state", lambda self, state: resumed.append(state) or
+                        real_load(self, state))
+    cut = loop.run(resume_recipe(cut_recipe.output_dir), resume=True, progress=False)
+    for k, v in handed[0].items():  # the resumed round 1 starts from the checkpointed teacher
         assert torch.equal(resumed[0][k], v), k
     a = torch.load(full / "checkpoints" / "round_02.pt", weights_only=True)["objective"]
     b = torch.load(cut / "checkpoints" / "round_02.pt", weights_only=True)["objective"]
@@ -477,12 +483,18 @@ def test_objectives_with_extra_modules_under_two_processes(tmp_path):
     script.write_text(
         "import torch, torch.distributed as dist\n"
         "from ssal.data import load_dataset\n"
-        "from ssal.engine import Engine\n"
+        "from ssal.engine import Engine, Optim, TrainData\n"
         "from ssal.models import build_model\n"
         "from ssal.recipe import from_dict\n"
         "from ssal.semi import OBJECTIVES\n"
+        "from ssal.semi.base import make_objective\n"
         "engine = Engine(progress=False)\n"
         "assert engine.world == 2\n"
+        "def train(cfg, data, lab, unl):\n"
+        "    cls = OBJECTIVES.get(cfg.train.method)\n"
+        "    return engine.fit(build_model(cfg.model, data), lambda m: make_objective(cls, m, cfg.train),\n"
+        "                      TrainData(data.train, lab, data.train.targets[lab], unl, hflip=False),\n"
+        "                      Optim.from_train(cfg.train), seed=1, ema=cfg.train.ema)\n"
         "for method in ('tod', 'contrastive', 'consistency'):\n"
         "    cfg = from_dict({'data': {'dataset': 'digits', 'pool_size': 300},\n"
         "                     'train': {'method': method, 'steps': 3, 'batch_size': 8},\n"
@@ -490,8 +502,7 @@ def test_objectives_with_extra_modules_under_two_processes(tmp_path):
         "    data = load_dataset(cfg.data)\n"
         "    torch.manual_seed(0)\n"
         "    lab, unl = torch.arange(20), torch.arange(20, 300)\n"
-        "    fit = engine.fit(build_model(cfg.model, data), OBJECTIVES.get(method), cfg.train, data.train, lab,\n"
-        "                     data.train.targets[lab], unl, hflip=False, seed=1)\n"
+        "    fit = train(cfg, data, lab, unl)\n"
         "    obj = fit.objective\n"
         "    flat = torch.cat([t.detach().flatten() for t in obj.parameters()])  # teachers' too\n"
         "    both = [torch.zeros_like(flat) for _ in range(2)]\n"
@@ -505,8 +516,7 @@ def test_objectives_with_extra_modules_under_two_processes(tmp_path):
         "                           'fixmatch': {'threshold_mode': 'adaptive', 'adaptive_momentum': 0.5, 'mu': 2}},\n"
         "                 'active': {'initial': 20, 'rounds': 0}})\n"
         "torch.manual_seed(0)\n"
-        "fit = engine.fit(build_model(cfg.model, data), OBJECTIVES.get('fixmatch'), cfg.train, data.train, lab,\n"
-        "                 data.train.targets[lab], unl, hflip=False, seed=1)\n"
+        "fit = train(cfg, data, lab, unl)\n"
         "state = torch.cat([fit.objective.global_confidence.view(1), fit.objective.class_probs])\n"
         "assert abs(state[0].item() - 0.1) > 1e-4  # it moved from 1 / C\n"
         "both = [torch.zeros_like(state) for _ in range(2)]\n"

@@ -52,3 +52,13 @@ def batch_statistics(module: nn.Module) -> Iterator[nn.Module]:
             m.momentum = momentum
             if tracked is not None:
                 m.num_batches_tracked.copy_(tracked)
+
+
+def ema_advice(decay: float, steps: int) -> str | None:
+    """What is wrong with averaging the weights with ``decay`` over ``steps`` steps, and the fix, or None:
+    the average still holds ``decay ** steps`` of the initial weights, so more than 5 % of them misleads."""
+    if decay <= 0 or decay ** steps <= 0.05:
+        return None
+    fix = f"lower train.ema (e.g. {1 - 5 / steps:.3g}) or train longer" if steps > 10 else "set train.ema=0"
+    return (f"with train.ema={decay} and train.steps={steps} the averaged weights keep "
+            f"{100 * decay ** steps:.0f} % of the initial ones; {fix}")

@@ -128,3 +128,22 @@ class Objective(nn.Module):
     def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
         own = {k: v for k, v in self.state_dict().items() if k.startswith("model.")}
         self.load_state_dict({**own, **state})
+
+
+def resolve_views(views: dict[str, tuple[str, str]], base_view: str) -> dict[str, tuple[str, str]]:
+    """``views`` with the base view ``weak`` replaced by ``base_view`` (a recipe's ``train.augment``:
+    weak | strong | none); the views a method chose otherwise stay as declared."""
+    return {key: (source, base_view if view == "weak" else view) for key, (source, view) in views.items()}
+
+
+def make_objective(cls: type[Objective], model: nn.Module, train_cfg: Any, auxiliary: Auxiliary | None = None,
+                   state: dict[str, torch.Tensor] | None = None) -> Objective:
+    """``cls`` around ``model`` as a recipe's ``train`` section asks: its base view is ``train.augment``,
+    ``auxiliary`` (a selection strategy's module) trains along, and ``state`` (an earlier fit's
+    ``objective_state``) restores its extra modules (a teacher)."""
+    objective = cls(model, train_cfg)
+    objective.views = resolve_views(objective.views, train_cfg.augment)
+    objective.attach(auxiliary)
+    if state is not None:
+        objective.load_extra_state(state)
+    return objective
