@@ -29,7 +29,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ssal.errors import SsalError
+import torch
+import yaml
+
+from ssal.errors import ConfigError, SsalError
 from ssal.faults import failpoint
 
 TMP_SUFFIX = ".tmp"
@@ -127,8 +130,6 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 def torch_save(path: str | os.PathLike, obj: Any) -> None:
     """``torch.save`` through memory: torch reports a full disk as a RuntimeError about zip positions,
     a plain write says ENOSPC."""
-    import torch
-
     buf = io.BytesIO()
     torch.save(obj, buf)
     write_atomic(path, lambda f: f.write(buf.getbuffer()))
@@ -268,8 +269,6 @@ def read_sealed_json(path: str | os.PathLike) -> dict:
 
 def tensor_checksum(state: dict) -> str:
     """A checksum of a (nested) dict of tensors and plain values, independent of dict order."""
-    import torch
-
     h = hashlib.blake2b(digest_size=16)
 
     def feed(prefix: str, value: Any) -> None:
@@ -314,3 +313,50 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def read_yaml(path: Path, what: str = "recipe") -> Any:
+    """The content of a YAML file; a one-line :class:`ConfigError` when it is missing, unreadable, not
+    YAML, or sets a key twice (YAML keeps the last silently, which drops a whole block)."""
+    if path.is_dir():
+        raise ConfigError(f"{what} '{path}' is a folder; give a YAML file")
+    if not path.is_file():
+        raise ConfigError(f"{what} file '{path}' not found; check the path" +
+                          (" (recipes live in recipes/)" if what == "recipe" else ""))
+    try:
+        text = path.read_bytes().decode()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} '{path}' is not a text file (not UTF-8); give a YAML file") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} '{path}': {e.strerror}") from None
+    try:
+        _check_duplicate_keys(yaml.compose(text), f"{what} '{path}'")
+        return yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{what} '{path}' nests its values too deeply to be a {what}; give a YAML file") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{what} '{path}' is not valid YAML:{where}: {problem}") from None
+
+
+def _check_duplicate_keys(node: Any, where: str, prefix: str = "", seen: set | None = None) -> None:
+    seen = set() if seen is None else seen
+    if node is None or id(node) in seen:  # an alias repeats a node already checked
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key != "<<":
+                line = key_node.start_mark.line + 1
+                if key in lines:
+                    raise ConfigError(f"{where} sets '{prefix}{key}' twice (lines {lines[key]} and {line}); YAML would "
+                                      "keep only the second: merge them into one")
+                lines[key] = line
+            _check_duplicate_keys(value_node, where, f"{prefix}{key}.", seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _check_duplicate_keys(item, where, f"{prefix}{i}.", seen)

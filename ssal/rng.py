@@ -15,7 +15,9 @@ Tests check it bit for bit against the same function on Python integers.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
+from typing import Any
 
 import torch
 
@@ -45,7 +47,6 @@ def _name(tag: str | int) -> int:
     """A stable int64 for a tag (a purpose such as ``"hflip"``, or a number)."""
     if isinstance(tag, int):
         return _signed(tag)
-    import hashlib
 
     return _signed(int.from_bytes(hashlib.blake2b(tag.encode(), digest_size=8).digest(), "little"))
 
@@ -89,3 +90,9 @@ def randint(keys: torch.Tensor, tag: str, low: int, high: int, shape: tuple[int,
 def to_seed(keys: torch.Tensor) -> list[int]:
     """Non-negative 63-bit seeds from keys, for libraries that draw from a global generator."""
     return (keys & ((1 << 63) - 1)).tolist()
+
+
+def derive_seed(*parts: Any) -> int:
+    """A 63-bit seed from parts (e.g. the recipe seed, the round, a purpose), stable across runs."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)

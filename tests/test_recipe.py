@@ -253,6 +253,24 @@ def test_a_semi_supervised_objective_needs_unlabeled_images_in_the_last_round(wr
     validate_pool(semi, 41)
 
 
+def test_an_initial_strategy_that_reads_ground_truth_is_refused_when_people_answer(write_recipe):
+    human = ["active.oracle=human"]
+    with pytest.raises(ConfigError, match=r"^active\.initial_strategy=class_balanced reads the ground-truth labels, "
+                                          r"which people have not given yet; with active\.oracle=human use ") as e:
+        load_recipe(write_recipe(), [*human, "active.initial_strategy=class_balanced"])
+    usable = str(e.value).rpartition(" use ")[2]
+    assert "random" in usable and "typiclust" in usable and "class_balanced" not in usable
+    for name in usable.replace(" or ", ", ").split(", "):
+        assert load_recipe(write_recipe(), [*human, f"active.initial_strategy={name}"]).active.oracle == "human"
+    load_recipe(write_recipe(), ["active.initial_strategy=class_balanced"])  # a simulated oracle has the truth
+
+
+def test_the_refusal_follows_the_initial_strategys_declaration_not_its_name(write_recipe, monkeypatch):
+    monkeypatch.setattr(INITIAL_STRATEGIES.get("random"), "needs_truth", True, raising=False)
+    with pytest.raises(ConfigError, match=r"active\.initial_strategy=random reads the ground-truth labels"):
+        load_recipe(write_recipe(), ["active.oracle=human", "active.initial_strategy=random"])
+
+
 # ----------------------------------------------------------------------------- files
 
 def test_malformed_yaml_is_a_config_error(tmp_path):
@@ -324,7 +342,7 @@ def test_resolved_recipe_is_read_only(write_recipe):
 
 def _needs_root(path: Path) -> bool:
     """Whether the recipe (after the recipes it extends) leaves data.root as ``???``."""
-    from ssal.recipe import _chain
+    from ssal.recipe.load import _chain
 
     roots = [(d.get("data") or {}).get("root") for _, d in _chain(path)]
     roots = [r for r in roots if r is not None]

@@ -6,9 +6,17 @@ from typing import Any, ClassVar
 import torch
 
 from ssal.registry import Registry
+from ssal.select.functional import top_k
 
 STRATEGIES = Registry("strategy")
 INITIAL_STRATEGIES = Registry("initial strategy")
+
+
+def reads_truth(initial: Any) -> Any:
+    """Declares that an initial strategy reads the pool's ground-truth labels (its ``targets``): only a
+    simulated oracle has them before round 0, so a recipe whose answers come from people refuses it."""
+    initial.needs_truth = True
+    return initial
 
 
 @dataclass
@@ -65,6 +73,10 @@ class ScoreStrategy(Strategy):
     """A strategy that ranks candidates by a score and takes the top ``budget``."""
 
     def select(self, signals: Signals, budget: int, generator: torch.Generator) -> torch.Tensor:
-        from ssal.select.functional import top_k
 
         return signals.candidates[top_k(self.scores(signals), budget)]
+
+
+def create_strategy(active: Any) -> Strategy:
+    """The strategy a recipe's ``active`` section names, with its options (``active.<name>``)."""
+    return STRATEGIES.get(active.strategy)(getattr(active, active.strategy, None))

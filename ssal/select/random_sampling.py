@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ssal.select.base import INITIAL_STRATEGIES, STRATEGIES, Signals, Strategy
+from ssal.select.base import INITIAL_STRATEGIES, STRATEGIES, Signals, Strategy, reads_truth
 
 
 @STRATEGIES.register("random")
@@ -23,6 +23,7 @@ def initial_random(unlabeled: torch.Tensor, targets: torch.Tensor, k: int, gener
 
 
 @INITIAL_STRATEGIES.register("class_balanced")
+@reads_truth
 def initial_class_balanced(unlabeled: torch.Tensor, targets: torch.Tensor, k: int,
                            generator: torch.Generator, embed=None) -> torch.Tensor:
     """``k // C`` random samples of each class (the first ``k % C`` classes get one more).
