@@ -22,7 +22,7 @@ import torch
 from ssal.data import ActivePool, load_dataset
 from ssal.models import build_model
 from ssal.recipe import from_dict
-from ssal.rundir import RunDir
+from ssal.run.store import RunDir
 
 
 def best(fn, repeat: int = 5) -> float:

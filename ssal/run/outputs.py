@@ -2,7 +2,7 @@
 ``output_dir`` and the cache.
 
 One rule for every command: nothing is written inside a run directory or a comparison folder
-except through that run's own :class:`~ssal.rundir.RunDir` (a predictions file written over
+except through that run's own :class:`~ssal.run.store.RunDir` (a predictions file written over
 ``pool.json`` would lose the run's labels), nor inside a data folder (a report's PNGs written into
 the image folder would join the pool), and a file that exists and that ssal did not write is
 replaced only with ``--force``. Paths are resolved first, so a link to a run's file is that file.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ssal import files
 from ssal.errors import ConfigError
-from ssal.rundir import COMPARISON_KIND, LOCK, enclosing_store
+from ssal.run.layout import COMPARISON_KIND, LOCK, enclosing_store
 
 
 @dataclass(frozen=True)
