@@ -19,8 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+from torchvision.transforms import functional as TF
 
 from ssal import files
+from ssal.data.imagecheck import check_images
+from ssal.data.label_files import read_seed_labels
 from ssal.data.walk import IMAGE_EXTENSIONS, LOOSE, walk_images
 from ssal.errors import DataError, did_you_mean, one_line
 from ssal.registry import Registry
@@ -168,7 +172,6 @@ def load_dataset(cfg, seed: int = 0, cache_dir: str | None = None) -> ImageDatas
     """Build the data set of a recipe's ``data`` section (``pool_size``/``test_size`` applied). Images
     decoded from files are checked to decode (:mod:`ssal.data.imagecheck`); with ``cache_dir`` the
     files that passed are remembered once :meth:`ImageDataset.save_caches` is called."""
-    from ssal.data.imagecheck import check_images
 
     builder = DATASETS.get(cfg.dataset)
     ds: ImageDataset = builder(cfg)
@@ -184,7 +187,6 @@ def load_dataset(cfg, seed: int = 0, cache_dir: str | None = None) -> ImageDatas
     if cfg.hflip is not None:
         ds.hflip = bool(cfg.hflip)
     if cfg.labels is not None:
-        from ssal.labels import read_seed_labels
 
         ds.seed_labels = read_seed_labels(cfg.labels, ds)
     if cfg.mean is not None:
@@ -328,8 +330,8 @@ def fashion_mnist(cfg) -> ImageDataset:
 @DATASETS.register("digits")
 def digits(cfg) -> ImageDataset:
     """scikit-learn's bundled 8x8 digits: 1,797 images, a fixed stratified 75/25 split."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from sklearn.datasets import load_digits  # heavy (scikit-learn), and only this data set needs it
+    from sklearn.model_selection import train_test_split  # (as above)
 
     bunch = load_digits()
     images = torch.from_numpy(np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)).unsqueeze(1)
@@ -425,9 +427,6 @@ class FolderSplit(Split):
         return h.hexdigest()
 
     def load_one(self, i: int) -> torch.Tensor:
-        from PIL import Image
-        from torchvision.transforms import functional as TF
-
         try:
             with Image.open(self.paths[i]) as im:
                 im = im.convert("L" if self.channels == 1 else "RGB")

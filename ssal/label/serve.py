@@ -1,7 +1,7 @@
 """``ssal label serve``: a labeling page in the browser for the open query batch of a human run.
 
 One image at a time, large, with the class buttons and keys; a grid of the batch; every answer is
-stored as it is given through :func:`ssal.labels.update_answers`, the same validated, locked and
+stored as it is given through :func:`ssal.label.answers.update_answers`, the same validated, locked and
 atomic path as ``ssal label import``, so a reload, a closed tab or a killed server lose nothing.
 With ``--continue`` the page also runs ``ssal run --resume`` when the batch is complete and serves
 the next batch when it is ready.
@@ -39,11 +39,27 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from ssal import files, labels
+import torch
+import uvicorn
+from omegaconf import OmegaConf
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from torchvision.transforms.functional import to_pil_image
+
+from ssal import files
+from ssal.data import load_dataset
+from ssal.data.label_files import SKIP_WORDS
 from ssal.data.pool import SKIP
 from ssal.errors import ConfigError, DataError, SsalError, one_line
 from ssal.files import Damaged
-from ssal.rundir import RunDir
+from ssal.label import answers as labels
+from ssal.run.store import RunDir
 
 BROWSER_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp",
                    "BMP": "image/bmp"}  # shown as they are; anything else (TIFF, ...) is sent as PNG
@@ -159,7 +175,7 @@ class Session:
     def state(self) -> dict:
         batch, why = self.batch()
         holder = None if self.job and self.job.running else self.rd.holder()
-        out = {"run": str(self.rd.path), "run_id": self.run_id, "classes": self.classes, "skip": labels.SKIP_WORDS[0],
+        out = {"run": str(self.rd.path), "run_id": self.run_id, "classes": self.classes, "skip": SKIP_WORDS[0],
                "locked": ("a run is in progress (the next round is training)" if self.job and self.job.running
                           else f"the run is in use by another ssal process ({holder})" if holder else None),
                "can_continue": self.allow_continue, "job": self.job.state() if self.job else None,
@@ -178,7 +194,7 @@ class Session:
         return out
 
     def _name(self, y: int) -> str:
-        return labels.SKIP_WORDS[0] if y == SKIP else self.classes[y]
+        return SKIP_WORDS[0] if y == SKIP else self.classes[y]
 
     # ------------------------------------------------------------------ answering
     def answer(self, body: object) -> dict:
@@ -229,9 +245,6 @@ class Session:
             raise Problem(404, f"index {index} is not an image of the open batch {batch.folder}")
         if item.path is not None:
             return self._file(item)
-        import torch
-        from torchvision.transforms.functional import to_pil_image
-
         split = self._pool_split()
         buf = io.BytesIO()
         to_pil_image(split.load(torch.tensor([index]))[0]).save(buf, format="PNG")
@@ -253,8 +266,6 @@ class Session:
         if item.digest is not None and files.digest(data) != item.digest:
             raise Problem(409, f"{rel} has changed since it was queried; put the original file back (its answer "
                                "would be for another image)")
-        from PIL import Image
-
         try:
             with Image.open(io.BytesIO(data)) as im:
                 im.load()  # decodes: a file that is not a whole image is never sent
@@ -269,10 +280,8 @@ class Session:
     def _pool_split(self):
         with self._split_lock:  # the page asks for several images at once; load the data set once
             if self._split is None:
-                from ssal.data import load_dataset
-                from ssal.recipe import from_dict
 
-                cfg = from_dict({**self.identity["recipe"], "output_dir": str(self.rd.path)})
+                cfg = OmegaConf.create(self.identity["recipe"])  # resolved and checked when the run was made
                 self._split = load_dataset(cfg.data, seed=cfg.seed, cache_dir=cfg.cache_dir).train
         return self._split
 
@@ -336,57 +345,53 @@ def _is_int(x: object) -> bool:
 # ----------------------------------------------------------------------------- HTTP
 
 def page() -> bytes:
-    return resources.files("ssal").joinpath("web/label.html").read_bytes()
+    return resources.files("ssal").joinpath("label/web/label.html").read_bytes()
 
 
-def create_app(session: Session, allowed_hosts: list[str]):
-    from starlette.applications import Starlette
-    from starlette.middleware import Middleware
-    from starlette.middleware.trustedhost import TrustedHostMiddleware
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
+def _problem(e: Problem) -> JSONResponse:
+    return JSONResponse({"error": str(e)}, status_code=e.status, headers=e.headers)
 
-    html = page().replace(b"{{SSAL_TOKEN}}", session.token.encode())
 
-    def problem(e: Problem) -> JSONResponse:
-        return JSONResponse({"error": str(e)}, status_code=e.status, headers=e.headers)
-
-    def from_the_page(request: Request) -> None:
-        """A request that changes something comes from this server's own page: it carries the page's token
-        (another site's page cannot read it) and no other site's Origin (or Referer)."""
-        given = request.headers.get("x-ssal-token", "")
-        if not (given.isascii() and hmac.compare_digest(given, session.token)):
-            raise Problem(403, "this request does not come from the labeling page (its token is missing or wrong); "
-                               "answer on the page itself, or reload it",
-                          {"X-SSAL-Stale-Token": "1"})  # the page of a restarted server reads the new one
-        own = f"http://{request.headers.get('host', '')}"
-        origin = request.headers.get("origin")
-        if origin is None and request.headers.get("referer"):
-            try:
-                parts = urllib.parse.urlsplit(request.headers["referer"])
-                origin = f"{parts.scheme}://{parts.netloc}"
-            except ValueError:  # not a URL: not this page's
-                origin = request.headers["referer"]
-        if origin is not None and origin != own:
-            raise Problem(403, f"a request from another site ({one_line(origin)[:100]}) is refused; use the page at "
-                               f"{own}/")
-
-    async def json_body(request: Request) -> object:
-        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-            raise Problem(415, "send the answer as application/json")
-        too_big = Problem(413, f"the request is over {MAX_BODY} bytes; an answer is a small JSON object")
-        if int(request.headers.get("content-length") or 0) > MAX_BODY:
-            raise too_big
-        raw = b""
-        async for chunk in request.stream():  # stop reading at the limit, whatever the headers said
-            raw += chunk
-            if len(raw) > MAX_BODY:
-                raise too_big
+def _from_the_page(request: Request, token: str) -> None:
+    """A request that changes something comes from this server's own page: it carries the page's token
+    (another site's page cannot read it) and no other site's Origin (or Referer)."""
+    given = request.headers.get("x-ssal-token", "")
+    if not (given.isascii() and hmac.compare_digest(given, token)):
+        raise Problem(403, "this request does not come from the labeling page (its token is missing or wrong); "
+                           "answer on the page itself, or reload it",
+                      {"X-SSAL-Stale-Token": "1"})  # the page of a restarted server reads the new one
+    own = f"http://{request.headers.get('host', '')}"
+    origin = request.headers.get("origin")
+    if origin is None and request.headers.get("referer"):
         try:
-            return json.loads(raw)
-        except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, nesting deeper than Python's stack
-            raise Problem(400, f"malformed JSON ({one_line(str(e))[:200]})") from None
+            parts = urllib.parse.urlsplit(request.headers["referer"])
+            origin = f"{parts.scheme}://{parts.netloc}"
+        except ValueError:  # not a URL: not this page's
+            origin = request.headers["referer"]
+    if origin is not None and origin != own:
+        raise Problem(403, f"a request from another site ({one_line(origin)[:100]}) is refused; use the page at "
+                           f"{own}/")
+
+
+async def _json_body(request: Request) -> object:
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
+        raise Problem(415, "send the answer as application/json")
+    too_big = Problem(413, f"the request is over {MAX_BODY} bytes; an answer is a small JSON object")
+    if int(request.headers.get("content-length") or 0) > MAX_BODY:
+        raise too_big
+    raw = b""
+    async for chunk in request.stream():  # stop reading at the limit, whatever the headers said
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise too_big
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8, nesting deeper than Python's stack
+        raise Problem(400, f"malformed JSON ({one_line(str(e))[:200]})") from None
+
+
+def create_app(session: Session, allowed_hosts: list[str]) -> Starlette:
+    html = page().replace(b"{{SSAL_TOKEN}}", session.token.encode())
 
     def index(request: Request) -> Response:
         return Response(html, media_type="text/html; charset=utf-8", headers={"Cache-Control": "no-store"})
@@ -395,39 +400,37 @@ def create_app(session: Session, allowed_hosts: list[str]):
         try:
             return JSONResponse(session.state(), headers={"Cache-Control": "no-store"})
         except SsalError as e:  # e.g. a damaged answers.json
-            return problem(Problem(500, str(e)))
+            return _problem(Problem(500, str(e)))
 
     async def answer(request: Request) -> Response:
         try:
-            from_the_page(request)
-            body = await json_body(request)
-            from starlette.concurrency import run_in_threadpool
-
+            _from_the_page(request, session.token)
+            body = await _json_body(request)
             return JSONResponse(await run_in_threadpool(session.answer, body))
         except Problem as e:
-            return problem(e)
+            return _problem(e)
 
     def image(request: Request) -> Response:
         raw = request.path_params["index"]
         if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:  # '²'.isdigit() is True
-            return problem(Problem(404, "an image is named by its pool index, a whole number"))
+            return _problem(Problem(404, "an image is named by its pool index, a whole number"))
         if request.query_params.get("run", session.run_id) != session.run_id:
-            return problem(Problem(404, "an image of another run; reload the page"))
+            return _problem(Problem(404, "an image of another run; reload the page"))
         try:
             data, media = session.image(int(raw))
         except Problem as e:
-            return problem(e)
+            return _problem(e)
         return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600",
                                                           "X-Content-Type-Options": "nosniff"})
 
     async def cont(request: Request) -> Response:
         try:
-            from_the_page(request)
-            if await json_body(request) != {}:
+            _from_the_page(request, session.token)
+            if await _json_body(request) != {}:
                 raise Problem(400, "continue takes an empty JSON object {}")
             return JSONResponse(session.start_continue())
         except Problem as e:
-            return problem(e)
+            return _problem(e)
 
     routes = [Route("/", index), Route("/api/batch", batch), Route("/api/answer", answer, methods=["POST"]),
               Route("/api/image/{index}", image), Route("/api/continue", cont, methods=["POST"])]
@@ -467,8 +470,6 @@ def bind(host: str, port: int) -> socket.socket:
 def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8765, allow_remote: bool = False,
           allow_continue: bool = False, announce=print) -> None:
     """Serve the labeling page of ``run_dir`` until Ctrl-C / SIGTERM."""
-    import uvicorn
-
     if not is_loopback(host) and not allow_remote:
         raise ConfigError(f"--host {host} would let other machines label (and read the images) without a password; "
                           "pass --allow-remote to do it anyway, or keep the default 127.0.0.1")
