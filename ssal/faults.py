@@ -29,6 +29,8 @@ import os
 import signal
 from collections.abc import Iterator
 
+from ssal.errors import SsalError
+
 ENV = "SSAL_FAILPOINTS"
 _ERRORS = {"enospc": errno.ENOSPC, "eacces": errno.EACCES, "erofs": errno.EROFS, "eio": errno.EIO}
 
@@ -82,7 +84,6 @@ def active(spec: str) -> Iterator[None]:
 def check_env() -> None:
     """A one-line user error when ``SSAL_FAILPOINTS`` is malformed (the command line calls it first)."""
     if _INVALID and _RULES and _RULES[0][1] == "invalid":
-        from ssal.errors import SsalError
 
         raise SsalError(f"{_INVALID}; unset {ENV} (it is for tests)")
 

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from ssal.cli import main
-from ssal.compare import load_spec, run_plan
-from ssal.report import read_metrics, read_results_csv
-from ssal.rundir import RunDir
+from ssal.experiment.compare import load_spec, run_plan
+from ssal.experiment.report import read_metrics, read_results_csv
+from ssal.run.store import RunDir
 
 SSAL = str(Path(sys.executable).with_name("ssal"))
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,7 +214,7 @@ def test_a_comparison_in_use_is_refused_naming_its_holder(tmp_path, base, capsys
     path = spec(tmp_path, {"active.strategy": ["random"]})
     out = tmp_path / "cmp"
     out.mkdir()
-    code = ("import sys, time\nfrom ssal.rundir import Lock\nLock(sys.argv[1]).acquire()\n"
+    code = ("import sys, time\nfrom ssal.run.lock import Lock\nLock(sys.argv[1]).acquire()\n"
             "print('locked', flush=True)\ntime.sleep(600)\n")
     holder = subprocess.Popen([sys.executable, "-c", code, str(out / ".lock")], stdout=subprocess.PIPE, text=True)
     try:

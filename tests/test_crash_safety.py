@@ -20,10 +20,11 @@ import pytest
 import torch
 import yaml
 
-from ssal import faults, loop
+from ssal import faults
 from ssal.cli import main
+from ssal.experiment import loop
 from ssal.recipe import load_recipe
-from ssal.rundir import read_metrics
+from ssal.run.readers import read_metrics
 
 SSAL = str(Path(sys.executable).with_name("ssal"))
 
@@ -371,7 +372,7 @@ def test_growing_rounds_on_resume_buys_the_missing_batch_first(tmp_path, tiny_re
 
 def _holder(run: Path) -> subprocess.Popen:
     """A process that holds ``run``'s lock the way ssal does, until killed."""
-    code = ("import sys, time\nfrom ssal.rundir import RunDir\nRunDir(sys.argv[1]).lock()\n"
+    code = ("import sys, time\nfrom ssal.run.store import RunDir\nRunDir(sys.argv[1]).lock()\n"
             "print('locked', flush=True)\ntime.sleep(600)\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(run)], stdout=subprocess.PIPE, text=True, env=_env())
     assert proc.stdout.readline().strip() == "locked"

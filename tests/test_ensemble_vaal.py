@@ -15,19 +15,23 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from ssal import faults, loop
+from ssal import faults
 from ssal.cli import main
 from ssal.data import load_dataset
 from ssal.data.views import to_float
-from ssal.engine import Engine, FitResult, derive_seed
+from ssal.engine import Engine, FitResult
+from ssal.experiment import loop
+from ssal.experiment.report import read_metrics
+from ssal.experiment.trainer import combine
 from ssal.models import build_model
+from ssal.models.ensemble import Ensemble
 from ssal.recipe import DataConfig, ModelConfig, load_recipe
-from ssal.report import read_metrics
-from ssal.rundir import RunDir
+from ssal.rng import derive_seed
+from ssal.run.store import RunDir
 from ssal.select import STRATEGIES
 from ssal.select import vaal as V
 from ssal.select.base import Signals
-from ssal.select.ensemble import Ensemble, MemberProbs, combine
+from ssal.select.ensemble import MemberProbs
 from ssal.select.signals import SelectionContext, candidates, compute_signals
 from ssal.select.stage import generator
 

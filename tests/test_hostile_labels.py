@@ -38,7 +38,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from ssal.cli import main
-from ssal.rundir import RunDir
+from ssal.run.store import RunDir
 from tests.test_bad_inputs import diff, snapshot
 from tests.test_human_loop import (  # noqa: F401  (one_thread: autouse, in-process training on one thread)
     CLASSES,
@@ -316,7 +316,7 @@ def test_a_partly_filled_queries_csv_gives_its_answers_and_resume_waits_for_the_
 
 def page_answer(run: Path, index: int, label: str) -> None:
     """One answer given on the labeling page (its app in this process, with the page's token)."""
-    from ssal.serve import Session, create_app
+    from ssal.label.serve import Session, create_app
 
     session = Session(run)
     c = TestClient(create_app(session, ["testserver"]), raise_server_exceptions=False)

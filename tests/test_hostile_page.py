@@ -38,8 +38,8 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from ssal.cli import main
-from ssal.rundir import RunDir
-from ssal.serve import Session, create_app
+from ssal.label.serve import Session, create_app
+from ssal.run.store import RunDir
 from tests.test_human_loop import (  # noqa: F401  (one_thread: autouse, in-process work on one thread)
     CLASSES,
     colour_image,

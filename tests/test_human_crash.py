@@ -15,7 +15,7 @@ import yaml
 
 from ssal.data import load_dataset
 from ssal.recipe import load_recipe
-from ssal.rundir import read_metrics
+from ssal.run.readers import read_metrics
 from tests.test_crash_safety import SSAL, _env, faults, ssal
 
 

@@ -20,8 +20,8 @@ import yaml
 from PIL import Image
 
 from ssal.cli import main
-from ssal.labels import QUERY_COLUMNS
-from ssal.rundir import read_metrics
+from ssal.data.label_files import QUERY_COLUMNS
+from ssal.run.readers import read_metrics
 
 CLASSES = ["red", "green", "blue"]
 N_IMAGES = 300

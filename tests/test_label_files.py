@@ -32,9 +32,9 @@ from PIL import Image
 
 from ssal import faults
 from ssal.cli import main
-from ssal.labels import QUERY_COLUMNS
-from ssal.oracle import HumanOracle
-from ssal.rundir import RunDir
+from ssal.data.label_files import QUERY_COLUMNS
+from ssal.label.oracles import HumanOracle
+from ssal.run.store import RunDir
 from tests.test_bad_inputs import diff, snapshot
 
 PREFIX = "ssal: error: "
@@ -487,7 +487,7 @@ def test_a_run_without_an_open_batch(world, tmp_path, capsys):
 
 
 def _lock_holder(lock: Path) -> subprocess.Popen:
-    code = ("import sys, time\nfrom ssal.rundir import Lock\nLock(sys.argv[1]).acquire()\n"
+    code = ("import sys, time\nfrom ssal.run.lock import Lock\nLock(sys.argv[1]).acquire()\n"
             "print('locked', flush=True)\ntime.sleep(600)\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop(faults.ENV, None)

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ssal.rundir import RunDir
+from ssal.run.store import RunDir
 from tests.test_human_loop import CLASSES, colour_image, folder_recipe, ssal
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

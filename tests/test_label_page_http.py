@@ -3,7 +3,7 @@ serve and the answers they store.
 
 One human run is made per module (a folder of 80 colour images: PNGs, TIFFs and PNGs that are links
 to files outside data.root, plus a secret text file next to them); every test that writes works on a
-copy. In-process tests use Starlette's TestClient on :func:`ssal.serve.create_app`; the ones about
+copy. In-process tests use Starlette's TestClient on :func:`ssal.label.serve.create_app`; the ones about
 the real server (raw paths, kill -9, threads, signals) start ``python -m ssal label serve``. The
 answers given are checked against the hidden truth of the images, the run's answers.json (read
 with RunDir), and pool.json after ``ssal run --resume``."""
@@ -34,8 +34,8 @@ from starlette.testclient import TestClient
 
 from ssal.cli import main
 from ssal.errors import SsalError
-from ssal.rundir import RunDir
-from ssal.serve import MAX_BODY, Session, create_app
+from ssal.label.serve import MAX_BODY, Session, create_app
+from ssal.run.store import RunDir
 from tests.test_human_loop import (  # noqa: F401  (one_thread: autouse, in-process training on one thread)
     CLASSES,
     colour_image,

@@ -17,11 +17,11 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from ssal import loop
 from ssal.cli import main
 from ssal.data import load_dataset
+from ssal.experiment import loop
+from ssal.experiment.report import read_metrics
 from ssal.recipe import load_recipe
-from ssal.report import read_metrics
 
 SSAL = str(Path(sys.executable).with_name("ssal"))
 INITIAL, BUDGET, ROUNDS = 20, 10, 3

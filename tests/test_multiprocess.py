@@ -28,7 +28,7 @@ import yaml
 from conftest import tiny_recipe_dict
 
 from ssal import faults
-from ssal.rundir import read_metrics
+from ssal.run.readers import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
@@ -184,7 +184,7 @@ def _processes(entry: dict) -> int:
 def offer_encoder(src: Path, dst: Path, processes: int) -> None:
     """Store the encoder that one process pretrained (cache ``src``) in cache ``dst`` under the key of a
     run on ``processes`` processes (the key covers the number of processes), so that such a run uses it."""
-    from ssal.pretrain.stage import cache_key
+    from ssal.experiment.pretraining import cache_key
 
     (entry,) = [e for e in map(_entry, _cache_entries(src)) if _processes(e) == 1]
     fields = json.loads(entry["fields"])
@@ -285,9 +285,10 @@ SCRIPT = textwrap.dedent('''
     import torch
     import torch.distributed as dist
 
-    import ssal.engine as engine_mod
+    import ssal.engine.training as engine_mod
     from ssal.data import load_dataset
-    from ssal.engine import Engine, derive_seed
+    from ssal.engine import Engine, Optim, TrainData
+    from ssal.rng import derive_seed
     from ssal.models import build_model
     from ssal.models.sync_bn import GlobalBatchNorm
     from ssal.recipe import DataConfig, ModelConfig, load_recipe
@@ -296,6 +297,7 @@ SCRIPT = textwrap.dedent('''
     from ssal.select import signals as S
     from ssal.select.signals import SelectionContext, compute_signals
     from ssal.semi import OBJECTIVES
+    from ssal.semi.base import make_objective
 
     out, recipe = Path(sys.argv[1]), sys.argv[2]
     engine = Engine(progress=False)
@@ -357,9 +359,9 @@ SCRIPT = textwrap.dedent('''
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         net = build_model(cfg.model, pool)
         lab = torch.arange(40)
-        fit = engine.fit(net, OBJECTIVES.get(method), cfg.train, pool.train, lab, pool.train.targets[lab],
-                         torch.arange(40, len(pool.train)), hflip=pool.hflip, seed=derive_seed(cfg.seed, "fit"),
-                         desc=method)
+        data = TrainData(pool.train, lab, pool.train.targets[lab], torch.arange(40, len(pool.train)), hflip=pool.hflip)
+        fit = engine.fit(net, lambda m: make_objective(OBJECTIVES.get(method), m, cfg.train), data,
+                         Optim.from_train(cfg.train), seed=derive_seed(cfg.seed, "fit"), ema=cfg.train.ema, desc=method)
         bn = [m for m in fit.objective.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
         assert bn, "the backbone has BatchNorm layers"
         assert all(isinstance(m, GlobalBatchNorm) for m in bn) == (world > 1), [type(m) for m in bn]
@@ -394,8 +396,10 @@ SCRIPT = textwrap.dedent('''
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         net = build_model(cfg.model, pool)
         try:
-            engine.fit(net, OBJECTIVES.get("supervised"), cfg.train, pool.train, lab, pool.train.targets[lab],
-                       hflip=pool.hflip, seed=derive_seed(cfg.seed, "fit"), desc="unsynchronised")
+            engine.fit(net, lambda m: make_objective(OBJECTIVES.get("supervised"), m, cfg.train),
+                       TrainData(pool.train, lab, pool.train.targets[lab], hflip=pool.hflip),
+                       Optim.from_train(cfg.train), seed=derive_seed(cfg.seed, "fit"), ema=cfg.train.ema,
+                       desc="unsynchronised")
             raise AssertionError("plain BatchNorm under 2 processes went unnoticed")
         except RuntimeError as e:
             assert "processes hold different buffers" in str(e), e

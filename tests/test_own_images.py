@@ -27,8 +27,8 @@ from ssal.data import datasets as ds_mod
 from ssal.data.datasets import load_dataset
 from ssal.data.pool import SKIP, ActivePool
 from ssal.errors import ConfigError, DataError
-from ssal.oracle import SimulatedOracle
-from ssal.project import HUMAN_RECIPE
+from ssal.experiment.project import HUMAN_RECIPE
+from ssal.label.oracles import SimulatedOracle
 from ssal.recipe import DataConfig, ModelConfig, from_dict, load_recipe
 
 torch.set_num_threads(1)

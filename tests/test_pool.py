@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from ssal import files
 from ssal.data.pool import ActivePool
 from ssal.files import Damaged, StorageError
-from ssal.rundir import RunDir
+from ssal.run.store import RunDir
 
 
 def snapshot(pool: ActivePool):

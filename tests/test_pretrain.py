@@ -13,13 +13,14 @@ import torch.nn.functional as F
 from conftest import run_two_processes
 from torchvision.transforms import v2 as T
 
-from ssal import loop
 from ssal.cli import main as cli_main
 from ssal.data import load_dataset
 from ssal.data.datasets import ImageDataset, TensorSplit
 from ssal.engine import Engine, TransformBatches
+from ssal.experiment import loop
+from ssal.experiment import pretraining as stage
 from ssal.models import build_model
-from ssal.pretrain import PRETRAINERS, stage
+from ssal.pretrain import PRETRAINERS
 from ssal.pretrain.base import BLUR_MIN_SIZE
 from ssal.pretrain.knn import knn_accuracy
 from ssal.recipe import from_dict

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from ssal.cli import main
-from ssal.report import (
+from ssal.experiment.report import (
     aubc,
     group_rows,
     mean_std,

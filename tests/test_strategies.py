@@ -10,20 +10,23 @@ import torch
 import yaml
 from conftest import run_two_processes
 
-from ssal import faults, loop
+from ssal import faults
 from ssal.cli import main
 from ssal.data import load_dataset
 from ssal.data.views import to_float
-from ssal.engine import Engine, derive_seed
+from ssal.engine import Engine, Optim, TrainData
+from ssal.experiment import loop
+from ssal.experiment.report import read_metrics
+from ssal.experiment.trainer import uses_previous_model
 from ssal.models import build_model
 from ssal.recipe import load_recipe
-from ssal.report import read_metrics
+from ssal.rng import derive_seed
 from ssal.select import STRATEGIES, Strategy
 from ssal.select import functional as Fn
 from ssal.select import signals as S
 from ssal.select.signals import SelectionContext, compute_signals
-from ssal.select.stage import uses_previous_model
 from ssal.semi import OBJECTIVES
+from ssal.semi.base import make_objective
 
 OBJECTIVE_NAMES = ["supervised", "fixmatch", "consistency", "tod", "contrastive"]
 
@@ -109,8 +112,9 @@ def trained(tiny_recipe, tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(cfg.model, data)
     labeled = torch.arange(20)
-    fit = engine.fit(model, OBJECTIVES.get("consistency"), cfg.train, data.train, labeled, data.train.targets[:20],
-                     torch.arange(20, 160), hflip=data.hflip, seed=0)
+    fit = engine.fit(model, lambda m: make_objective(OBJECTIVES.get("consistency"), m, cfg.train),
+                     TrainData(data.train, labeled, data.train.targets[:20], torch.arange(20, 160), hflip=data.hflip),
+                     Optim.from_train(cfg.train), seed=0, ema=cfg.train.ema)
     return engine, data, fit, labeled
 
 

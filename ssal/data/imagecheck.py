@@ -16,6 +16,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from PIL import Image
+
 from ssal import files
 from ssal.errors import DataError
 
@@ -26,8 +28,6 @@ DRAFT_SIDE = 64  # decode at no less than this side: enough to read every block 
 
 def _check_one(path: Path) -> str | None:
     """None if ``path`` decodes, else why not."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             if im.format == "JPEG":

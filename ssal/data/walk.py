@@ -67,92 +67,103 @@ def walk_images(root: str | os.PathLike, skip: Path | None = None, limit: int = 
 
     Real folders and files are walked first, links after them (in name order, then what they lead to),
     so an image reached both ways keeps its real name, and the walk is the same every time."""
-    root = Path(root)
-    real_root = Path(os.path.realpath(root))
-    found = Found(root)
-    try:
-        st = os.stat(real_root)
-    except OSError as e:
-        raise DataError(f"cannot read the folder '{root}' ({e.strerror})") from None
-    seen_folders = {(st.st_dev, st.st_ino)}
-    skip_key, skip_real = None, None
-    if skip is not None and skip.is_dir():
-        st = os.stat(skip)
-        skip_key, skip_real = (st.st_dev, st.st_ino), Path(os.path.realpath(skip))
-        seen_folders.add(skip_key)  # as if walked already: never entered, not reported
-    seen_files: set[tuple[int, int]] = set()
-    folders: list[tuple[str, str]] = [(str(root), "")]
-    links: list[tuple[str, str]] = []  # (path, relative name), followed once the real entries are done
-    taken: list[tuple[str, str]] = []  # (relative name, path) of the images
-    count = 0
+    return _Walk(Path(root), skip, limit).run()
 
-    def take(path: str, name: str, st: os.stat_result) -> None:
-        key = (st.st_dev, st.st_ino)
+
+class _Walk:
+    """One walk: what it has seen (by device and inode), what it still has to visit, what it found."""
+
+    def __init__(self, root: Path, skip: Path | None, limit: int):
+        self.root, self.limit, self.count = root, limit, 0
+        self.real_root = Path(os.path.realpath(root))
+        self.found = Found(root)
+        try:
+            st = os.stat(self.real_root)
+        except OSError as e:
+            raise DataError(f"cannot read the folder '{root}' ({e.strerror})") from None
+        self.seen_folders = {(st.st_dev, st.st_ino)}
+        self.skip_key, self.skip_real = None, None
+        if skip is not None and skip.is_dir():
+            st = os.stat(skip)
+            self.skip_key, self.skip_real = (st.st_dev, st.st_ino), Path(os.path.realpath(skip))
+            self.seen_folders.add(self.skip_key)  # as if walked already: never entered, not reported
+        self.seen_files: set[tuple[int, int]] = set()
+        self.folders: list[tuple[str, str]] = [(str(root), "")]
+        self.links: list[tuple[str, str]] = []  # (path, relative name), followed once the real entries are done
+        self.taken: list[tuple[str, str]] = []  # (relative name, path) of the images
+
+    def run(self) -> Found:
+        while self.folders or self.links:
+            if self.folders:
+                self.scan(*self.folders.pop())
+            else:  # the real entries are walked: now the links, in name order
+                self.follow_links()
+        self.found.files = [path for _, path in sorted(self.taken)]
+        return self.found
+
+    def take(self, path: str, name: str, st: os.stat_result) -> None:
+        found, key = self.found, (st.st_dev, st.st_ino)
         if stat.S_ISDIR(st.st_mode):
-            if key in seen_folders:
-                if key != skip_key:
+            if key in self.seen_folders:
+                if key != self.skip_key:
                     found.skipped[LOOP].append(name)
                 return
-            seen_folders.add(key)
-            folders.append((path, name + "/"))
+            self.seen_folders.add(key)
+            self.folders.append((path, name + "/"))
             if "/" not in name:
                 found.folders.append(name)
         elif not stat.S_ISREG(st.st_mode):
             found.skipped[SPECIAL].append(name)
         elif not name.lower().endswith(IMAGE_EXTENSIONS):
             found.skipped[NOT_IMAGE].append(name)
-        elif key in seen_files:
+        elif key in self.seen_files:
             found.skipped[SECOND_NAME].append(name)
         else:
-            seen_files.add(key)
-            taken.append((name, path))
+            self.seen_files.add(key)
+            self.taken.append((name, path))
 
-    while folders or links:
-        if not folders:  # the real entries are walked: now the links, in name order
-            links.sort(key=lambda link: link[1])
-            for path, name in links:
-                try:
-                    target = os.path.realpath(path)
-                    st = os.stat(path)
-                except OSError:
-                    found.skipped[BROKEN].append(name)
-                    continue
-                if not Path(target).is_relative_to(real_root):
-                    found.skipped[OUTSIDE].append(name)
-                elif skip_real is not None and Path(target).is_relative_to(skip_real):
-                    found.skipped[INTO_SKIPPED].append(name)  # a test image must not join the pool
-                else:
-                    take(path, name, st)
-            links = []
-            folders.reverse()
-            continue
-        folder, rel = folders.pop()
+    def follow_links(self) -> None:
+        skipped = self.found.skipped
+        for path, name in sorted(self.links, key=lambda link: link[1]):
+            try:
+                target = os.path.realpath(path)
+                st = os.stat(path)
+            except OSError:
+                skipped[BROKEN].append(name)
+                continue
+            if not Path(target).is_relative_to(self.real_root):
+                skipped[OUTSIDE].append(name)
+            elif self.skip_real is not None and Path(target).is_relative_to(self.skip_real):
+                skipped[INTO_SKIPPED].append(name)  # a test image must not join the pool
+            else:
+                self.take(path, name, st)
+        self.links = []
+        self.folders.reverse()
+
+    def scan(self, folder: str, rel: str) -> None:
+        skipped = self.found.skipped
         try:
             entries = sorted(os.scandir(folder), key=lambda e: e.name)
         except OSError:
-            found.skipped[UNREADABLE].append(rel.rstrip("/") or ".")
-            continue
-        depth = len(folders)
+            skipped[UNREADABLE].append(rel.rstrip("/") or ".")
+            return
+        depth = len(self.folders)
         for entry in entries:
-            count += 1
-            if count > limit:
-                raise DataError(f"'{root}' holds more than {limit:,} files and folders; point at a smaller folder "
-                                "(or a subfolder) of images")
+            self.count += 1
+            if self.count > self.limit:
+                raise DataError(f"'{self.root}' holds more than {self.limit:,} files and folders; point at a smaller "
+                                "folder (or a subfolder) of images")
             name = f"{rel}{entry.name}"
             if entry.name.startswith("."):
-                found.skipped[HIDDEN].append(name)
+                skipped[HIDDEN].append(name)
                 continue
             try:
                 if entry.is_symlink():
-                    links.append((entry.path, name))
+                    self.links.append((entry.path, name))
                     continue
                 st = entry.stat(follow_symlinks=False)
             except OSError:
-                found.skipped[UNREADABLE].append(name)
+                skipped[UNREADABLE].append(name)
                 continue
-            take(entry.path, name, st)
-        folders[depth:] = reversed(folders[depth:])  # depth first, in name order
-    found.files = [path for _, path in sorted(taken)]
-    return found
-
-
+            self.take(entry.path, name, st)
+        self.folders[depth:] = reversed(self.folders[depth:])  # depth first, in name order

@@ -30,6 +30,7 @@ comparison completes only what is missing.
 
 from __future__ import annotations
 
+import ctypes
 import fnmatch
 import itertools
 import json
@@ -45,14 +46,18 @@ from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
+from rich.console import Console
 
 from ssal import files
 from ssal.errors import ConfigError, DataError, Interrupted
-from ssal.outputs import check_folder, data_folders
-from ssal.pretrain.stage import encoder_identity
+from ssal.experiment.pretraining import encoder_identity
+from ssal.experiment.report import collect_rows, write_report
 from ssal.recipe import load_recipe, read_yaml, to_yaml
-from ssal.report import collect_rows, method_label, strategy_label, write_report
-from ssal.rundir import COMPARISON, COMPARISON_KIND, LOCK, Lock, RunDir, RunInUse, read_metrics, store_kind
+from ssal.run.layout import CELLS, COMPARISON, COMPARISON_KIND, LOCK, store_kind
+from ssal.run.lock import Lock, RunInUse
+from ssal.run.outputs import check_folder, data_folders
+from ssal.run.readers import method_label, read_metrics, strategy_label
+from ssal.run.store import RunDir, differences
 
 SPEC_KEYS = ("recipe", "output_dir", "overrides", "grid", "title")
 LABEL_AXES = ("method", "strategy")
@@ -172,7 +177,7 @@ def load_spec(path: str | os.PathLike, output_dir: str | None = None, overrides:
         name_hint = "-".join(_slug(label) for label, _ in combo) or "cell"
         try:
             cfg = load_recipe(recipe, [*_dotlist(merged), *overrides,
-                                       f"output_dir={json.dumps(str(out / 'cells' / 'x'))}"])
+                                       f"output_dir={json.dumps(str(out / CELLS / 'x'))}"])
         except ConfigError as e:
             raise ConfigError(f"{spec}: cell {name_hint}: {e}") from None
         if cfg.active.oracle != "simulated":
@@ -191,7 +196,7 @@ def load_spec(path: str | os.PathLike, output_dir: str | None = None, overrides:
         raise ConfigError(f"{spec}: two cells share the labels of '{dup}'; name the axis values apart "
                           "(a 'method' or 'strategy' axis with distinct labels)")
     for c in cells:  # the real output_dir of each cell
-        c.cfg = load_recipe(c.recipe, [*c.overrides, f"output_dir={json.dumps(str(out / 'cells' / c.name))}"])
+        c.cfg = load_recipe(c.recipe, [*c.overrides, f"output_dir={json.dumps(str(out / CELLS / c.name))}"])
     return Plan(spec, str(data.get("title") or spec.stem), out, cells)
 
 
@@ -210,25 +215,13 @@ def cell_state(cell: Cell) -> tuple[str, int]:
     a = {k: v for k, v in stored.items() if k not in ("name", "output_dir")}
     b = {k: v for k, v in now.items() if k not in ("name", "output_dir")}
     if a != b:
-        diff = _first_difference(a, b)
+        diff = next((f"{key}: {then!r} there, {current!r} now" for key, then, current in differences(a, b)), "")
         raise ConfigError(f"{d.path} was run with a different recipe ({diff}); the spec changed since. Remove that "
                           "cell directory to run it anew, or choose another output_dir")
     done = len(read_metrics(d.path))
     if done >= cell.rounds and not d.verified_pool():  # 'ssal run --resume' repairs it (or says why not)
         return "partial", done
     return ("done" if done >= cell.rounds else "partial"), done
-
-
-def _first_difference(a: dict, b: dict, prefix: str = "") -> str:
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            d = _first_difference(va, vb, f"{prefix}{k}.")
-            if d:
-                return d
-        elif va != vb:
-            return f"{prefix}{k}: {va!r} there, {vb!r} now"
-    return ""
 
 
 # what torchrun / accelerate launch tell the processes they start; a cell's launcher sets its own
@@ -269,7 +262,6 @@ def _env(threads: int) -> dict[str, str]:
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child
     """A cell's process ends with the comparison, even when that is killed with SIGKILL (Linux)."""
     if sys.platform.startswith("linux"):
-        import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -298,8 +290,6 @@ def run_plan(plan: Plan, jobs: int = 1, progress: bool = True, procs: int = 1) -
     those outside a ``--cells`` selection). Returns the number of failed cells. The comparison's
     folder is locked meanwhile (each cell's run directory has its own lock too). ``procs`` > 1: every
     cell (and its pretraining) runs on that many processes under torchrun."""
-    from rich.console import Console
-
     console = Console(stderr=True, soft_wrap=True)
     out = plan.output_dir
     lock = Lock(out / LOCK)
@@ -317,7 +307,7 @@ def run_plan(plan: Plan, jobs: int = 1, progress: bool = True, procs: int = 1) -
             console.print(f"[yellow]note: {note}")
         if not (out / COMPARISON).is_file():  # marks the folder: no other command writes into it
             files.write_json(out / COMPARISON, files.seal({"spec": str(plan.spec), "title": plan.title}))
-        for sub in ("recipes", "cells", "logs"):
+        for sub in ("recipes", CELLS, "logs"):
             files.mkdirs(out / sub)
         for c in plan.cells:
             files.write_text(out / "recipes" / f"{c.name}.yaml", to_yaml(c.cfg))

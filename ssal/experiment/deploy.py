@@ -14,13 +14,22 @@ from types import SimpleNamespace
 
 import torch
 from omegaconf import OmegaConf
+from timm.models import split_model_name_tag
 
 from ssal import files
+from ssal.data import load_dataset
+from ssal.data.datasets import FolderSplit
+from ssal.data.imagecheck import check_images
+from ssal.data.walk import walk_images
+from ssal.engine import Engine
 from ssal.errors import ConfigError, DataError
+from ssal.experiment.trainer import evaluation_model
 from ssal.files import Damaged
-from ssal.outputs import Output, check_file, data_folders, resolved, starts_with
-from ssal.rundir import RunDir
-from ssal.select.ensemble import Ensemble
+from ssal.models import build_model, create_backbone, size_kwargs
+from ssal.models.ensemble import Ensemble
+from ssal.recipe import from_dict
+from ssal.run.outputs import Output, check_file, data_folders, resolved, starts_with
+from ssal.run.store import RunDir
 
 EXPORT_FORMAT = "ssal-export/1"
 PREDICTION_COLUMNS = ("path", "index", "prediction", "confidence", "label")
@@ -28,8 +37,6 @@ PREDICTION_COLUMNS = ("path", "index", "prediction", "confidence", "label")
 
 def _trained(run_dir: str | os.PathLike):
     """(run dir, recipe, preprocessing, model, round) of a run's last committed round."""
-    from ssal.models import build_model
-    from ssal.recipe import from_dict
 
     rd = RunDir(run_dir)
     kind = rd.kind()
@@ -53,12 +60,7 @@ def _trained(run_dir: str | os.PathLike):
     model_cfg = OmegaConf.merge(cfg.model, {"pretrained": False, "checkpoint": None})
     spec = SimpleNamespace(channels=prep["channels"], num_classes=len(prep["classes"]), mean=tuple(prep["mean"]),
                            std=tuple(prep["std"]), image_size=prep["image_size"])
-    def trained(part: dict) -> torch.nn.Module:
-        model = build_model(model_cfg, spec)
-        model.load_state_dict(part["ema"] if "ema" in part else part["model"])
-        return model
-
-    model = Ensemble([trained(m) for m in ckpt["members"]]) if "members" in ckpt else trained(ckpt)
+    model = evaluation_model(ckpt, lambda: build_model(model_cfg, spec))
     model.eval()
     return rd, cfg, prep, model, r
 
@@ -93,11 +95,6 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, images: str | os
             batch_size: int | None = None, progress: bool = True, force: bool = False, say=print) -> tuple[Path, int]:
     """Write ``out``: path, index, predicted class, confidence (and the label people gave, for pool
     images) for every image of the run's pool, or of the folder ``images``. ``say`` prints a note."""
-    from ssal.data import load_dataset
-    from ssal.data.datasets import FolderSplit
-    from ssal.data.imagecheck import check_images
-    from ssal.data.walk import walk_images
-    from ssal.engine import Engine
 
     out = _out(RunDir(run_dir), out, PREDICTIONS, force, *([images] if images is not None else []))
     rd, cfg, prep, model, r = _trained(run_dir)
@@ -143,9 +140,6 @@ def predict(run_dir: str | os.PathLike, out: str | os.PathLike, images: str | os
 
 def export(run_dir: str | os.PathLike, out: str | os.PathLike, force: bool = False) -> Path:
     """Write the run's model as a timm state dict with its class names and preprocessing (see README)."""
-    from timm.models import split_model_name_tag
-
-    from ssal.models import create_backbone, size_kwargs
 
     out = _out(RunDir(run_dir), out, EXPORT, force)
     rd, cfg, prep, model, r = _trained(run_dir)

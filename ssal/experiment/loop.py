@@ -1,16 +1,16 @@
-"""The active-learning rounds: train, evaluate, select, label — and resume.
+"""The active-learning rounds: train -> evaluate -> record -> select -> label, and resume.
 
 Round r trains on the labeled set, evaluates on the test split, then (for r < R) selects
 ``active.budget`` indices that the oracle labels for round r + 1. Every random choice of a round
 is seeded from (recipe seed, round, purpose) alone, so a resumed run repeats exactly what an
-uninterrupted one does. The run directory (:class:`ssal.rundir.RunDir`) owns the files, the lock
-and the commit of a round; the selection stage (:mod:`ssal.select.stage`) owns an acquisition;
-this module is the order of things.
+uninterrupted one does. The parts each own a step: the round trainer (:mod:`ssal.experiment.trainer`)
+the fitted model and its checkpoint, the run directory (:class:`ssal.run.store.RunDir`) the files, the
+lock and the commit of a round, the selection stage (:mod:`ssal.select.stage`) an acquisition, the
+oracle (:mod:`ssal.label.oracles`) the answers and its queries; this module is the order of things.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,28 +23,23 @@ from ssal import files
 from ssal.data import ActivePool, load_dataset
 from ssal.data.datasets import ImageDataset
 from ssal.data.pool import SKIP
-from ssal.engine import Engine, FitResult, derive_seed
+from ssal.engine import Engine, FitResult
 from ssal.errors import ConfigError, Interrupted
+from ssal.experiment.pretraining import check_cache_dir, pretrained_encoder
+from ssal.experiment.report import curve_files
+from ssal.experiment.trainer import Carry, RoundTrainer
 from ssal.faults import failpoint
-from ssal.labels import contact_sheet, queries_csv, take_filled_queries, thumbnails
-from ssal.models import build_model, create_backbone, initial_weights
-from ssal.oracle import HumanOracle, Oracle, SimulatedOracle
-from ssal.outputs import check_run_place, data_folders
-from ssal.pretrain.stage import check_cache_dir, pretrained_encoder
+from ssal.label.oracles import Oracle, create_oracle
+from ssal.models import create_backbone, initial_weights
 from ssal.recipe import validate_pool
-from ssal.rundir import Restored, RunDir
-from ssal.select import INITIAL_STRATEGIES, STRATEGIES
-from ssal.select.ensemble import combine
+from ssal.run.outputs import check_run_place, data_folders
+from ssal.run.store import Restored, RunDir
+from ssal.select import INITIAL_STRATEGIES, create_strategy
 from ssal.select.signals import MCDropout, candidates
-from ssal.select.stage import Acquisition, acquire, generator, initial_set, round0_previous_model, uses_previous_model
+from ssal.select.stage import Acquisition, acquire, generator, initial_set
 from ssal.semi import OBJECTIVES
 
 POOL_SAMPLE = 2048  # unlabeled images whose predictions describe a round without a test set (seeded)
-
-
-def resume_recipe(run_dir: str | os.PathLike, overrides: list[str] = ()) -> DictConfig:
-    """The recipe to continue a run with (its recipe.yaml, checked against the run's identity)."""
-    return RunDir(run_dir).resume_recipe(list(overrides))
 
 
 @dataclass
@@ -62,7 +57,7 @@ class Parts:
     def build(cls, cfg: DictConfig) -> Parts:
         data = load_dataset(cfg.data, seed=cfg.seed, cache_dir=cfg.cache_dir)
         validate_pool(cfg, len(data.train), 0 if data.seed_labels is None else len(data.seed_labels[0]))
-        strategy = STRATEGIES.get(cfg.active.strategy)(getattr(cfg.active, cfg.active.strategy, None))
+        strategy = create_strategy(cfg.active)
         model_cfg = cfg.model
         mc = [r for r in strategy.needs if isinstance(r, MCDropout)]
         if mc and cfg.model.drop_rate == 0:  # MC dropout needs a dropout to sample: train with the strategy's
@@ -71,16 +66,8 @@ class Parts:
         if cfg.model.pretrained or cfg.model.checkpoint is not None:  # load (and check) the weights now
             initial_weights(cfg.model.backbone, bool(cfg.model.pretrained), cfg.model.checkpoint, data.channels,
                             data.image_size[0])
-        if cfg.active.oracle == "human":
-            oracle: Oracle = HumanOracle(RunDir(cfg.output_dir, writer=False))
-        elif not data.has_truth:
-            raise ConfigError(f"data.root '{cfg.data.root}' is a pool without labels, so active.oracle=simulated has "
-                              "nothing to answer with: set active.oracle=human (people label the queries)")
-        else:
-            oracle = SimulatedOracle(data.train.targets, cfg.active.oracle_noise, derive_seed(cfg.seed, "oracle"),
-                                     data.num_classes)
         return cls(data, strategy, OBJECTIVES.get(cfg.train.method),
-                   INITIAL_STRATEGIES.get(cfg.active.initial_strategy), model_cfg, oracle)
+                   INITIAL_STRATEGIES.get(cfg.active.initial_strategy), model_cfg, create_oracle(cfg, data))
 
     def new_pool(self) -> ActivePool:
         """The pool before any acquisition: the seed labels of ``data.labels`` (round 0), if any."""
@@ -116,7 +103,7 @@ def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: E
             engine.print(f"[yellow]note: {note}")
         if engine.is_main:
             parts.data.save_caches()  # the image check's results, now that the run goes ahead
-        _Rounds(cfg, parts, engine, run_dir, use_cache).run(resume, force)
+        Rounds(cfg, parts, engine, run_dir, use_cache).run(resume, force)
     except KeyboardInterrupt:
         raise Interrupted(f"interrupted; the committed rounds are kept: continue with 'ssal run --resume "
                           f"{run_dir.path}'") from None
@@ -144,65 +131,19 @@ def batch_sizes(cfg: DictConfig) -> dict[str, int]:
     return sizes
 
 
-class _Rounds:
+class Rounds:
     """One run's rounds over its run directory."""
 
     def __init__(self, cfg: DictConfig, parts: Parts, engine: Engine, run_dir: RunDir, use_cache: bool):
         self.cfg, self.parts, self.engine, self.run_dir, self.use_cache = cfg, parts, engine, run_dir, use_cache
         self.R = cfg.active.rounds
-        self.encoder: dict[str, torch.Tensor] | None = None
+        self.trainer = RoundTrainer(cfg, parts.data, parts.model_cfg, parts.objective_cls, parts.strategy, engine,
+                                    parts.oracle.hidden)
 
     def note(self, text: str) -> None:
         self.engine.print(f"[yellow]note: {text}")
 
-    # ------------------------------------------------------------------ models
-    def fresh_model(self, member: int = 0) -> torch.nn.Module:
-        """The initial weights (the same every round); an ensemble's member k > 0 has its own seed."""
-        torch.manual_seed(derive_seed(self.cfg.seed, "init", *((member,) if member else ())))
-        model = build_model(self.parts.model_cfg, self.parts.data)  # a fresh head every round
-        if self.encoder is not None:
-            model.backbone.load_state_dict(self.encoder)
-        return model
-
-    def restore_fit(self, ckpt: dict) -> FitResult:
-        """A trained round as its checkpoint holds it: the model, its EMA and the objective's modules
-        (each member's, for an ensemble)."""
-        if "members" in ckpt:
-            return combine([self.restore_fit(member) for member in ckpt["members"]])
-        model = self.fresh_model()
-        model.load_state_dict(ckpt["model"])
-        objective = self.parts.objective_cls(model, self.cfg.train)
-        objective.attach(self.parts.strategy.auxiliary(model))
-        objective.load_extra_state(ckpt["objective"])
-        objective.eval()
-        ema = None
-        if "ema" in ckpt:
-            ema = self.fresh_model()
-            ema.load_state_dict(ckpt["ema"])
-            ema.eval()
-        return FitResult(model, ema if ema is not None else model, 0.0, {}, ema, objective, ckpt["objective"])
-
-    @classmethod
-    def checkpoint(cls, fit: FitResult) -> dict:
-        if fit.members:
-            return {"members": [cls.checkpoint(member) for member in fit.members]}
-        state = {"model": fit.model.state_dict(), "objective": fit.objective_state}
-        if fit.ema is not None:
-            state["ema"] = fit.ema.state_dict()
-        return state
-
     # ------------------------------------------------------------------ start: a new run or a resumed one
-    def checkpoints_needed(self, start: int, pending_selection: bool) -> list[int]:
-        """The rounds whose checkpoints continuing at round ``start`` reads."""
-        if start == 0 or start > self.R:
-            return []
-        rounds = set()
-        if not self.cfg.train.reinit or uses_previous_model(self.parts.strategy) or pending_selection:
-            rounds.add(start - 1)  # to continue training from, to compare with, or to select with
-        if pending_selection and uses_previous_model(self.parts.strategy) and start > 1:
-            rounds.add(start - 2)  # what the pending selection compares with
-        return sorted(rounds)
-
     def start(self, resume: bool, force: bool) -> Restored:
         eng, rd = self.engine, self.run_dir
         if not resume:
@@ -213,7 +154,8 @@ class _Rounds:
             for note in eng.guarded(lambda: rd.create(self.cfg, data.fingerprint(), force, preprocess, seeded)):
                 self.note(note)
             return Restored([], None)
-        state = rd.restore(self.parts.oracle.answers, self.parts.new_pool, self.checkpoints_needed)
+        needed = lambda start, pending: self.trainer.checkpoints_needed(start, pending, self.R)  # noqa: E731
+        state = rd.restore(self.parts.oracle.answers, self.parts.new_pool, needed)
         for note in state.notes:
             self.note(note)
         if state.start <= self.R:  # the run goes on: the keys changed on resume become its own
@@ -223,93 +165,89 @@ class _Rounds:
 
     # ------------------------------------------------------------------ the rounds
     def run(self, resume: bool, force: bool) -> None:
-        cfg, eng, rd, parts = self.cfg, self.engine, self.run_dir, self.parts
+        eng, rd = self.engine, self.run_dir
         state = self.start(resume, force)
         rows, pool = list(state.rows), state.pool
         if resume and state.start > self.R:
             eng.print(f"[green]{rd.path} is complete ({len(rows)} rounds); nothing to do")
             return
         rd.commit(rows)  # without the lines of rounds that run again
-        self.encoder = pretrained_encoder(cfg, parts.data, eng, use_cache=self.use_cache, run_dir=rd)
-        if pool is None:
-            pool = self.buy_initial_set()
-            if pool is None:
-                return
-
-        ready, warm, prev_model = self.continue_from(state, pool)
-        if not ready:
-            return
+        self.trainer.encoder = pretrained_encoder(self.cfg, self.parts.data, eng, use_cache=self.use_cache,
+                                                  run_dir=rd)
+        pool = pool if pool is not None else self.buy_initial_set()
+        carry = self.continue_from(state, pool) if pool is not None else None
+        if carry is None:
+            return  # labels are awaited
         if resume:
             eng.print(f"resuming {rd.path} at round {state.start} ({pool.n_labeled} labels)")
-
         for r in range(state.start, self.R + 1):
-            self.check_labels(r, pool)
-            fit = self.train(r, pool, warm)
-            t_eval = time.perf_counter()
-            metrics = self.measure(r, fit, pool)
-            eval_s = time.perf_counter() - t_eval
-            rd.save_checkpoint(r, self.checkpoint(fit))
-            labeled = pool.n_labeled
-            select_s, received = 0.0, True
-            if r < self.R:
-                if r == 0 and uses_previous_model(parts.strategy):
-                    prev_model = round0_previous_model(fit)
-                acq, received = self.buy(r, fit, pool, prev_model)
-                select_s = acq.seconds
-            rows.append({"round": r, "n_labeled": labeled, **metrics, "train_s": round(fit.seconds, 3),
-                         "train_data_s": round(fit.data_seconds, 3),  # of train_s, waiting for batches
-                         "select_s": round(select_s, 3), "eval_s": round(eval_s, 3),
-                         **{f"train_{k}": round(v, 5) for k, v in fit.logs.items()},
-                         "pool": {"labeled": pool.n_entries, "digest": files.json_digest(pool.state_dict())}})
-            rd.commit(rows)  # the round is done once this returns
-            rd.prune_checkpoints(r)
-            if parts.data.has_test:
-                rd.write_curve(cfg.name)
-            measured = (f"test acc {100 * metrics['test_acc']:.2f} %" if "test_acc" in metrics else
-                        f"mean confidence on the pool {100 * metrics['pool_mean_conf']:.1f} % (no test set)")
-            eng.print(f"[bold]round {r}[/bold]: {labeled} labels, {measured}, "
-                      f"train {fit.seconds:.1f} s, select {select_s:.1f} s")
-            failpoint("round.end")
-            if not received:
-                self.say_awaiting(acq)
+            carry = self.round(r, pool, carry, rows)
+            if carry is None:
                 return
-            if not cfg.train.reinit:  # the next round continues from these weights (and teacher)
-                warm = [({k: v.detach().clone() for k, v in f.model.state_dict().items()},
-                         {k: v.detach().clone() for k, v in f.objective_state.items()}) for f in fit.members or [fit]]
-            if uses_previous_model(parts.strategy):  # the next round compares with this one
-                prev_model = fit.eval_model
             eng.accelerator.wait_for_everyone()
-        eng.print(f"done: {rd.path}" + ("/curve.png" if parts.data.has_test else ""))
+        eng.print(f"done: {rd.path}" + ("/curve.png" if self.parts.data.has_test else ""))
 
-    def continue_from(self, state: Restored, pool: ActivePool) -> tuple[bool, list[tuple[dict, dict]] | None, Any]:
+    def round(self, r: int, pool: ActivePool, carry: Carry, rows: list[dict]) -> Carry | None:
+        """Round ``r``: train -> evaluate -> record -> select -> label. The next round's carry, or None
+        when people's answers are awaited."""
+        self.check_labels(r, pool)
+        fit = self.trainer.train(r, pool, carry)
+        t_eval = time.perf_counter()
+        metrics = self.measure(r, fit, pool)
+        eval_s = time.perf_counter() - t_eval
+        self.run_dir.save_checkpoint(r, self.trainer.state(fit))
+        labeled = pool.n_labeled
+        select_s, received, acq = 0.0, True, None
+        if r < self.R:
+            acq, received = self.buy(r, fit, pool, self.trainer.previous_model(r, fit, carry))
+            select_s = acq.seconds
+        self.record(r, fit, pool, rows, labeled, metrics, select_s, eval_s)
+        failpoint("round.end")
+        if not received:
+            self.say_awaiting(acq)
+            return None
+        return self.trainer.advance(fit)
+
+    def record(self, r: int, fit: FitResult, pool: ActivePool, rows: list[dict], labeled: int, metrics: dict,
+               select_s: float, eval_s: float) -> None:
+        """Commit round ``r``'s line of metrics.jsonl (the round is done once it is written), then tell."""
+        rd = self.run_dir
+        rows.append({"round": r, "n_labeled": labeled, **metrics, "train_s": round(fit.seconds, 3),
+                     "train_data_s": round(fit.data_seconds, 3),  # of train_s, waiting for batches
+                     "select_s": round(select_s, 3), "eval_s": round(eval_s, 3),
+                     **{f"train_{k}": round(v, 5) for k, v in fit.logs.items()},
+                     "pool": {"labeled": pool.n_entries, "digest": files.json_digest(pool.state_dict())}})
+        rd.commit(rows)
+        rd.prune_checkpoints(r)
+        if self.parts.data.has_test:
+            rd.write_curve(*curve_files(rd.committed(), self.cfg.name))
+        measured = (f"test acc {100 * metrics['test_acc']:.2f} %" if "test_acc" in metrics else
+                    f"mean confidence on the pool {100 * metrics['pool_mean_conf']:.1f} % (no test set)")
+        self.engine.print(f"[bold]round {r}[/bold]: {labeled} labels, {measured}, "
+                          f"train {fit.seconds:.1f} s, select {select_s:.1f} s")
+
+    def continue_from(self, state: Restored, pool: ActivePool) -> Carry | None:
         """What round ``state.start`` continues from (weights and objective state, with ``train.reinit:
-        false``) and what its selection compares with (the previous round's model), read from the last
-        round's checkpoint. First, the last round's batch is bought when it is not in the pool yet (its
-        labels were awaited from people, or active.rounds grew): False when labels are still awaited."""
-        warm, prev_model = None, None
+        false``) and what its selection compares with, read from the last round's checkpoint. First, the
+        last round's batch is bought when it is not in the pool yet (its labels were awaited from people,
+        or active.rounds grew): None when labels are still awaited."""
         last = state.checkpoints.get(state.start - 1)
         if last is None:
-            return True, warm, prev_model
-        fit = self.restore_fit(last)
-        compares = uses_previous_model(self.parts.strategy)
+            return Carry()
+        fit = self.trainer.restore(last)
         if state.pending_selection:
             r = state.start - 1
-            prev = None
-            if compares:
-                prev = (round0_previous_model(fit) if state.start == 1 else
-                        self.restore_fit(state.checkpoints[state.start - 2]).eval_model)
+            before = Carry(previous=self.trainer.restore(state.checkpoints[r - 1]).eval_model
+                           if self.trainer.compares and r > 0 else None)
             if self.run_dir.saved_selection(r) is None:
                 self.engine.print(f"active.rounds is now {self.R}: round {r} selects its batch first")
-            acq, received = self.buy(r, fit, pool, prev, reuse=True)
+            acq, received = self.buy(r, fit, pool, self.trainer.previous_model(r, fit, before), reuse=True)
             if not received:
                 self.say_awaiting(acq)
-                return False, None, None
-        if not self.cfg.train.reinit:
-            warm = [(f.model.state_dict(), f.objective_state) for f in fit.members or [fit]]
-        if compares:
-            prev_model = fit.eval_model
-        return True, warm, prev_model
+                return None
+        return self.trainer.advance(fit)
 
+    # ------------------------------------------------------------------ select and label
     def wanted(self, r: int, pool: ActivePool) -> int:
         """How many labels acquisition ``r`` buys: what brings round r + 1 to its share of the budget
         (``active.budget``, plus what skipped answers left out earlier), as far as the pool allows."""
@@ -337,7 +275,7 @@ class _Rounds:
             acq = Acquisition(-1, self.cfg.active.initial_strategy, picked, None, 0.0)
         else:
             def embed(indices: torch.Tensor) -> torch.Tensor:  # the pool's features, for a cold-start strategy
-                return eng.predict(self.fresh_model(), parts.data.train, indices, ("features",),
+                return eng.predict(self.trainer.fresh_model(), parts.data.train, indices, ("features",),
                                    self.cfg.train.eval_batch_size, desc="initial features")["features"]
 
             acq = initial_set(eng, self.cfg, parts.initial_strategy, pool.unlabeled_indices, parts.data.train.targets,
@@ -368,17 +306,17 @@ class _Rounds:
         return acq, self.receive(acq, pool)
 
     def receive(self, acq: Acquisition, pool: ActivePool) -> bool:
-        """Label acquisition ``acq`` with the oracle's answers (and save the pool); when people have not
-        answered all of it yet, write the queries and say so: False."""
+        """Label acquisition ``acq`` with the oracle's answers (and save the pool); when they are not all
+        given yet, the oracle asks (its queries are written) and this returns False."""
         oracle, rd = self.parts.oracle, self.run_dir
         answers = oracle.answers(acq.round, acq.indices)
-        if answers is None and oracle.asks_people:  # the queries.csv a person filled in, if any (main process)
-            taken = self.engine.guarded(lambda: take_filled_queries(rd, acq.round) if rd.writer else None)
+        if answers is None:  # answers given outside ssal's own paths, if any (main process)
+            taken = self.engine.guarded(lambda: oracle.collect(rd, acq.round) if rd.writer else None)
             if taken:
                 self.note(taken)
             answers = oracle.answers(acq.round, acq.indices)  # every process reads what the main one stored
         if answers is None:
-            self.write_queries(acq)
+            oracle.ask(rd, self.parts.data, acq.round, acq.indices)
             return False
         if pool.n_labeled == 0 and bool((answers == SKIP).all()):  # before anything is written
             raise ConfigError(f"every answer to the first batch ({rd.round_dir(acq.round).name}) is skip or unsure, so "
@@ -389,36 +327,10 @@ class _Rounds:
         rd.save_pool(pool)
         return True
 
-    def write_queries(self, acq: Acquisition) -> None:
-        """``queries.csv`` and ``queries.png`` of an acquisition, unless they exist (a person may be filling
-        in the CSV)."""
-        rd, data = self.run_dir, self.parts.data
-        folder = rd.round_dir(acq.round)
-        csv_path, png_path = folder / "queries.csv", folder / "queries.png"
-        indices = acq.indices.tolist()
-        if rd.writer and not csv_path.exists():
-            record = rd.selection_record(acq.round)
-            suggestions = record.get("suggestions") or [""] * len(indices)
-            confidences = record.get("confidences") or [None] * len(indices)
-            rd.write_new(csv_path, queries_csv(indices, rd.names, suggestions, confidences, rd.run_id()))
-        if rd.writer and not png_path.exists():
-            record = rd.selection_record(acq.round)
-            guesses = record.get("suggestions") or [""] * len(indices)
-            captions = [f"#{q} {g}?" if g else f"#{q}" for q, g in enumerate(guesses, start=1)]
-            rd.write_new(png_path, contact_sheet(thumbnails(data.train, indices), captions))
-
     def say_awaiting(self, acq: Acquisition) -> None:
-        rd = self.run_dir
-        folder = rd.round_dir(acq.round)
-        csv_path, png_path = folder / "queries.csv", folder / "queries.png"
-        indices = acq.indices.tolist()
-        missing = self.parts.oracle.missing(acq.round, acq.indices)
-        head = (f"{missing} images await labels" if missing == len(indices) else
-                f"{missing} of the {len(indices)} images of {folder.name} still await labels")
-        self.engine.print(f"[bold]{head}[/bold]: label them in the browser with 'ssal label serve {rd.path}', or fill "
-                          f"the label column of {csv_path} (see {png_path}) or use Label Studio ('ssal label export "
-                          f"{rd.path}') and 'ssal label import {rd.path} FILE'; then 'ssal run --resume {rd.path}'")
+        self.engine.print(self.parts.oracle.awaiting(self.run_dir, acq.round, acq.indices))
 
+    # ------------------------------------------------------------------ evaluate
     def check_labels(self, r: int, pool: ActivePool) -> None:
         if pool.n_labeled == 0:  # only round 0 can get here: every answer to the first batch was skip/unsure
             raise ConfigError(f"round {r} has no label to train on: every answer to the first batch was skip or "
@@ -440,26 +352,3 @@ class _Rounds:
         share = torch.bincount(guess, minlength=data.num_classes).float() / max(1, len(guess))
         return {"pool_mean_conf": round(float(conf.mean()), 5),
                 "pool_class_dist": {c: round(float(v), 5) for c, v in zip(data.classes, share, strict=True)}}
-
-    def train(self, r: int, pool: ActivePool, warm: list[tuple[dict, dict]] | None) -> FitResult:
-        """Round ``r``'s model, or the ``Strategy.members`` models of an ensemble, one after another
-        (member 0 with the seeds of a single model)."""
-        k = self.parts.strategy.members
-        fits = [self.train_member(r, pool, warm[i] if warm is not None else None, i) for i in range(k)]
-        return fits[0] if k == 1 else combine(fits)
-
-    def train_member(self, r: int, pool: ActivePool, warm: tuple[dict, dict] | None, member: int) -> FitResult:
-        cfg, parts = self.cfg, self.parts
-        model = self.fresh_model(member)
-        objective_state = None
-        if warm is not None:
-            model.load_state_dict(warm[0])
-            objective_state = warm[1]
-        labeled, unlabeled = pool.labeled_indices, pool.unlabeled_indices
-        which = f" member {member + 1}/{parts.strategy.members}" if parts.strategy.members > 1 else ""
-        return self.engine.fit(model, parts.objective_cls, cfg.train, parts.data.train, labeled, pool.labels,
-                               unlabeled, hflip=parts.data.hflip,
-                               seed=derive_seed(cfg.seed, "train", r, *((member,) if member else ())),
-                               unlabeled_labels=parts.oracle.hidden(unlabeled), objective_state=objective_state,
-                               auxiliary=parts.strategy.auxiliary(model),
-                               desc=f"round {r} train{which} ({len(labeled)} labels)")

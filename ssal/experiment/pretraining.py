@@ -12,6 +12,7 @@ key or fails the checksum is reported and rebuilt, never loaded.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -23,12 +24,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from ssal import files
-from ssal.engine import Engine, derive_seed
+from ssal.engine import Engine
 from ssal.errors import ConfigError
 from ssal.models import build_model
-from ssal.outputs import check_place, data_folders
 from ssal.pretrain.base import PRETRAINERS
 from ssal.pretrain.knn import knn_accuracy, pixels
+from ssal.rng import derive_seed
+from ssal.run.outputs import check_place, data_folders
 
 FORMAT = 3  # 3: global batches split across processes, views keyed per sample
 MONITOR_KEYS = ("method", "eval_every", "knn_k", "knn_temperature")  # do not change the weights
@@ -63,7 +65,6 @@ def encoder_identity(cfg: DictConfig) -> dict:
 
 def _file_digest(path: str) -> str:
     """The content digest of a weights file (its path alone would miss a file replaced in place)."""
-    import hashlib
 
     h = hashlib.blake2b(digest_size=16)
     try:
@@ -93,7 +94,7 @@ def cache_path(cfg: DictConfig, key: str) -> Path:
 def check_cache_dir(cfg: DictConfig) -> None:
     """A one-line error when the recipe's cache_dir cannot be written (the pretrained encoders, and for
     folders the image check and the normalisation, are kept there), or lies in a run directory, a
-    comparison or a data folder of the recipe (:mod:`ssal.outputs`). Reads only."""
+    comparison or a data folder of the recipe (:mod:`ssal.run.outputs`). Reads only."""
     check_place(cfg.cache_dir, "cache_dir", data_folders(OmegaConf.to_container(cfg)))
     problem = files.writable_problem(cfg.cache_dir)
     if problem:
@@ -133,7 +134,7 @@ def pretrained_encoder(cfg: DictConfig, data: Any, engine: Engine, *, use_cache:
                        run_dir: Any = None) -> dict[str, torch.Tensor] | None:
     """The pretrained backbone's state dict (from the cache or trained now), or None for
     ``pretrain.method: none``. Writes the monitor log to the run directory (a
-    :class:`ssal.rundir.RunDir`)'s ``pretrain.jsonl``."""
+    :class:`ssal.run.store.RunDir`)'s ``pretrain.jsonl``."""
     if cfg.pretrain.method == "none":
         return None
     fields = key_fields(cfg, data, engine)

@@ -12,9 +12,12 @@ from pathlib import Path
 import yaml
 
 from ssal import files
+from ssal.data import DATASETS
+from ssal.data.label_files import read_seed_labels
 from ssal.errors import ConfigError, one_line
-from ssal.outputs import check_place, check_run_place, data_folders
-from ssal.pretrain.stage import check_cache_dir
+from ssal.experiment.pretraining import check_cache_dir
+from ssal.recipe import from_dict
+from ssal.run.outputs import check_place, check_run_place, data_folders
 
 HUMAN_RECIPE = {
     "data": {"dataset": "imagefolder", "root": "???", "classes": "???", "image_size": 64, "channels": 3,
@@ -40,7 +43,6 @@ def init_project(folder: str | os.PathLike, images: str | os.PathLike, classes: 
                  labels: str | None = None, force: bool = False) -> tuple[Path, list[str]]:
     """Write ``folder/recipe.yaml`` (checked like any recipe, its folders walked): its path, and lines for
     people saying what was found."""
-    from ssal.recipe import from_dict
 
     folder = Path(os.path.expanduser(str(folder)))
     path = folder / "recipe.yaml"
@@ -79,8 +81,6 @@ def _check_data(cfg):
     """The folders and the label file of ``cfg`` as a run reads them (walked, not decoded): an empty image
     folder, a test folder whose class folders are not the classes, a label file that is missing or names
     other images are one-line errors now, not at the run."""
-    from ssal.data import DATASETS
-    from ssal.labels import read_seed_labels
 
     data = DATASETS.get("imagefolder")(cfg.data)
     if cfg.data.labels is not None:

@@ -17,6 +17,7 @@ Statistics (all over seeds):
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -28,10 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from ssal import files
-from ssal.errors import ConfigError, DataError, SsalError
-from ssal.outputs import check_folder, data_folders, resolved
-from ssal.recipe import read_yaml
-from ssal.rundir import RunDir, read_metrics
+from ssal.errors import DataError
+from ssal.run.outputs import check_folder, data_folders, resolved
+from ssal.run.readers import is_comparison, read_metrics, recorded_recipe, run_labels, runs_under, tested_rounds
 
 __all__ = ["read_metrics", "write_report", "collect_rows"]  # read_metrics: re-exported for scripts
 
@@ -40,10 +40,11 @@ BASELINE = "random"
 
 
 def _pyplot():
+    # heavy (pyplot: 0.8 s of import on 2 CPU cores), and only the commands that draw need it
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # (as above)
 
     return plt
 
@@ -71,69 +72,16 @@ def curve_files(rows: list[dict], title: str) -> tuple[str, bytes]:
     return text, png
 
 
-# ----------------------------------------------------------------------------- labels of a run
-
-def method_label(recipe: dict) -> str:
-    """``train.method``, prefixed by the pretraining method when there is one (``simclr+fixmatch``)."""
-    pre = (recipe.get("pretrain") or {}).get("method", "none")
-    train = (recipe.get("train") or {}).get("method", "supervised")
-    return train if pre in (None, "none") else f"{pre}+{train}"
-
-
-def strategy_label(recipe: dict) -> str:
-    """``active.strategy``, prefixed by the initial strategy when that is a strategy of its own
-    (``typiclust`` for typiclust -> typiclust, ``typiclust>entropy`` for typiclust -> entropy)."""
-    active = recipe.get("active") or {}
-    strategy, initial = active.get("strategy", "random"), active.get("initial_strategy", "class_balanced")
-    return strategy if initial in ("class_balanced", "random", strategy) else f"{initial}>{strategy}"
-
+# ----------------------------------------------------------------------------- rows of runs
 
 def run_rows(run_dir: str | Path) -> list[dict]:
-    """Result rows of one run directory. Its labels come from ``cell.json`` (written by ``ssal
-    compare``), else from the recipe in its ``run.json`` (or ``recipe.yaml`` for a run of an ssal
-    without run.json). A damaged file is a one-line :class:`DataError`."""
+    """Result rows of one run directory, labelled by :func:`ssal.run.readers.run_labels`. A damaged file
+    is a one-line :class:`DataError`."""
     run_dir = Path(run_dir)
-    if not (run_dir / "metrics.jsonl").is_file():
-        raise DataError(f"'{run_dir}' is not a run directory (no metrics.jsonl); give the output_dir of a run "
-                        "or of 'ssal compare'")
-    labels = RunDir(run_dir).read_cell()
-    if labels is not None:
-        pass
-    elif (run_dir / "run.json").is_file():  # the recipe the run was made with, verified
-        recipe = RunDir(run_dir).identity()["recipe"]
-        labels = {"method": method_label(recipe), "strategy": strategy_label(recipe), "seed": recipe["seed"]}
-    elif (run_dir / "recipe.yaml").is_file():  # a run of an ssal without run.json
-        try:
-            recipe = read_yaml(run_dir / "recipe.yaml", "recipe") or {}
-        except ConfigError as e:
-            raise DataError(f"cannot report on '{run_dir}': {e}") from None
-        if not isinstance(recipe, dict):
-            raise DataError(f"{run_dir / 'recipe.yaml'} is not a recipe (not a mapping); the run directory is damaged")
-        try:
-            labels = {"method": method_label(recipe), "strategy": strategy_label(recipe),
-                      "seed": recipe.get("seed", 0)}
-        except AttributeError:
-            raise DataError(f"{run_dir / 'recipe.yaml'} is not a recipe (its sections are not mappings); the run "
-                            "directory is damaged") from None
-    else:
-        raise DataError(f"'{run_dir}' has no recipe.yaml; it is not the output_dir of an ssal run")
-    try:
-        seed = int(labels["seed"])
-    except (TypeError, ValueError):
-        raise DataError(f"'{run_dir}': seed {labels['seed']!r} is not an integer; the run directory is "
-                        "damaged") from None
-    try:
-        metrics = read_metrics(run_dir)
-    except DataError as e:
-        raise DataError(f"cannot report on '{run_dir}': {e}") from None
-    if any("test_acc" not in m for m in metrics):
-        raise DataError(f"'{run_dir}' has no test accuracy (its data has no test set), and a report compares test "
-                        "accuracy: give the run a labeled test folder (data.test_root) to compare it; its rounds' "
-                        "pool statistics are in its metrics.jsonl")
-    return [{"method": str(labels["method"]), "strategy": str(labels["strategy"]), "seed": seed,
-             "round": int(m["round"]), "n_labeled": int(m["n_labeled"]), "test_acc": float(m["test_acc"]),
+    labels = run_labels(run_dir)
+    return [{**labels, "round": int(m["round"]), "n_labeled": int(m["n_labeled"]), "test_acc": float(m["test_acc"]),
              "train_s": _seconds(m, "train_s"), "select_s": _seconds(m, "select_s"),
-             "run": str(run_dir)} for m in metrics]
+             "run": str(run_dir)} for m in tested_rounds(run_dir)]
 
 
 def _seconds(row: dict, key: str) -> float:
@@ -141,25 +89,9 @@ def _seconds(row: dict, key: str) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
-def run_dirs(paths: Iterable[str | Path]) -> list[Path]:
-    """The run directories given: a directory of ``ssal compare`` (with ``cells/``) stands for its cells."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if not p.is_dir():
-            what = "is a file, not a folder" if p.exists() else "does not exist"
-            raise DataError(f"'{p}' {what}; give run directories or the output_dir of 'ssal compare'")
-        if (p / "metrics.jsonl").is_file():
-            out.append(p)
-        elif (p / "cells").is_dir():
-            out += sorted(c for c in (p / "cells").iterdir() if (c / "metrics.jsonl").is_file())
-        else:
-            raise DataError(f"'{p}' holds neither a run (metrics.jsonl) nor a comparison (cells/)")
-    return out
-
-
 def collect_rows(paths: Iterable[str | Path]) -> list[dict]:
     """Rows of run directories; a directory of ``ssal compare`` (with ``cells/``) stands for its cells."""
-    rows = [row for d in run_dirs(paths) for row in run_rows(d)]
+    rows = [row for d in runs_under(paths) for row in run_rows(d)]
     if not rows:
         raise DataError("no finished round in the given directories; run them first")
     return rows
@@ -171,20 +103,15 @@ REPORT_FILES = ("results.csv", "summary.md", "curves.png", "aubc.png")
 def report_out(runs: list[str], out: str | None, force: bool = False) -> Path:
     """Where ``ssal report RUNS`` writes: ``out``; by default the comparison folder given alone (its own
     report), else ./report. Never into a run, another comparison or a data folder of the runs, nor over
-    other files unless ``force`` (see :mod:`ssal.outputs`)."""
+    other files unless ``force`` (see :mod:`ssal.run.outputs`)."""
     single = Path(runs[0])
-    comparison = single if len(runs) == 1 and (single / "cells").is_dir() else None
+    comparison = single if len(runs) == 1 and is_comparison(single) else None
     target = Path(out) if out else comparison or Path("report")
     own = comparison is not None and resolved(target) == resolved(comparison)
     folders: list[Path] = []
-    for d in run_dirs(runs):
-        try:
-            folders += data_folders(RunDir(d).identity()["recipe"])
-        except SsalError:  # a run of an ssal without run.json: its recipe.yaml says where its data were
-            try:
-                folders += data_folders(read_yaml(d / "recipe.yaml") or {})
-            except (SsalError, AttributeError):
-                pass
+    for d in runs_under(runs):
+        with contextlib.suppress(AttributeError):  # a recipe.yaml whose sections are not mappings names none
+            folders += data_folders(recorded_recipe(d) or {})
 
     def is_ours(folder: Path) -> bool:
         return own or all(p.name in REPORT_FILES for p in folder.iterdir())
@@ -215,7 +142,7 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
     """(mean, low, high): Student-t confidence interval of the mean (NaN bounds for n < 2)."""
-    from scipy.stats import t
+    from scipy.stats import t  # heavy (1.0 s of import), and only a report's intervals need it
 
     v = np.asarray(values, dtype=float)
     m = float(v.mean())
@@ -390,7 +317,7 @@ def summary_markdown(rows: list[dict], title: str = "Comparison") -> str:
 def _style(groups: dict[tuple[str, str], Group]) -> dict[tuple[str, str], dict]:
     methods = sorted({m for m, _ in groups})
     strategies = sorted({s for _, s in groups})
-    import matplotlib
+    import matplotlib  # heavy, and only the commands that draw need it (see _pyplot)
 
     palette = matplotlib.colormaps["tab10" if len(strategies) <= 10 else "tab20"]
     dashes = ["-", "--", ":", "-."]

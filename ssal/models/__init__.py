@@ -10,6 +10,7 @@ import contextlib
 import functools
 import logging
 import os
+import warnings
 
 import timm
 import torch
@@ -148,7 +149,6 @@ def _checkpoint_weights(name: str, path: str, in_chans: int, image_size: int | N
 
 @contextlib.contextmanager
 def _quiet_warnings():
-    import warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

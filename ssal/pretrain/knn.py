@@ -15,7 +15,7 @@ def knn_accuracy(bank: torch.Tensor, bank_labels: torch.Tensor, queries: torch.T
     L2-normalised here. Queries go in chunks so at most ``chunk x N`` similarities exist at once.
     """
     # imported here: lightly.utils.benchmarking pulls in pytorch_lightning, 3.3 of the 10 s that
-    # importing ssal.loop took (python -X importtime), paid by every command, typos included
+    # importing ssal.experiment.loop took (python -X importtime), paid by every command, typos included
     from lightly.utils.benchmarking import knn_predict
 
     bank_t = F.normalize(bank.float(), dim=1).t().contiguous()

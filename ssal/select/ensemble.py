@@ -1,10 +1,9 @@
 """Deep ensembles (Beluch et al. 2018): K models trained per round from different seeds; their
 disagreement selects, their mean prediction is what the round evaluates.
 
-Everything of the method is here: the :class:`Ensemble` module that evaluates as one model, how
-the members' fits combine into the round's fit (:func:`combine`), the signal of the members'
-predictions and the strategy. The loop trains ``Strategy.members`` models per round, one after
-another (each on all processes).
+The method is its signal (the members' predictions) and its strategy, which declares
+``members``: the round trainer (:mod:`ssal.experiment.trainer`) then trains that many models and
+hands selection one :class:`~ssal.models.ensemble.Ensemble`.
 """
 
 from __future__ import annotations
@@ -12,46 +11,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from ssal import checks
+from ssal.models.ensemble import Ensemble
 from ssal.select import functional as Fn
 from ssal.select.base import STRATEGIES, ScoreStrategy, Signals
 from ssal.select.signals import Chunk, Signal, produces
 
 SCORES = {"variation_ratio": Fn.variation_ratio, "entropy": Fn.mean_entropy,
           "bald": Fn.bald}  # over the members instead of MC-dropout passes
-
-
-class Ensemble(nn.Module):
-    """Members that predict as one model: the logits are the log of the members' mean probability (so
-    a softmax gives it back), the features the members' features side by side."""
-
-    def __init__(self, members: list[nn.Module]):
-        super().__init__()
-        self.members = nn.ModuleList(members)
-
-    def member_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """[N, K, C]: each member's softmax."""
-        return torch.stack([F.softmax(m(x).float(), dim=1) for m in self.members], dim=1)
-
-    def forward(self, x: torch.Tensor, return_features: bool = False):
-        outs = [m(x, return_features=True) for m in self.members]
-        probs = torch.stack([F.softmax(o[0].float(), dim=1) for o in outs]).mean(dim=0)
-        logits = probs.clamp_min(torch.finfo(probs.dtype).tiny).log()
-        return (logits, torch.cat([o[1] for o in outs], dim=1)) if return_features else logits
-
-
-def combine(fits: list) -> object:
-    """One round's fit (:class:`ssal.engine.FitResult`) from its members' fits: the models as an
-    :class:`Ensemble`, times summed, logs averaged over the members."""
-    from ssal.engine import FitResult
-
-    logs = {k: sum(f.logs[k] for f in fits) / len(fits) for k in fits[0].logs}
-    return FitResult(Ensemble([f.model for f in fits]), Ensemble([f.eval_model for f in fits]),
-                     sum(f.seconds for f in fits), logs, data_seconds=sum(f.data_seconds for f in fits),
-                     members=list(fits))
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ Scores follow one convention: higher = more informative (selected first).
 
 from __future__ import annotations
 
+from collections import deque
+
 import torch
 
 
@@ -364,9 +366,8 @@ def typiclust(features: torch.Tensor, labeled: torch.Tensor, budget: int,
     turn, each visit taking the most typical of the cluster's unlabeled points (typicality among
     them, with k = min(``k``, half of them)). A cluster without unlabeled points leaves the turn; the
     dropped clusters are used only when no other has any left."""
-    from collections import deque
 
-    from sklearn.cluster import KMeans, MiniBatchKMeans
+    from sklearn.cluster import KMeans, MiniBatchKMeans  # heavy (scikit-learn), and only TypiClust needs it
 
     x = _normalize(check_finite(features, "features"))
     labeled = torch.as_tensor(labeled, dtype=torch.bool)
@@ -473,83 +474,90 @@ def bait(probs: torch.Tensor, features: torch.Tensor, labeled: torch.Tensor, bud
     if h.ndim != 2 or len(h) != len(p):
         raise ValueError(f"features must be [N, D] with N = {len(p)}, got shape {tuple(h.shape)}")
     labeled = torch.as_tensor(labeled, dtype=torch.bool)
-    n, c = p.shape
-    d = h.shape[1]
-    e = c * d
     budget = min(int(budget), int((~labeled).sum()))
     if budget <= 0:
         return torch.empty(0, dtype=torch.long)
-    a = _fisher_factor(p)  # [N, C, C]
-    nl = int(labeled.sum())
-    scale = 1.0 / (nl + budget)
+    state = _Bait(p, h, labeled, budget, lam, chunk)
+    free = (~labeled).clone()
+    chosen: list[int] = []
+    for _ in range(min(oversample * budget, int(free.sum()))):
+        rows = free.nonzero().squeeze(1)
+        gain = state.trace_change(1.0, rows)
+        i = int(rows[torch.argmax(gain)])  # the first maximum: ties to the lowest position
+        chosen.append(i)
+        free[i] = False
+        state.commit(i, 1.0)
+    while len(chosen) > budget:
+        rows = torch.tensor(chosen)
+        j = int(torch.argmax(state.trace_change(-1.0, rows)))
+        state.commit(chosen.pop(j), -1.0)
+    return torch.tensor(chosen, dtype=torch.long)
 
-    def gram(rows: torch.Tensor) -> torch.Tensor:  # sum over rows of V^T V, [E, E], in chunks
+
+class _Bait:
+    """BAIT's running state: M^-1, G = M^-1 F M^-1 and their per-row contractions (see :func:`bait`)."""
+
+    def __init__(self, p: torch.Tensor, h: torch.Tensor, labeled: torch.Tensor, budget: int, lam: float,
+                 chunk: int):
+        n, c = p.shape
+        d = h.shape[1]
+        self.h, self.n, self.c, self.d, self.e, self.chunk = h, n, c, d, c * d, chunk
+        self.a = _fisher_factor(p)  # [N, C, C]
+        scale = 1.0 / (int(labeled.sum()) + budget)
+        self.fisher = (self.gram(torch.arange(n)) / n).contiguous()
+        m = lam * torch.eye(self.e, dtype=torch.float64) + self.gram(labeled.nonzero().squeeze(1)) * scale
+        self.m_inv = torch.linalg.inv(m).contiguous()  # row-major: the E x C products below read it row by row
+        self.g = (self.m_inv @ self.fisher @ self.m_inv).contiguous()  # M^-1 F M^-1
+        self.mh, self.gh = self.contract(self.m_inv), self.contract(self.g)  # h^T M^-1 h, h^T G h per class block
+        self.va = self.a * scale ** 0.5  # the rows' factors, scaled like the labeled Fisher
+
+    def gram(self, rows: torch.Tensor) -> torch.Tensor:
+        """Sum over ``rows`` of V^T V, [E, E], in chunks."""
+        a, h, c, d = self.a, self.h, self.c, self.d
         out = torch.zeros(c, c, d, d, dtype=torch.float64)
-        step = max(1, chunk // c)
+        step = max(1, self.chunk // c)
         for s in range(0, len(rows), step):
             r = rows[s:s + step]
             aa = torch.einsum("nck,ncl->nkl", a[r], a[r])  # A^T A, [n, C, C]
             z = (aa.reshape(len(r), c * c, 1) * h[r, None, :]).reshape(len(r), -1)  # [n, C*C*D]
             out += (z.T @ h[r]).reshape(c, c, d, d)
-        return out.permute(0, 2, 1, 3).reshape(e, e)
+        return out.permute(0, 2, 1, 3).reshape(self.e, self.e)
 
-    fisher = (gram(torch.arange(n)) / n).contiguous()
-    m_inv = torch.linalg.inv(lam * torch.eye(e, dtype=torch.float64) + gram(labeled.nonzero().squeeze(1)) * scale)
-    m_inv = m_inv.contiguous()  # row-major: the E x C products below read it row by row
-    g = (m_inv @ fisher @ m_inv).contiguous()  # M^-1 F M^-1
-
-    def contract(mat: torch.Tensor) -> torch.Tensor:  # h^T mat h per class block: [N, C, C]
-        blocks = mat.reshape(c, d, c, d)
-        out = torch.empty(n, c, c, dtype=torch.float64)
-        for s in range(0, n, chunk):
-            hh = h[s:s + chunk]
-            out[s:s + chunk] = torch.einsum("nd,kdlf,nf->nkl", hh, blocks, hh)
+    def contract(self, mat: torch.Tensor) -> torch.Tensor:
+        """h^T mat h per class block: [N, C, C]."""
+        blocks = mat.reshape(self.c, self.d, self.c, self.d)
+        out = torch.empty(self.n, self.c, self.c, dtype=torch.float64)
+        for s in range(0, self.n, self.chunk):
+            hh = self.h[s:s + self.chunk]
+            out[s:s + self.chunk] = torch.einsum("nd,kdlf,nf->nkl", hh, blocks, hh)
         return out
 
-    mh, gh = contract(m_inv), contract(g)  # per-row h^T M^-1 h and h^T G h, in class blocks
-    va = a * scale ** 0.5  # the rows' factors, scaled like the labeled Fisher
-
-    def trace_change(sign: float, rows: torch.Tensor) -> torch.Tensor:
+    def trace_change(self, sign: float, rows: torch.Tensor) -> torch.Tensor:
         """tr((sign I + V M^-1 V^T)^-1 V G V^T) per row: the decrease of the trace when a row is
         added (sign +1), minus its increase when removed (sign -1)."""
-        ar = va[rows]
-        inner = ar @ mh[rows] @ ar.transpose(1, 2) + sign * torch.eye(c, dtype=torch.float64)
-        return torch.linalg.solve(inner, ar @ gh[rows] @ ar.transpose(1, 2)).diagonal(dim1=1, dim2=2).sum(1)
+        ar = self.va[rows]
+        inner = ar @ self.mh[rows] @ ar.transpose(1, 2) + sign * torch.eye(self.c, dtype=torch.float64)
+        return torch.linalg.solve(inner, ar @ self.gh[rows] @ ar.transpose(1, 2)).diagonal(dim1=1, dim2=2).sum(1)
 
-    def commit(i: int, sign: float) -> None:
+    def commit(self, i: int, sign: float) -> None:
         """M <- M + sign V_i^T V_i: Woodbury updates of M^-1, G and the per-row contractions."""
-        nonlocal mh, gh
-        vi = (va[i][:, :, None] * h[i]).reshape(c, e)  # [C, E]
-        q = m_inv @ vi.T  # [E, C]
+        c, d, h, fisher = self.c, self.d, self.h, self.fisher
+        vi = (self.va[i][:, :, None] * h[i]).reshape(c, self.e)  # [C, E]
+        q = self.m_inv @ vi.T  # [E, C]
         k = torch.linalg.inv(sign * torch.eye(c, dtype=torch.float64) + vi @ q)  # [C, C]
-        r = m_inv @ (fisher @ q)  # M^-1 F Q, [E, C]
+        r = self.m_inv @ (fisher @ q)  # M^-1 F Q, [E, C]
         qfq = q.T @ fisher @ q
         # M'^-1 = M^-1 - Q K Q^T;  G' = G - Q K R^T - R K Q^T + Q K (Q^T F Q) K Q^T, as one rank-2C update
         # [Q R] [[K qfq K, -K], [-K, 0]] [Q R]^T (two in-place passes over the E x E matrices per pick)
-        m_inv.addmm_(q @ k, q.T, alpha=-1.0)
+        self.m_inv.addmm_(q @ k, q.T, alpha=-1.0)
         qr = torch.cat([q, r], dim=1)
         mid = torch.cat([torch.cat([k @ qfq @ k, -k], dim=1), torch.cat([-k, torch.zeros_like(k)], dim=1)])
-        g.addmm_(qr @ mid, qr.T)
+        self.g.addmm_(qr @ mid, qr.T)
         hq = torch.einsum("nd,kdl->nkl", h, q.reshape(c, d, c))  # h^T Q per class block, [N, C, C]
         hr = torch.einsum("nd,kdl->nkl", h, r.reshape(c, d, c))
-        mh = mh - hq @ k @ hq.transpose(1, 2)
-        gh = (gh - hq @ k @ hr.transpose(1, 2) - hr @ k @ hq.transpose(1, 2)
-              + hq @ (k @ qfq @ k) @ hq.transpose(1, 2))
-
-    free = (~labeled).clone()
-    chosen: list[int] = []
-    for _ in range(min(oversample * budget, int(free.sum()))):
-        rows = free.nonzero().squeeze(1)
-        gain = trace_change(1.0, rows)
-        i = int(rows[torch.argmax(gain)])  # the first maximum: ties to the lowest position
-        chosen.append(i)
-        free[i] = False
-        commit(i, 1.0)
-    while len(chosen) > budget:
-        rows = torch.tensor(chosen)
-        j = int(torch.argmax(trace_change(-1.0, rows)))
-        commit(chosen.pop(j), -1.0)
-    return torch.tensor(chosen, dtype=torch.long)
+        self.mh = self.mh - hq @ k @ hq.transpose(1, 2)
+        self.gh = (self.gh - hq @ k @ hr.transpose(1, 2) - hr @ k @ hq.transpose(1, 2)
+                   + hq @ (k @ qfq @ k) @ hq.transpose(1, 2))
 
 
 def deepfool(logits_fn, x: torch.Tensor, max_iter: int = 50, overshoot: float = 0.02,

@@ -45,6 +45,7 @@ from ssal.errors import ConfigError
 from ssal.rng import sample_keys
 from ssal.select import functional as Fn
 from ssal.select.base import Signals, Strategy
+from ssal.semi import OBJECTIVES
 
 # ----------------------------------------------------------------------------- requests
 
@@ -89,7 +90,7 @@ class Embeddings(Signal):
 @dataclass(frozen=True)
 class MCDropout(Signal):
     """``samples`` stochastic passes of the head with dropout ``dropout`` before it (BatchNorm in eval
-    mode). A model built with ``model.drop_rate: 0`` gets ``dropout`` for training too (``ssal.loop``),
+    mode). A model built with ``model.drop_rate: 0`` gets ``dropout`` for training too (``ssal.experiment.loop``),
     so the passes sample the network it was trained as."""
 
     samples: int = 20
@@ -115,7 +116,6 @@ class AugProbs(Signal):
 @dataclass(frozen=True)
 class PrevProbs(Signal):
     def check(self, cfg: Any, strategy: str) -> None:
-        from ssal.semi import OBJECTIVES
 
         if cfg.active.rounds > 0 and not (OBJECTIVES.get(cfg.train.method).has_teacher or cfg.train.ema > 0):
             raise ConfigError(f"active.strategy={strategy} compares the round-0 model with its EMA, and train.method="

@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ssal.engine import derive_seed
 from ssal.faults import failpoint
-from ssal.select.signals import PrevProbs, SelectionContext, candidates, check_selection, compute_signals
+from ssal.rng import derive_seed
+from ssal.select.signals import SelectionContext, candidates, check_selection, compute_signals
 
 
 def generator(*parts: Any) -> torch.Generator:
@@ -38,18 +38,6 @@ class Acquisition:
     def record(self) -> dict:
         return {"round": self.round, "strategy": self.strategy, "indices": self.indices.tolist(),
                 "scores": None if self.scores is None else self.scores.tolist()}
-
-
-def uses_previous_model(strategy: Any) -> bool:
-    """Whether the strategy compares this round's model with the previous round's."""
-    return any(isinstance(r, PrevProbs) for r in strategy.needs)
-
-
-def round0_previous_model(fit: Any) -> nn.Module:
-    """Round 0 has no previous round: its model is compared with its EMA (the objective's teacher, or
-    ``train.ema``'s average; when that is what is evaluated, with the raw weights)."""
-    prev = fit.objective.teacher_model() if fit.ema is None else fit.ema
-    return fit.model if prev is fit.eval_model else prev
 
 
 def initial_set(engine: Any, cfg: Any, initial_strategy: Any, unlabeled: torch.Tensor, targets: torch.Tensor,

@@ -18,6 +18,7 @@ from torch import nn
 
 from ssal import checks
 from ssal.select.base import STRATEGIES, Signals, Strategy
+from ssal.select.functional import top_k
 from ssal.select.signals import Chunk, Signal, produces
 
 SIDE = 32  # the networks' input side
@@ -191,7 +192,6 @@ class VAAL(Strategy):
         return -self._scored[1]
 
     def select(self, signals: Signals, budget: int, generator: torch.Generator) -> torch.Tensor:
-        from ssal.select.functional import top_k
 
         if budget >= len(signals.candidates):  # nothing to choose: no networks to train
             return signals.candidates
