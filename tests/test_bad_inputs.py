@@ -1396,7 +1396,3 @@ def test_bad_input(name, tmp_path, monkeypatch, capsys, finished_run, fmnist_roo
             assert not p.exists(), p
     finally:
         env.close()
-
-
-def test_enough_cases():
-    assert len(CASES) >= 70

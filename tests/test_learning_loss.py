@@ -14,14 +14,15 @@ import yaml
 from conftest import run_two_processes
 from torch import nn
 
-from ssal import faults, loop
+from ssal import faults
 from ssal.cli import main
 from ssal.data import load_dataset
 from ssal.data.views import to_float
 from ssal.errors import ConfigError
+from ssal.experiment import loop
+from ssal.experiment.report import read_metrics
 from ssal.models import build_model
 from ssal.recipe import DataConfig, ModelConfig, TrainConfig, from_dict, load_recipe
-from ssal.report import read_metrics
 from ssal.select import STRATEGIES
 from ssal.select.learning_loss import LossPrediction, ranking_loss
 from ssal.select.signals import candidates
@@ -332,13 +333,23 @@ def test_the_objective_adds_the_module_loss(digits, method):
 
 
 def test_the_plain_config_objective(digits):
-    """TrainConfig() (no recipe): the module still trains along."""
+    """TrainConfig() (no recipe): the objective is cross-entropy plus the module's ranking loss at its
+    default weight and margin (1.0 each), computed by hand from the tapped stages."""
     model, aux = fresh(digits)
     obj = OBJECTIVES.get("supervised")(model, TrainConfig())
     obj.attach(aux)
-    x, y = batch_of(digits, 0, 6)
+    obj.train()
+    n = 6
+    x, y = batch_of(digits, 0, n)
+    tap = StageTap(model, aux.names)
     loss, logs = obj({"x_l": x, "y_l": y})
-    assert math.isfinite(loss.item()) and "ll_loss" in logs
+    tap.remove()
+    hand_pred = predict_by_hand(aux, [tap.maps[name] for name in aux.names], n)
+    ce = F.cross_entropy(tap.logits.float(), y, reduction="none")
+    ll = ranking_by_hand(hand_pred.tolist(), ce.tolist(), LL.Config().margin)
+    assert ll > 0
+    assert logs["ll_loss"].item() == pytest.approx(ll, abs=1e-6)
+    assert loss.item() == pytest.approx(ce.mean().item() + LL.Config().weight * ll, abs=1e-5)
 
 
 # ----------------------------------------------------------------------------- 5. end to end
