@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import tiny_recipe_dict
 from PIL import Image
 
 from ssal import faults
@@ -208,10 +209,9 @@ def world(tmp_path_factory) -> World:
     assert rc == 0 and f"{BUDGET} images await labels" in out, (out, err)
 
     simulated = base / "simulated"
-    sim = {"seed": 0, "output_dir": str(simulated), "cache_dir": str(cache),
-           "data": {"dataset": "digits", "pool_size": 60, "test_size": 20}, "model": {"backbone": "cnn_small"},
-           "train": {"method": "supervised", "steps": 3, "batch_size": 8, "eval_batch_size": 64},
-           "active": {"initial": 6, "budget": 3, "rounds": 0}}
+    sim = tiny_recipe_dict(simulated, cache_dir=str(cache), data={"pool_size": 60, "test_size": 20},
+                           train={"steps": 3, "batch_size": 8, "eval_batch_size": 64},
+                           active={"initial": 6, "budget": 3, "rounds": 0, "subset": None})
     (base / "sim.yaml").write_text(yaml.safe_dump(sim))
     rc, out, err = quiet_main(["run", base / "sim.yaml", "--no-progress"])
     assert rc == 0, err
