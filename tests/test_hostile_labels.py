@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import tiny_folder_recipe_dict
 from PIL import Image
 from starlette.testclient import TestClient
 
@@ -82,15 +83,10 @@ def world(tmp_path_factory) -> dict:
         (test / name).mkdir(parents=True)
         for j in range(2):
             png(test / name / f"t{j}.png", c, rng)
-    recipe = {
-        "seed": SEED, "output_dir": str(tmp / "runs" / "hostile"), "cache_dir": str(tmp / "cache"),
-        "data": {"dataset": "imagefolder", "root": str(root), "classes": CLASSES, "image_size": 16,
-                 "test_root": str(test)},
-        "model": {"backbone": "cnn_small"},
-        "train": {"method": "supervised", "steps": 3, "batch_size": 16, "eval_batch_size": 128},
-        "active": {"oracle": "human", "initial": INITIAL, "budget": BUDGET, "rounds": ROUNDS, "strategy": "entropy",
-                   "initial_strategy": "random"},
-    }
+    recipe = tiny_folder_recipe_dict(tmp / "runs" / "hostile", tmp / "cache", root, CLASSES, seed=SEED,
+                                     data={"test_root": str(test)},
+                                     active={"initial": INITIAL, "budget": BUDGET, "rounds": ROUNDS,
+                                             "initial_strategy": "random"})
     (tmp / "hostile.yaml").write_text(yaml.safe_dump(recipe))
     assert main(["run", str(tmp / "hostile.yaml"), "--no-progress"]) == 0
     run = tmp / "runs" / "hostile"
@@ -667,11 +663,8 @@ def test_the_filled_queries_csv_imports_when_one_name_is_the_protected_cell_of_a
     rng = np.random.default_rng(5)
     for k, rel in enumerate(names):
         png(root / rel, k % 3, rng)
-    recipe = {"seed": SEED, "output_dir": str(tmp_path / "run"), "cache_dir": str(tmp_path / "cache"),
-              "data": {"dataset": "imagefolder", "root": str(root), "classes": CLASSES, "image_size": 16},
-              "model": {"backbone": "cnn_small"}, "train": {"method": "supervised", "steps": 3, "batch_size": 16},
-              "active": {"oracle": "human", "initial": 4, "budget": 1, "rounds": 1, "strategy": "entropy",
-                         "initial_strategy": "random"}}
+    recipe = tiny_folder_recipe_dict(tmp_path / "run", tmp_path / "cache", root, CLASSES, seed=SEED,
+                                     train={"eval_batch_size": 512}, active={"budget": 1, "initial_strategy": "random"})
     (tmp_path / "twins.yaml").write_text(yaml.safe_dump(recipe))
     rc, _, err = ssal_here(capsys, "run", str(tmp_path / "twins.yaml"))
     assert rc == 0, err

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import tiny_folder_recipe_dict
 from PIL import Image
 
 from ssal.cli import main
@@ -89,17 +90,11 @@ def labeled_colours(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 def folder_recipe(tmp: Path, root: Path, name: str = "human", **sections) -> Path:
     """A recipe for labeling ``root``: test_resnet (a timm model) at 16 px, a few steps, entropy."""
-    recipe = {
-        "seed": 0,
-        "output_dir": str(tmp / "runs" / name),
-        "cache_dir": str(tmp / "cache"),
-        "data": {"dataset": "imagefolder", "root": str(root), "classes": CLASSES, "image_size": 16},
-        "model": {"backbone": "test_resnet"},
-        "train": {"method": "supervised", "steps": 8, "batch_size": 16, "eval_batch_size": 128},
-        "active": {"oracle": "human", "initial": INITIAL, "budget": BUDGET, "rounds": 3, "strategy": "entropy"},
-    }
+    defaults = {"model": {"backbone": "test_resnet"}, "train": {"steps": 8},
+                "active": {"initial": INITIAL, "budget": BUDGET, "rounds": 3}}
     for section, values in sections.items():
-        recipe.setdefault(section, {}).update(values)
+        defaults[section] = {**defaults.get(section, {}), **values}
+    recipe = tiny_folder_recipe_dict(tmp / "runs" / name, tmp / "cache", root, CLASSES, **defaults)
     path = tmp / f"{name}.yaml"
     path.write_text(yaml.safe_dump(recipe))
     return path

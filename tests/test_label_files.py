@@ -28,7 +28,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import tiny_recipe_dict
+from conftest import tiny_folder_recipe_dict, tiny_recipe_dict
 from PIL import Image
 
 from ssal import faults
@@ -157,18 +157,9 @@ class World:
 
 
 def human_recipe(path: Path, out: Path, images: Path, cache: Path, **active) -> Path:
-    recipe = {
-        "seed": 0,
-        "output_dir": str(out),
-        "cache_dir": str(cache),
-        "data": {"dataset": "imagefolder", "root": str(images), "classes": CLASSES, "image_size": 16,
-                 "channels": 3},
-        "model": {"backbone": "cnn_small"},
-        "pretrain": {"method": "none"},
-        "train": {"method": "supervised", "steps": 3, "batch_size": 8, "eval_batch_size": 64},
-        "active": {"oracle": "human", "initial": INITIAL, "budget": BUDGET, "rounds": 1, "strategy": "entropy",
-                   **active},
-    }
+    recipe = tiny_folder_recipe_dict(out, cache, images, CLASSES, data={"channels": 3}, pretrain={"method": "none"},
+                                     train={"batch_size": 8, "eval_batch_size": 64},
+                                     active={"initial": INITIAL, "budget": BUDGET, **active})
     path.write_text(yaml.safe_dump(recipe))
     return path
 
