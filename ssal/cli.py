@@ -356,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
                 "list": cmd_list}[args.command](args)
     except SsalError as e:
         if main_process:  # one line, whatever a path in the message holds (a line break in a folder's name)
-            sys.stderr.write(f"ssal: error: {one_line(str(e))}\n")
+            kind = "" if isinstance(e, Interrupted) else "error: "  # a person stopped it: no error of theirs
+            sys.stderr.write(f"ssal: {kind}{one_line(str(e))}\n")
         else:
             _let_the_main_process_speak()
         return 130 if isinstance(e, Interrupted) else 2

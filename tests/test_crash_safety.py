@@ -515,7 +515,9 @@ def test_an_interrupt_ends_with_one_line_saying_how_to_continue(runs, tmp_path, 
             proc.kill()
         proc.wait()
         proc.stderr.close()
-    one_error_line(err, "interrupted", f"ssal run --resume {out}")
+    lines = err.strip("\n").splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err  # one line, and no "error": a person stopped it
+    assert lines[0] == f"ssal: interrupted; round 0 committed and kept: continue with 'ssal run --resume {out}'", err
     assert not (out / ".lock").exists()  # released at the end
     assert ssal("run", "--resume", str(out)).returncode == 0
 

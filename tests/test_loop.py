@@ -290,3 +290,16 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path, tiny_recipe)
     assert pool_of(killed) == pool_of(whole)
     assert [m["n_labeled"] for m in read_metrics(killed)] == [20 + r * 10 for r in range(rounds + 1)]
     assert accs(killed) == accs(whole)
+
+
+@pytest.mark.parametrize("committed, words", [
+    (0, "interrupted before round 0 was committed; 'ssal run --resume {run}' starts it again"),
+    (1, "interrupted; round 0 committed and kept: continue with 'ssal run --resume {run}'"),
+    (3, "interrupted; rounds 0-2 committed and kept: continue with 'ssal run --resume {run}'"),
+])
+def test_an_interruption_says_what_is_kept(tmp_path, monkeypatch, committed, words):
+    from ssal.experiment.loop import _interrupted
+    from ssal.run.store import RunDir
+
+    monkeypatch.setattr(RunDir, "committed", lambda self: [{"round": r} for r in range(committed)])
+    assert words.format(run=tmp_path) in _interrupted(RunDir(tmp_path))

@@ -24,7 +24,7 @@ from ssal.data import ActivePool, load_dataset
 from ssal.data.datasets import ImageDataset
 from ssal.data.pool import SKIP
 from ssal.engine import Engine, FitResult
-from ssal.errors import ConfigError, Interrupted
+from ssal.errors import ConfigError, Interrupted, SsalError
 from ssal.experiment.pretraining import check_cache_dir, pretrained_encoder
 from ssal.experiment.report import curve_files
 from ssal.experiment.trainer import Carry, RoundTrainer
@@ -105,13 +105,26 @@ def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: E
             parts.data.save_caches()  # the image check's results, now that the run goes ahead
         Rounds(cfg, parts, engine, run_dir, use_cache).run(resume, force)
     except KeyboardInterrupt:
-        raise Interrupted(f"interrupted; the committed rounds are kept: continue with 'ssal run --resume "
-                          f"{run_dir.path}'") from None
+        raise Interrupted(_interrupted(run_dir)) from None
     except files.StorageError as e:
         raise files.StorageError(f"{e}, then continue with 'ssal run --resume {run_dir.path}'") from None
     finally:
         run_dir.unlock()
     return run_dir.path
+
+
+def _interrupted(run_dir: RunDir) -> str:
+    """What an interrupted run keeps, and how to go on."""
+    try:
+        rounds = len(run_dir.committed())
+    except SsalError:  # damaged: --resume says what it finds
+        rounds = None
+    resume = f"'ssal run --resume {run_dir.path}'"
+    if rounds == 0:
+        return f"interrupted before round 0 was committed; {resume} starts it again (answers given so far are kept)"
+    kept = f"round{'s 0-' + str(rounds - 1) if rounds and rounds > 1 else ' 0'} committed and kept" if rounds else \
+        "the committed rounds are kept"
+    return f"interrupted; {kept}: continue with {resume}"
 
 
 def _check_start(run_dir: RunDir, cfg: DictConfig, resume: bool, force: bool) -> None:
