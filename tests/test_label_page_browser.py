@@ -521,6 +521,45 @@ def test_an_earlier_answer_is_changed_from_the_grid(browser, serve, run, truth):
     assert page.stored() == typed
 
 
+@pytest.mark.slow
+def test_a_complete_batch_reaches_the_next_round_from_every_view_with_one_key_or_click(
+        browser, serve, longer_run, tmp_path, truth):
+    """No dead end: after a fix from the grid the single view shows an answered image of a complete batch
+    (the first batch has no suggestion to accept); Enter there, Enter on the grid, or the banner's button
+    opens the done view with its 'Train the next round' button."""
+    from selenium.webdriver.common.by import By
+
+    run = tmp_path / "run"
+    shutil.copytree(longer_run, run)
+    server = serve(run, cont=True)
+    page = Page(browser, server.url, run, truth)
+    typed: dict[int, int] = {}
+    for k in range(1, page.n + 1):
+        page.label(k, typed)
+        after_key(page, k)
+    page.until(lambda s: s["view"] == "done" and s["continue_shown"], "the done view with #continue")
+    for how in ("enter on an answered image", "enter on the grid", "the banner's button"):
+        page.press("g")  # back to the grid, then fix image 2 from it
+        page.until(lambda s: s["view"] == "gridview", "the grid view")
+        browser.find_element(By.CSS_SELECTOR, f'#grid .tile[data-index="{page.index(2)}"]').click()
+        page.at(2)
+        other = next(c for c in page.classes if c != page.name(typed[page.index(2)]))
+        page.press(page.key(other))
+        typed[page.index(2)] = page.classes.index(other)
+        page.at(3)  # the single view, the batch complete
+        if how == "enter on the grid":
+            page.press("g")
+            page.until(lambda s: s["view"] == "gridview", "the grid view")
+        if how == "the banner's button":
+            browser.find_element(By.ID, "finish").click()
+        else:
+            page.press(ENTER)
+        state = page.until(lambda s: s["view"] == "done" and s["continue_shown"], f"the done view ({how})")
+        assert state["done_title"] == f"All {page.n} images are answered", how
+        page.saved()
+        assert page.stored() == typed, how  # Enter changed no answer
+
+
 @pytest.mark.slow  # 7 s; the default run keeps the acceptance walk above
 def test_the_page_is_read_only_while_another_process_holds_the_run(browser, serve, run, truth):
     server = serve(run)
