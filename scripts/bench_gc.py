@@ -26,8 +26,10 @@ import yaml
 
 from ssal.cli import main as ssal_main
 from ssal.engine import runtime
-from ssal.experiment import loop  # noqa: F401  (what `ssal run` imports, before anything is timed)
-from ssal.experiment import report  # noqa: F401
+from ssal.experiment import (
+    loop,  # noqa: F401  (what `ssal run` imports, before anything is timed)
+    report,  # noqa: F401
+)
 
 RECIPE = {
     "seed": 0,
