@@ -1,4 +1,5 @@
-"""The state of the active-learning pool: which indices are labeled, with which label, when."""
+"""The state of the active-learning pool: which indices are labeled, with which label, when; and the
+audit set, labeled images held out to measure accuracy."""
 
 from __future__ import annotations
 
@@ -15,35 +16,62 @@ class ActivePool:
     The round of an index is the first round whose training uses its label: the initial set is
     round 0, what round r selects is round r + 1. The pool's *entries* are the answered indices
     (labels and skips) in acquisition order; a skipped image is neither trained on nor selected again.
+
+    The ``audit`` indices are asked like the others but held out: their answers measure the model's
+    accuracy (an unbiased sample of the pool, as selected images are not), and they are neither
+    trained on, labeled or not, nor selected.
     """
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, audit=()):
         if n <= 0:
             raise ValueError("a pool needs at least one sample")
         self.n = n
         self._labels = torch.full((n,), _UNANSWERED, dtype=torch.long)
         self._round = torch.full((n,), -1, dtype=torch.long)
         self._order: list[int] = []  # answered indices in acquisition order
+        audit = torch.as_tensor(audit, dtype=torch.long).flatten()
+        if len(audit) and (audit.min() < 0 or audit.max() >= n or len(torch.unique(audit)) != len(audit)):
+            raise ValueError(f"the audit indices must be distinct pool indices in [0, {n})")
+        self._audit = torch.zeros(n, dtype=torch.bool)
+        self._audit[audit] = True
 
     @property
     def labeled_mask(self) -> torch.Tensor:
-        return self._labels >= 0
+        """The labels a round trains on (the audit set's are not)."""
+        return (self._labels >= 0) & ~self._audit
+
+    def _answered(self, which: torch.Tensor) -> torch.Tensor:
+        order = torch.tensor(self._order, dtype=torch.long)
+        return order[which[order]]
 
     @property
     def labeled_indices(self) -> torch.Tensor:
-        """Labeled indices in acquisition order."""
-        order = torch.tensor(self._order, dtype=torch.long)
-        return order[self._labels[order] >= 0]
+        """Labeled indices in acquisition order, the audit set left out."""
+        return self._answered(self.labeled_mask)
 
     @property
     def unlabeled_indices(self) -> torch.Tensor:
-        """Indices nobody answered yet: the candidates of a selection."""
-        return torch.nonzero(self._labels == _UNANSWERED).flatten()
+        """Indices nobody answered yet, the audit set left out: the candidates of a selection."""
+        return torch.nonzero((self._labels == _UNANSWERED) & ~self._audit).flatten()
 
     @property
     def skipped_indices(self) -> torch.Tensor:
-        order = torch.tensor(self._order, dtype=torch.long)
-        return order[self._labels[order] == SKIP]
+        return self._answered((self._labels == SKIP) & ~self._audit)
+
+    @property
+    def audit_indices(self) -> torch.Tensor:
+        """The whole audit set, ascending."""
+        return torch.nonzero(self._audit).flatten()
+
+    @property
+    def audit_unanswered(self) -> torch.Tensor:
+        """The audit images still to ask, ascending."""
+        return torch.nonzero(self._audit & (self._labels == _UNANSWERED)).flatten()
+
+    def audit_labeled(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The audit images with a class (skips left out), in acquisition order, and their classes."""
+        idx = self._answered(self._audit & (self._labels >= 0))
+        return idx, self._labels[idx]
 
     @property
     def n_labeled(self) -> int:
@@ -92,7 +120,7 @@ class ActivePool:
         """A new pool with only the first ``count`` entries in acquisition order."""
         if not 0 <= count <= self.n_entries:
             raise ValueError(f"head({count}) of a pool with {self.n_entries} entries")
-        out = ActivePool(self.n)
+        out = ActivePool(self.n, self.audit_indices)
         keep = torch.tensor(self._order[:count], dtype=torch.long)
         out.label(keep, self._labels[keep], self._round[keep])
         return out
@@ -103,8 +131,12 @@ class ActivePool:
         return idx[self._round[idx] == r]
 
     def state_dict(self) -> dict:
-        """``{"n", "labeled": [[index, label, round], ...]}`` in acquisition order; label -1: skipped."""
-        return {"n": self.n, "labeled": [[i, int(self._labels[i]), int(self._round[i])] for i in self._order]}
+        """``{"n", "labeled": [[index, label, round], ...]}`` in acquisition order (label -1: skipped), and
+        ``"audit": [index, ...]`` when there is an audit set."""
+        state = {"n": self.n, "labeled": [[i, int(self._labels[i]), int(self._round[i])] for i in self._order]}
+        if self._audit.any():
+            state["audit"] = self.audit_indices.tolist()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Replace this pool's state; a malformed ``state`` raises and leaves the pool as it was."""
@@ -113,7 +145,10 @@ class ActivePool:
                 isinstance(row, (list, tuple)) and len(row) == 3
                 and all(isinstance(v, int) and not isinstance(v, bool) for v in row) for row in labeled):
             raise ValueError("'labeled' must be a list of [index, label, round] integer triples")
-        fresh = ActivePool(int(state["n"]))
+        audit = state.get("audit", [])
+        if not isinstance(audit, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in audit):
+            raise ValueError("'audit' must be a list of pool indices")
+        fresh = ActivePool(int(state["n"]), audit)
         rows = torch.tensor(labeled, dtype=torch.long).reshape(-1, 3)
         fresh.label(rows[:, 0], rows[:, 1], rows[:, 2])
         self.__dict__.update(fresh.__dict__)
@@ -126,3 +161,16 @@ class ActivePool:
         pool = cls(state["n"])
         pool.load_state_dict(state)
         return pool
+
+
+def draw_audit(n: int, k: int, generator: torch.Generator, exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """``k`` pool indices drawn uniformly without replacement from ``range(n)`` less ``exclude`` (the seed
+    labels, already trained on), ascending: a random sample of the pool, so that accuracy on it estimates
+    accuracy on the pool."""
+    allowed = torch.ones(n, dtype=torch.bool)
+    if exclude is not None:
+        allowed[torch.as_tensor(exclude, dtype=torch.long)] = False
+    open_ = torch.nonzero(allowed).flatten()
+    if k > len(open_):
+        raise ValueError(f"an audit set of {k} from {len(open_)} images")
+    return open_[torch.randperm(len(open_), generator=generator)[:k]].sort().values

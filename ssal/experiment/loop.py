@@ -22,17 +22,18 @@ from omegaconf import DictConfig, OmegaConf
 from ssal import files
 from ssal.data import ActivePool, load_dataset
 from ssal.data.datasets import ImageDataset
-from ssal.data.pool import SKIP
+from ssal.data.pool import SKIP, draw_audit
 from ssal.engine import Engine, FitResult
 from ssal.errors import ConfigError, Interrupted, SsalError
 from ssal.experiment.pretraining import check_cache_dir, pretrained_encoder
-from ssal.experiment.report import curve_files
+from ssal.experiment.report import curve_files, wilson_interval
 from ssal.experiment.trainer import Carry, RoundTrainer
 from ssal.faults import failpoint
 from ssal.label.oracles import Oracle, create_oracle
 from ssal.models import create_backbone, initial_weights
 from ssal.recipe import validate_pool
 from ssal.run.outputs import check_run_place, data_folders
+from ssal.run.readers import measured
 from ssal.run.store import Restored, RunDir
 from ssal.select import INITIAL_STRATEGIES, create_strategy
 from ssal.select.signals import MCDropout, candidates
@@ -52,6 +53,7 @@ class Parts:
     initial_strategy: Any
     model_cfg: DictConfig
     oracle: Oracle
+    audit: torch.Tensor  # the pool indices held out to measure accuracy (active.audit of them, seeded)
 
     @classmethod
     def build(cls, cfg: DictConfig) -> Parts:
@@ -66,12 +68,15 @@ class Parts:
         if cfg.model.pretrained or cfg.model.checkpoint is not None:  # load (and check) the weights now
             initial_weights(cfg.model.backbone, bool(cfg.model.pretrained), cfg.model.checkpoint, data.channels,
                             data.image_size[0])
+        seeded = None if data.seed_labels is None else data.seed_labels[0]
+        audit = draw_audit(len(data.train), cfg.active.audit, generator(cfg.seed, "audit"), seeded)
         return cls(data, strategy, OBJECTIVES.get(cfg.train.method),
-                   INITIAL_STRATEGIES.get(cfg.active.initial_strategy), model_cfg, create_oracle(cfg, data))
+                   INITIAL_STRATEGIES.get(cfg.active.initial_strategy), model_cfg, create_oracle(cfg, data), audit)
 
     def new_pool(self) -> ActivePool:
-        """The pool before any acquisition: the seed labels of ``data.labels`` (round 0), if any."""
-        pool = ActivePool(len(self.data.train))
+        """The pool before any acquisition: its audit set, and the seed labels of ``data.labels`` (round 0),
+        if any."""
+        pool = ActivePool(len(self.data.train), self.audit)
         if self.data.seed_labels is not None:
             pool.label(*self.data.seed_labels, 0)
         return pool
@@ -234,9 +239,7 @@ class Rounds:
         rd.prune_checkpoints(r)
         if self.parts.data.has_test:
             rd.write_curve(*curve_files(rd.committed(), self.cfg.name))
-        measured = (f"test acc {100 * metrics['test_acc']:.2f} %" if "test_acc" in metrics else
-                    f"mean confidence on the pool {100 * metrics['pool_mean_conf']:.1f} % (no test set)")
-        self.engine.print(f"[bold]round {r}[/bold]: {labeled} labels, {measured}, "
+        self.engine.print(f"[bold]round {r}[/bold]: {labeled} labels, {measured(rows[-1])}, "
                           f"train {fit.seconds:.1f} s, select {select_s:.1f} s")
 
     def continue_from(self, state: Restored, pool: ActivePool) -> Carry | None:
@@ -275,8 +278,9 @@ class Rounds:
         if saved is None:
             return None
         idx = torch.tensor(saved, dtype=torch.long)
-        fits = (len(idx) == self.wanted(r, pool) and len(torch.unique(idx)) == len(idx)
-                and bool(torch.isin(idx, pool.unlabeled_indices).all()))
+        audit = pool.audit_unanswered if r == -1 else torch.empty(0, dtype=torch.long)  # asked with the first batch
+        fits = (len(idx) == self.wanted(r, pool) + len(audit) and len(torch.unique(idx)) == len(idx)
+                and bool(torch.isin(idx, torch.cat([pool.unlabeled_indices, audit])).all()))
         return idx if fits else None
 
     def buy_initial_set(self) -> ActivePool | None:
@@ -293,11 +297,23 @@ class Rounds:
 
             acq = initial_set(eng, self.cfg, parts.initial_strategy, pool.unlabeled_indices, parts.data.train.targets,
                               embed, self.wanted(-1, pool))
-            self.run_dir.save_selection(acq.record())
+            acq, record = self.with_audit(acq, pool)
+            self.run_dir.save_selection(record)
         if self.receive(acq, pool):
             return pool
         self.say_awaiting(acq)
         return None
+
+    def with_audit(self, acq: Acquisition, pool: ActivePool) -> tuple[Acquisition, dict]:
+        """The first batch with the audit images among its picks, in a seeded order (nothing tells a person
+        which is which), and its record, which names the audit images."""
+        audit = pool.audit_unanswered
+        if len(audit) == 0:
+            return acq, acq.record()
+        both = torch.cat([acq.indices, audit])
+        both = both[torch.randperm(len(both), generator=generator(self.cfg.seed, "audit order"))]
+        mixed = Acquisition(acq.round, acq.strategy, both, None, acq.seconds)
+        return mixed, {**mixed.record(), "audit": audit.tolist()}
 
     def buy(self, r: int, fit: FitResult, pool: ActivePool, prev_model: torch.nn.Module | None,
             reuse: bool = False) -> tuple[Acquisition, bool]:
@@ -331,7 +347,8 @@ class Rounds:
         if answers is None:
             oracle.ask(rd, self.parts.data, acq.round, acq.indices)
             return False
-        if pool.n_labeled == 0 and bool((answers == SKIP).all()):  # before anything is written
+        trained = ~torch.isin(acq.indices, pool.audit_indices)  # the audit set's answers only measure
+        if pool.n_labeled == 0 and bool((answers[trained] == SKIP).all()):  # before anything is written
             raise ConfigError(f"every answer to the first batch ({rd.round_dir(acq.round).name}) is skip or unsure, so "
                               f"round 0 has no label to train on; change some of them ('ssal label serve {rd.path}' "
                               f"or 'ssal label import'), then 'ssal run --resume {rd.path}', or start again with a "
@@ -354,8 +371,10 @@ class Rounds:
         """Test accuracy; without a test set, what can be measured honestly: the model's class distribution
         and mean confidence on (up to POOL_SAMPLE seeded images of) the unlabeled pool."""
         eng, data, cfg = self.engine, self.parts.data, self.cfg
+        audit = self.audit_accuracy(r, fit, pool)
         if data.has_test:
-            return eng.evaluate(fit.eval_model, data.test, cfg.train.eval_batch_size, desc=f"round {r} evaluate")
+            return {**eng.evaluate(fit.eval_model, data.test, cfg.train.eval_batch_size, desc=f"round {r} evaluate"),
+                    **audit}
         sample = candidates(pool.unlabeled_indices, POOL_SAMPLE, generator(cfg.seed, "measure", r))
         if len(sample) == 0:
             sample = pool.labeled_indices
@@ -363,5 +382,20 @@ class Rounds:
                             desc=f"round {r} measure")["probs"]
         conf, guess = probs.max(1)
         share = torch.bincount(guess, minlength=data.num_classes).float() / max(1, len(guess))
-        return {"pool_mean_conf": round(float(conf.mean()), 5),
+        return {**audit, "pool_mean_conf": round(float(conf.mean()), 5),
                 "pool_class_dist": {c: round(float(v), 5) for c, v in zip(data.classes, share, strict=True)}}
+
+    def audit_accuracy(self, r: int, fit: FitResult, pool: ActivePool) -> dict:
+        """Accuracy on the answered audit images (skips left out) with its 95 % Wilson interval; {} without
+        an audit set."""
+        idx, truth = pool.audit_labeled()
+        if len(pool.audit_indices) == 0:
+            return {}
+        if len(idx) == 0:
+            return {"audit_n": 0}
+        probs = self.engine.predict(fit.eval_model, self.parts.data.train, idx, ("probs",),
+                                    self.cfg.train.eval_batch_size, desc=f"round {r} audit")["probs"]
+        right = int((probs.argmax(1) == truth).sum())
+        low, high = wilson_interval(right, len(idx))
+        return {"audit_acc": round(right / len(idx), 6), "audit_low": round(low, 6), "audit_high": round(high, 6),
+                "audit_n": len(idx)}

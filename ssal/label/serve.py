@@ -59,6 +59,7 @@ from ssal.data.pool import SKIP
 from ssal.errors import ConfigError, DataError, SsalError, one_line
 from ssal.files import Damaged
 from ssal.label import answers as labels
+from ssal.run.readers import measured
 from ssal.run.store import RunDir
 
 BROWSER_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp",
@@ -180,8 +181,13 @@ class Session:
                           else f"the run is in use by another ssal process ({holder})" if holder else None),
                "can_continue": self.allow_continue, "job": self.job.state() if self.job else None,
                "continue_command": f"ssal run --resume {self.rd.path}"}
-        if batch is None:
+        try:
             rows = self.rd.committed()
+        except SsalError:  # a damaged metrics.jsonl: the run says so when it resumes; the batch can still be labeled
+            rows = []
+        out["accuracy"] = f"round {rows[-1]['round']}: {measured(rows[-1])}" if rows else None
+        if batch is None:
+            rows = self.rd.committed()  # damaged: the page says so (a 500 with the line)
             rounds = (self.identity["recipe"].get("active") or {}).get("rounds")
             out.update(round=None, items=[], answers={}, message=why,
                        finished=bool(rows) and rows[-1]["round"] >= rounds)

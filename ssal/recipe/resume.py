@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ssal.errors import ConfigError
 from ssal.recipe.load import from_dict, load_recipe, parse_overrides
+from ssal.recipe.schema import schema
 from ssal.run.store import IDENTITY, RECIPE, SAFE_ON_RESUME, RunDir, differences
 
 
@@ -40,13 +41,17 @@ def resume_recipe(run_dir: str | os.PathLike | RunDir, overrides: list[str] = ()
     if overrides:
         where += " with the overrides"
     now = OmegaConf.to_container(cfg)
+    defaults = OmegaConf.to_container(OmegaConf.structured(schema()))
     for key, before, after in differences(stored, now):
         if key == "active.rounds" and isinstance(after, int) and after >= before:
             continue
+        if not _has(stored, key) and _has(defaults, key) and after == _get(defaults, key):
+            continue  # a key newer than the run's ssal, at its default: what that ssal did
         if key in SAFE_ON_RESUME and key != "active.rounds":
             continue
         _refuse_change(rd, where, key, before, after)
     return cfg
+
 
 def _refuse_change(rd: RunDir, where: str, key: str, before: Any, after: Any) -> None:
     how = ("active.rounds may only grow on --resume" if key == "active.rounds" else
@@ -54,6 +59,12 @@ def _refuse_change(rd: RunDir, where: str, key: str, before: Any, after: Any) ->
     raise ConfigError(f"{where} changes {key} from {before!r} to {after!r}, but {rd.path} was made with "
                       f"{before!r} and its stored labels and rounds depend on it ({how}); undo the change, "
                       "or start a new run with another output_dir")
+
+
+def _get(tree: dict, key: str) -> Any:
+    for part in key.split("."):
+        tree = tree[part]
+    return tree
 
 
 def _has(tree: dict, key: str) -> bool:

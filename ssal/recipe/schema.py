@@ -176,6 +176,7 @@ class ActiveConfig:
     subset: Optional[int] = None  # score a seeded random subset of this many unlabeled samples
     oracle: str = "simulated"  # who answers: simulated (ground truth) | human (queries out, ssal label import)
     oracle_noise: float = 0.0  # simulated: this seeded fraction of the answers is a wrong class
+    audit: int = 0  # random pool images asked with the first batch and held out: each round's accuracy on them
 
     def check(self, key: str, recipe: Any) -> None:
         """Everything but ``initial``, whose floor depends on ``data.labels`` (see :func:`validate`)."""
@@ -189,6 +190,7 @@ class ActiveConfig:
                               f"people have not given yet; with {key}.oracle={self.oracle} use {_either(usable)}")
         checks.at_least(f"{key}.budget", self.budget, 1)
         checks.at_least(f"{key}.rounds", self.rounds, 0)
+        checks.at_least(f"{key}.audit", self.audit, 0, " (0: no audit set)")
         checks.require(self.subset is None or self.subset >= self.budget,
                        f"{key}.subset ({self.subset}) must be >= {key}.budget ({self.budget}) or null")
 
@@ -317,12 +319,14 @@ def validate_pool(cfg: DictConfig, pool_size: int, seeded: int = 0) -> None:
     ``data.labels`` labels already (``seeded``)."""
 
     a = cfg.active
-    needed = seeded + a.initial + a.rounds * a.budget
+    needed = seeded + a.audit + a.initial + a.rounds * a.budget
     seed = f"the {seeded} of data.labels + " if seeded else ""
+    audit = "active.audit + " if a.audit else ""
     checks.require(needed <= pool_size,
-                   f"{seed}active.initial + active.rounds * active.budget = {needed} labels, more than the "
+                   f"{seed}{audit}active.initial + active.rounds * active.budget = {needed} labels, more than the "
                    f"{pool_size} images in the pool; lower active.budget or active.rounds"
-                   + (" (or label fewer images in data.labels)" if seeded else ""))
+                   + (" (or label fewer images in data.labels)" if seeded else "")
+                   + (" (or active.audit)" if a.audit else ""))
     checks.require(not OBJECTIVES.get(cfg.train.method).uses_unlabeled() or needed < pool_size,
                    f"train.method={cfg.train.method} trains on unlabeled images, but the last round would have none "
                    f"({needed} labels, {pool_size} images in the pool); lower active.budget or active.rounds")

@@ -175,6 +175,24 @@ def read_cell(run_dir: Path) -> dict | None:
     return labels
 
 
+def measured(row: dict) -> str:
+    """What a committed round measured, in words (the run's log line, the labeling page): test accuracy,
+    the audit set's accuracy with its 95 % interval, or, with neither, the model's mean confidence,
+    which is no accuracy."""
+    parts = []
+    if "test_acc" in row:
+        parts.append(f"test acc {100 * row['test_acc']:.2f} %")
+    if "audit_acc" in row:
+        parts.append(f"audit acc {100 * row['audit_acc']:.1f} % (95 % interval {100 * row['audit_low']:.1f}-"
+                     f"{100 * row['audit_high']:.1f}, {row['audit_n']} images)")
+    elif row.get("audit_n") == 0:
+        parts.append("no audit accuracy (every audit image was skipped)")
+    if not parts and "pool_mean_conf" in row:
+        parts.append(f"mean confidence on the pool {100 * row['pool_mean_conf']:.1f} % (no test set; active.audit "
+                     "measures accuracy)")
+    return ", ".join(parts)
+
+
 # ----------------------------------------------------------------------------- a run, read
 
 class RunFiles:
