@@ -174,6 +174,12 @@ def test_each_rounds_audit_accuracy_is_its_model_on_the_audit_images(audited):
         low, high = wilson_interval(right, AUDIT)
         assert (row["audit_low"], row["audit_high"]) == (pytest.approx(low, abs=1e-6), pytest.approx(high, abs=1e-6))
         assert "test_acc" in row  # with a test set too, both are recorded
+    with open(run / "curve.csv", newline="") as f:
+        curve = list(csv.DictReader(f))
+    keys = ("test_acc", "audit_acc", "audit_low", "audit_high")
+    assert list(curve[0]) == ["round", "n_labeled", *keys]
+    assert [[float(c[k]) for k in keys] for c in curve] == \
+        [[pytest.approx(m[k], abs=1e-6) for k in keys] for m in read_metrics(run)]
 
 
 def test_a_resumed_run_with_an_audit_set_is_the_uninterrupted_one(audited, tmp_path):
@@ -239,6 +245,11 @@ def test_people_are_asked_the_audit_images_among_the_first_batch(colour_pool, tm
     row = read_metrics(run)[0]
     assert row["audit_n"] == 6 and row["n_labeled"] == len(rows) - 6 and 0 <= row["audit_acc"] <= 1
     assert "audit acc" in out and "6 images" in out
+    with open(run / "curve.csv", newline="") as f:  # no test folder: the curve is the audit's
+        assert list(csv.reader(f)) == [["round", "n_labeled", "audit_acc", "audit_low", "audit_high"],
+                                       ["0", str(row["n_labeled"]), *(f"{row[k]:.6f}" for k in
+                                                                       ("audit_acc", "audit_low", "audit_high"))]]
+    assert (run / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = Session(run).state()  # the labeling page's header
     assert page["accuracy"] == f"round 0: audit acc {100 * row['audit_acc']:.1f} % (95 % interval " \
                                f"{100 * row['audit_low']:.1f}-{100 * row['audit_high']:.1f}, 6 images)"

@@ -158,6 +158,11 @@ class Rounds:
         self.trainer = RoundTrainer(cfg, parts.data, parts.model_cfg, parts.objective_cls, parts.strategy, engine,
                                     parts.oracle.hidden)
 
+    @property
+    def has_curve(self) -> bool:
+        """Whether the run measures an accuracy to draw: a test split, or an audit set."""
+        return self.parts.data.has_test or len(self.parts.audit) > 0
+
     def note(self, text: str) -> None:
         self.engine.print(f"[yellow]note: {text}")
 
@@ -203,7 +208,7 @@ class Rounds:
             if carry is None:
                 return
             eng.accelerator.wait_for_everyone()
-        eng.print(f"done: {rd.path}" + ("/curve.png" if self.parts.data.has_test else ""))
+        eng.print(f"done: {rd.path}" + ("/curve.png" if self.has_curve else ""))
 
     def round(self, r: int, pool: ActivePool, carry: Carry, rows: list[dict]) -> Carry | None:
         """Round ``r``: train -> evaluate -> record -> select -> label. The next round's carry, or None
@@ -237,7 +242,7 @@ class Rounds:
                      "pool": {"labeled": pool.n_entries, "digest": files.json_digest(pool.state_dict())}})
         rd.commit(rows)
         rd.prune_checkpoints(r)
-        if self.parts.data.has_test:
+        if self.has_curve:
             rd.write_curve(*curve_files(rd.committed(), self.cfg.name))
         self.engine.print(f"[bold]round {r}[/bold]: {labeled} labels, {measured(rows[-1])}, "
                           f"train {fit.seconds:.1f} s, select {select_s:.1f} s")

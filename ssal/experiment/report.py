@@ -56,14 +56,28 @@ def _png(fig, **kwargs) -> bytes:
 
 
 def curve_files(rows: list[dict], title: str) -> tuple[str, bytes]:
-    """The text of ``curve.csv`` and the bytes of ``curve.png`` (n_labeled vs test_acc) of a run's rows."""
+    """The text of ``curve.csv`` and the bytes of ``curve.png`` of a run's rows: accuracy against labels,
+    on the test split (``test_acc``) and, with an audit set, on it with its 95 % interval (``audit_acc``,
+    ``audit_low``, ``audit_high``; empty for a round whose audit answers were all skips)."""
     plt = _pyplot()
-    text = files.csv_text(("round", "n_labeled", "test_acc"),
-                          ([r["round"], r["n_labeled"], f"{r['test_acc']:.6f}"] for r in rows))
+    test, audit = any("test_acc" in r for r in rows), any("audit_acc" in r for r in rows)
+    keys = (("test_acc",) if test else ()) + (("audit_acc", "audit_low", "audit_high") if audit else ())
+    text = files.csv_text(("round", "n_labeled", *keys),
+                          ([r["round"], r["n_labeled"], *(f"{r[k]:.6f}" if k in r else "" for k in keys)]
+                           for r in rows))
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    ax.plot([r["n_labeled"] for r in rows], [100 * r["test_acc"] for r in rows], marker="o")
+    n = [r["n_labeled"] for r in rows]
+    if test:
+        ax.plot(n, [100 * r["test_acc"] for r in rows], marker="o", label="test")
+    if audit:
+        got = [r for r in rows if "audit_acc" in r]
+        x = [r["n_labeled"] for r in got]
+        ax.plot(x, [100 * r["audit_acc"] for r in got], marker="s", label=f"audit ({got[-1]['audit_n']} images)")
+        ax.fill_between(x, [100 * r["audit_low"] for r in got], [100 * r["audit_high"] for r in got], alpha=0.2,
+                        label="95 % interval")
+        ax.legend(fontsize=8)
     ax.set_xlabel("labeled samples")
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel("test accuracy (%)" if not audit else "accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
