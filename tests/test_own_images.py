@@ -767,7 +767,9 @@ def test_ssal_init_writes_a_recipe_that_loads(tmp_path, capsys, monkeypatch):
     images = _images(tmp_path)
     proj = tmp_path / "proj"
     assert cli.main(["init", str(proj), "--images", str(images), "--classes", "cat, dog ,bird"]) == 0
-    assert str(proj / "recipe.yaml") in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert str(proj / "recipe.yaml") in out
+    assert "--test FOLDER adds one, or active.audit: 100 in the recipe measures it" in out  # no test folder
     monkeypatch.chdir(tmp_path / "my photos")  # the recipe does not depend on the working directory
     cfg = load_recipe(proj / "recipe.yaml")
     assert cfg.data.dataset == "imagefolder"

@@ -72,7 +72,8 @@ def init_project(folder: str | os.PathLike, images: str | os.PathLike, classes: 
     files.write_text(path, text)
     found = [f"{len(data.train)} images to label in {one_line(str(images))}"
              + (f", {len(data.test)} test images in {len(data.classes)} classes" if data.has_test else
-                " (no test folder: rounds report the model's confidence, not its accuracy; --test FOLDER adds one)")
+                " (no test folder: rounds report the model's confidence, not its accuracy; --test FOLDER adds one, "
+                "or active.audit: 100 in the recipe measures it on 100 random images you label with the first batch)")
              + (f", {len(data.seed_labels[0])} labeled already" if data.seed_labels is not None else "")]
     return path, found + [f"note: {note}" for note in data.notes]
 
