@@ -376,7 +376,7 @@ class Rounds:
         """Test accuracy; without a test set, what can be measured honestly: the model's class distribution
         and mean confidence on (up to POOL_SAMPLE seeded images of) the unlabeled pool."""
         eng, data, cfg = self.engine, self.parts.data, self.cfg
-        audit = self.audit_accuracy(r, fit, pool)
+        audit = audit_accuracy(eng, fit.eval_model, data, pool, cfg.train.eval_batch_size, r)
         if data.has_test:
             return {**eng.evaluate(fit.eval_model, data.test, cfg.train.eval_batch_size, desc=f"round {r} evaluate"),
                     **audit}
@@ -390,17 +390,18 @@ class Rounds:
         return {**audit, "pool_mean_conf": round(float(conf.mean()), 5),
                 "pool_class_dist": {c: round(float(v), 5) for c, v in zip(data.classes, share, strict=True)}}
 
-    def audit_accuracy(self, r: int, fit: FitResult, pool: ActivePool) -> dict:
-        """Accuracy on the answered audit images (skips left out) with its 95 % Wilson interval; {} without
-        an audit set."""
-        idx, truth = pool.audit_labeled()
-        if len(pool.audit_indices) == 0:
-            return {}
-        if len(idx) == 0:
-            return {"audit_n": 0}
-        probs = self.engine.predict(fit.eval_model, self.parts.data.train, idx, ("probs",),
-                                    self.cfg.train.eval_batch_size, desc=f"round {r} audit")["probs"]
-        right = int((probs.argmax(1) == truth).sum())
-        low, high = wilson_interval(right, len(idx))
-        return {"audit_acc": round(right / len(idx), 6), "audit_low": round(low, 6), "audit_high": round(high, 6),
-                "audit_n": len(idx)}
+
+def audit_accuracy(engine: Engine, model: torch.nn.Module, data: ImageDataset, pool: ActivePool, batch_size: int,
+                   r: int) -> dict:
+    """Accuracy on the answered audit images (skips left out) with its 95 % Wilson interval; {} without
+    an audit set."""
+    if len(pool.audit_indices) == 0:
+        return {}
+    idx, truth = pool.audit_labeled()
+    if len(idx) == 0:
+        return {"audit_n": 0}
+    probs = engine.predict(model, data.train, idx, ("probs",), batch_size, desc=f"round {r} audit")["probs"]
+    right = int((probs.argmax(1) == truth).sum())
+    low, high = wilson_interval(right, len(idx))
+    return {"audit_acc": round(right / len(idx), 6), "audit_low": round(low, 6), "audit_high": round(high, 6),
+            "audit_n": len(idx)}
