@@ -284,6 +284,20 @@ def after_key(page: Page, k: int) -> None:
         page.at(k + 1)
 
 
+def labeled_batch_of_a_copy(browser, serve, longer_run: Path, tmp_path: Path, truth: dict[str, str]):
+    """A copy of ``longer_run`` served with --continue, its whole batch labeled by keyboard: (run, server, page,
+    typed answers {index: class})."""
+    run = tmp_path / "run"
+    shutil.copytree(longer_run, run)
+    server = serve(run, cont=True)
+    page = Page(browser, server.url, run, truth)
+    typed: dict[int, int] = {}
+    for k in range(1, page.n + 1):
+        page.label(k, typed)
+        after_key(page, k)
+    return run, server, page, typed
+
+
 def progress(n_answered: int, n: int, skipped: int = 0) -> str:
     return f"{n_answered} / {n} labeled" + (f" ({skipped} skipped)" if skipped else "")
 
@@ -529,14 +543,7 @@ def test_a_complete_batch_reaches_the_next_round_from_every_view_with_one_key_or
     opens the done view with its 'Train the next round' button."""
     from selenium.webdriver.common.by import By
 
-    run = tmp_path / "run"
-    shutil.copytree(longer_run, run)
-    server = serve(run, cont=True)
-    page = Page(browser, server.url, run, truth)
-    typed: dict[int, int] = {}
-    for k in range(1, page.n + 1):
-        page.label(k, typed)
-        after_key(page, k)
+    run, server, page, typed = labeled_batch_of_a_copy(browser, serve, longer_run, tmp_path, truth)
     page.until(lambda s: s["view"] == "done" and s["continue_shown"], "the done view with #continue")
     for how in ("enter on an answered image", "enter on the grid", "the banner's button"):
         page.press("g")  # back to the grid, then fix image 2 from it
@@ -596,14 +603,7 @@ def test_the_page_is_read_only_while_another_process_holds_the_run(browser, serv
 @pytest.mark.slow
 def test_continue_trains_the_next_round_from_the_page_and_shows_its_batch_with_suggestions(
         browser, serve, longer_run, tmp_path, truth):
-    run = tmp_path / "run"
-    shutil.copytree(longer_run, run)
-    server = serve(run, cont=True)
-    page = Page(browser, server.url, run, truth)
-    typed: dict[int, int] = {}
-    for k in range(1, page.n + 1):
-        page.label(k, typed)
-        after_key(page, k)
+    run, server, page, typed = labeled_batch_of_a_copy(browser, serve, longer_run, tmp_path, truth)
     state = page.until(lambda s: s["view"] == "done" and s["continue_shown"], "the done view with #continue")
     assert state["done_title"] == f"All {page.n} images are answered"
     page.saved()
