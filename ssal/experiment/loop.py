@@ -127,8 +127,10 @@ def _interrupted(run_dir: RunDir) -> str:
     resume = f"'ssal run --resume {run_dir.path}'"
     if rounds == 0:
         return f"interrupted before round 0 was committed; {resume} starts it again (answers given so far are kept)"
-    kept = f"round{'s 0-' + str(rounds - 1) if rounds and rounds > 1 else ' 0'} committed and kept" if rounds else \
-        "the committed rounds are kept"
+    if rounds is None:
+        kept = "the committed rounds are kept"
+    else:
+        kept = f"{'round 0' if rounds == 1 else f'rounds 0-{rounds - 1}'} committed and kept"
     return f"interrupted; {kept}: continue with {resume}"
 
 
