@@ -181,6 +181,34 @@ def test_no_reinit_continues_training(ref, tmp_path):
     assert any(not torch.equal(w[k], w_a[k]) for k in w)
 
 
+@pytest.mark.parametrize("reinit, continue_steps, expected", [
+    (False, 4, [20, 4, 4]),  # rounds after round 0 continue the last model on the shorter schedule
+    (False, None, [20, 20, 20]),  # null: train.steps every round
+    (True, None, [20, 20, 20]),
+])
+def test_continuing_rounds_train_continue_steps(write_recipe, monkeypatch, reinit, continue_steps, expected):
+    from ssal.engine import Engine
+
+    steps, fit = [], Engine.fit
+
+    def spy(self, model, build, data, optim, **kw):
+        steps.append(optim.steps)
+        return fit(self, model, build, data, optim, **kw)
+
+    monkeypatch.setattr(Engine, "fit", spy)
+    out = run_recipe(write_recipe("cont", train={"reinit": reinit, "continue_steps": continue_steps}))
+    assert steps == expected
+    assert [m["n_labeled"] for m in read_metrics(out)] == [20, 30, 40]
+
+
+def test_continue_steps_with_reinit_is_refused(write_recipe, capsys):
+    path = write_recipe("refused", train={"continue_steps": 5})
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ssal: error: train.continue_steps") and "train.reinit=false" in err
+    assert not (path.parent / "runs" / "refused").exists()
+
+
 def test_class_balanced_initial_set(write_recipe):
     path = write_recipe("bal", train={"steps": 3},
                         active={"initial": 30, "rounds": 0, "initial_strategy": "class_balanced"})

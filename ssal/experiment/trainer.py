@@ -10,6 +10,7 @@ round hands the next is a :class:`Carry`, advanced in one place (:meth:`RoundTra
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -115,9 +116,12 @@ class RoundTrainer:
         data = TrainData(self.data.train, labeled, pool.labels, unlabeled, hflip=self.data.hflip,
                          unlabeled_labels=self.hidden(unlabeled))
         which = f" member {member + 1}/{k}" if k > 1 else ""
+        optim = self.optim
+        if warm is not None and cfg.train.continue_steps is not None:  # a shorter schedule continues the last model
+            optim = dataclasses.replace(optim, steps=cfg.train.continue_steps)
         return self.engine.fit(model, lambda m: make_objective(self.objective_cls, m, cfg.train, auxiliary,
                                                                objective_state),
-                               data, self.optim, seed=derive_seed(cfg.seed, "train", r, *((member,) if member else ())),
+                               data, optim, seed=derive_seed(cfg.seed, "train", r, *((member,) if member else ())),
                                ema=cfg.train.ema, desc=f"round {r} train{which} ({len(labeled)} labels)")
 
     # ------------------------------------------------------------------ what carries over

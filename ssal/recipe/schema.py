@@ -150,6 +150,7 @@ class TrainConfig:
     ema: float = 0.0  # EMA decay of the weights used for evaluation; 0 turns EMA off
     augment: str = "weak"  # the objectives' weak view: weak (flip + shift) | strong (+ RandAugment, Cutout) | none
     reinit: bool = True  # each round trains from the initial weights (else continues)
+    continue_steps: Optional[int] = None  # with reinit false: steps of the rounds after round 0 (null: steps)
     eval_batch_size: int = 512
     mixed_precision: str = "no"  # no | fp16 | bf16 (accelerate)
 
@@ -164,6 +165,10 @@ class TrainConfig:
         checks.at_least(f"{key}.weight_decay", self.weight_decay, 0)
         checks.fraction(f"{key}.ema", self.ema, " (0 turns EMA off)")
         checks.at_least(f"{key}.backbone_lr_scale", self.backbone_lr_scale, 0, " (0 freezes the backbone)")
+        checks.at_least(f"{key}.continue_steps", self.continue_steps, 1, " or null (train.steps)", optional=True)
+        checks.require(self.continue_steps is None or not self.reinit,
+                       f"{key}.continue_steps is the schedule of rounds that continue from the last model; with "
+                       f"{key}.reinit=true every round starts again: set {key}.reinit=false, or continue_steps=null")
 
 
 @dataclass
