@@ -558,11 +558,11 @@ def test_an_answer_waits_for_another_transaction_holding_the_lock_and_the_lock_f
     c = app_client(session)
     token = token_of(c)
     index = selected(run)["indices"][0]
-    other = RunDir(run)  # another open file of .lock: flock says held, as for another server's transaction
+    other = RunDir(run)  # another open file of .answers.lock: flock says held, as for another server's transaction
     other.lock(purpose="answers")
-    held = (run / ".lock").read_text()
+    held = (run / ".answers.lock").read_text()
     assert f'"pid": {os.getpid()}' in held, held  # the lock file names its holder while held
-    timer = threading.Timer(1.0, other.unlock)
+    timer = threading.Timer(1.0, lambda: other.unlock("answers"))
     timer.start()
     try:
         t0 = time.monotonic()
@@ -574,7 +574,7 @@ def test_an_answer_waits_for_another_transaction_holding_the_lock_and_the_lock_f
     assert r.status_code == 200, r.text
     assert waited >= 0.9, waited  # it waited for the holder rather than writing under its lock
     assert RunDir(run).read_answers(-1) == {index: CLASSES.index("green")}
-    assert not os.path.lexists(run / ".lock"), "the lock file outlives its holders"
+    assert not os.path.lexists(run / ".answers.lock"), "the lock file outlives its holders"
 
 
 def _env() -> dict[str, str]:

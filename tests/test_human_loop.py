@@ -163,7 +163,7 @@ def selections(run: Path) -> dict[str, dict]:
 
 def snapshot(root: Path) -> dict[str, tuple]:
     return {str(p.relative_to(root)): ("dir",) if p.is_dir() else (hashlib.sha256(p.read_bytes()).hexdigest(),)
-            for p in sorted(root.rglob("*")) if p.name != ".lock"}
+            for p in sorted(root.rglob("*")) if p.name not in (".lock", ".answers.lock")}
 
 
 def assert_pool_matches_truth(run: Path, truth: dict[str, str], order: list[str]) -> dict:

@@ -40,7 +40,7 @@ const h = (id) => document.getElementById(id).hidden;
 const img = document.getElementById("image");
 return {position: t("position"), where: t("where"), answer: t("answer"), suggestion: t("suggestion"),
         progress: t("progress"), status: t("status"), folder: t("folder"),
-        error: h("error") ? null : t("error"), locked: h("locked") ? null : t("locked"),
+        error: h("error") ? null : t("error"), busy: h("busy") ? null : t("busy"),
         view: ["single", "gridview", "done"].filter((v) => !h(v)).join(","),
         done_title: t("done-title"), done_text: t("done-text"), log: h("log") ? null : t("log"),
         continue_shown: !h("continue"), shown: img.dataset.shown ?? null,
@@ -393,7 +393,7 @@ def test_a_person_labels_a_batch_with_the_keyboard_through_a_killed_server_and_t
     assert len(pool["labeled"]) == n and entries == typed, "the pool holds exactly the typed labels (skip: -1)"
     assert {r for _, _, r in pool["labeled"]} == {0}
     # the open tab moves on to the batch the run asks for next
-    state = page.until(lambda s: "rounds/r00" in s["folder"] and s["view"] == "single" and s["locked"] is None,
+    state = page.until(lambda s: "rounds/r00" in s["folder"] and s["view"] == "single" and s["busy"] is None,
                        "the next batch (rounds/r00) in the open tab")
     n_next = len(get_json(server.url + "api/batch")["items"])  # the budget, plus one for the skipped image
     assert n_next == 10 and state["progress"] == progress(0, n_next) and state["position"] == f"Image 1 of {n_next}"
@@ -568,34 +568,31 @@ def test_a_complete_batch_reaches_the_next_round_from_every_view_with_one_key_or
 
 
 @pytest.mark.slow  # 7 s; the default run keeps the acceptance walk above
-def test_the_page_is_read_only_while_another_process_holds_the_run(browser, serve, run, truth):
+def test_the_page_stores_answers_while_another_process_holds_the_run(browser, serve, run, truth):
+    """A run pretraining or training holds the run's lock for minutes: the page says so and people go on
+    labeling (answers go under the answers' lock)."""
     server = serve(run)
     page = Page(browser, server.url, run, truth)
     typed: dict[int, int] = {}
     page.label_all_saved((1,), typed)
-    answers = run / "rounds" / "initial" / "answers.json"
-    before = answers.read_bytes()
 
     rd = RunDir(run)
     rd.lock()
     try:
-        state = page.until(lambda s: s["locked"] is not None, "the read-only banner", timeout=10)
-        assert state["locked"].startswith("Read-only: ") and "in use by another ssal process" in state["locked"]
-        assert all(state["disabled"]), "the class buttons are disabled"
-        page.press(page.key(page.right(2)))
-        state = page.until(lambda s: s["error"] is not None, "a refusal in #error")
-        assert state["error"].startswith("Read-only: ")
-        state = page.at(2)
-        assert state["answer"] == "not answered" and state["progress"] == progress(1, page.n)
-        assert state["status"] == "all answers saved"  # nothing queued
-        assert answers.read_bytes() == before
+        state = page.until(lambda s: s["busy"] is not None, "the banner naming the run in progress", timeout=10)
+        assert state["busy"].startswith("Working: a run is in progress (") and f"pid {os.getpid()}" in state["busy"]
+        assert "your answers are stored as you give them" in state["busy"]
+        assert not any(state["disabled"]), "the class buttons stay enabled"
+        page.label(2, typed)
+        page.at(3)
+        page.saved()
+        assert page.stored() == typed and len(typed) == 2
     finally:
         rd.unlock()
 
-    state = page.until(lambda s: s["locked"] is None, "the banner gone after the unlock", timeout=10)
-    assert not any(state["disabled"])
-    page.label(2, typed)
-    page.at(3)
+    state = page.until(lambda s: s["busy"] is None, "the banner gone once the run ended", timeout=10)
+    page.label(3, typed)
+    page.at(4)
     page.saved()
     assert page.stored() == typed
 
@@ -621,8 +618,8 @@ def test_continue_trains_the_next_round_from_the_page_and_shows_its_batch_with_s
                        "'Training the next round…' with the log")
     state = page.until(next_batch, "the next batch (rounds/r00)", timeout=240)
     assert any("round 0 train" in log for log in logs), f"the training log was not shown: {logs}"
-    # the batch can show up while the run's process is still exiting: read-only until the next poll
-    state = page.until(lambda s: s["locked"] is None, "the read-only banner gone once the run ended", timeout=30)
+    # the batch can show up while the run's process is still exiting: the banner goes at the next poll
+    state = page.until(lambda s: s["busy"] is None, "the banner gone once the run ended", timeout=30)
     assert state["error"] is None
 
     batch = get_json(server.url + "api/batch")

@@ -493,7 +493,7 @@ def test_answers_given_on_the_page_are_stored_as_sent_and_resume_puts_exactly_th
     c = client(run)
     batch = c.get("/api/batch").json()
     assert batch["round"] == -1 and batch["folder"] == "rounds/initial" and batch["classes"] == CLASSES
-    assert batch["locked"] is None and batch["finished"] is False and batch["answers"] == {}
+    assert batch["busy"] is None and batch["finished"] is False and batch["answers"] == {}
     assert [it["index"] for it in batch["items"]] == sel["indices"]
     assert [it["query"] for it in batch["items"]] == list(range(1, N_QUERIES + 1))
     assert [it["path"] for it in batch["items"]] == [pool["order"][i] for i in sel["indices"]]
@@ -567,7 +567,9 @@ def test_a_pool_image_that_is_a_link_to_a_file_elsewhere_under_data_root_is_show
 
 # ----------------------------------------------------------------------------- 5. the run's lock
 
-def test_while_another_holder_has_the_lock_the_page_says_locked_and_refuses_answers_with_409(run):
+def test_while_a_run_holds_its_lock_the_page_says_so_and_stores_answers(run):
+    """A run that pretrains or trains holds the run's lock for minutes: people label meanwhile (answers
+    go under the answers' lock, which the run leaves free), and only answers.json changes."""
     sel = selected(run)
     c = client(run)
     first, second = sel["indices"][:2]
@@ -576,22 +578,57 @@ def test_while_another_holder_has_the_lock_the_page_says_locked_and_refuses_answ
     holder.lock()
     try:
         state = c.get("/api/batch").json()
-        assert state["locked"] and f"pid {os.getpid()}" in state["locked"], state["locked"]
-        assert state["answers"] == {str(first): "green"}  # still readable
+        assert state["busy"] and f"pid {os.getpid()}" in state["busy"], state["busy"]
         before = snapshot(run)
         for body in ({"round": -1, "index": second, "label": "red"}, {"round": -1, "index": first, "label": None}):
-            one_line_error(post(c, body), 409, "in use")
-        assert snapshot(run) == before
+            r = post(c, body)
+            assert r.status_code == 200, r.text
+        after = snapshot(run)
+        assert {k for k in set(before) | set(after) if before.get(k) != after.get(k)} == {"rounds/initial/answers.json"}
+        assert RunDir(run).read_answers(-1) == {second: 0}
     finally:
         holder.unlock()
-    assert c.get("/api/batch").json()["locked"] is None
-    r = post(c, {"round": -1, "index": second, "label": "red"})
-    assert r.status_code == 200, r.text
-    assert RunDir(run).read_answers(-1) == {first: 1, second: 0}
+    assert c.get("/api/batch").json()["busy"] is None
 
 
-def test_the_page_starts_while_another_process_holds_the_lock_and_says_locked(run):
-    """serve() means to start while a run writes (``not state["locked"]``), and the page reports the lock;
+def test_the_page_shows_what_the_running_run_does_and_ignores_what_a_killed_one_left(run):
+    c = client(run)
+    progress = {"stage": "pretrain simclr", "done": 12, "total": 40, "elapsed_s": 462.9, "remaining_s": 1080.0}
+    (run / "progress.json").write_text(json.dumps(progress))  # a killed run leaves it: no holder, not shown
+    try:
+        assert c.get("/api/batch").json()["progress"] is None
+        holder = RunDir(run)
+        holder.lock()
+        try:
+            assert c.get("/api/batch").json()["progress"] == "pretrain simclr: 30 %, about 18 min left"
+            (run / "progress.json").write_text("{half a wri")  # advisory: a damaged one shows nothing
+            state = c.get("/api/batch").json()
+            assert state["progress"] is None and state["busy"]
+        finally:
+            holder.unlock()
+    finally:
+        (run / "progress.json").unlink()
+
+
+def test_while_another_transaction_holds_the_answers_lock_an_answer_waits_then_gets_409(run, monkeypatch):
+    from ssal.label import answers
+
+    monkeypatch.setattr(answers, "TRANSACTION_WAIT", 0.3)
+    sel = selected(run)
+    c = client(run)
+    other = RunDir(run)
+    other.lock(purpose="answers")
+    try:
+        before = snapshot(run)
+        one_line_error(post(c, {"round": -1, "index": sel["indices"][0], "label": "red"}), 409, "in use")
+        assert snapshot(run) == before
+    finally:
+        other.unlock("answers")
+    assert post(c, {"round": -1, "index": sel["indices"][0], "label": "red"}).status_code == 200
+
+
+def test_the_page_starts_while_another_process_holds_the_lock_and_says_busy(run):
+    """serve() means to start while a run writes (``not state["busy"]``), and the page reports the run;
     the session must not refuse to open a run only because it is locked."""
     holder = RunDir(run)
     holder.lock()
@@ -601,7 +638,7 @@ def test_the_page_starts_while_another_process_holds_the_lock_and_says_locked(ru
         except SsalError as e:
             pytest.fail(f"the page cannot open a run whose lock another process holds: {e}")
         state = c.get("/api/batch").json()
-        assert state["round"] == -1 and state["locked"], state
+        assert state["round"] == -1 and state["busy"], state
     finally:
         holder.unlock()
 

@@ -705,3 +705,50 @@ def test_a_batch_that_does_not_divide_is_one_error_line(tmp_path):
     assert not out.exists()
     print(f"[multiprocess] train.batch_size=33 under 2 processes: exit codes by rank {codes}; {lines[0]!r}",
           flush=True)
+
+
+@pytest.mark.slow  # 4 launches
+def test_a_human_run_under_two_processes_takes_the_answers_as_one_process_does(tmp_path):
+    """People's answers are read by the main process alone (under the answers' lock, while a page may be
+    writing them) and handed to the other: two processes take the same batch and pick round 0's batch as
+    one process does."""
+    import csv
+
+    from omegaconf import OmegaConf
+
+    from ssal.cli import main
+    from ssal.data import load_dataset
+    from ssal.data.label_files import QUERY_COLUMNS
+
+    recipe = tiny_recipe_dict(tmp_path / "unused",
+                              active={"oracle": "human", "rounds": 2, "initial_strategy": "random"})
+    path = tmp_path / "human.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+
+    def answer(run: Path) -> None:
+        """A scripted annotator: the true class of every queried image."""
+        identity = json.loads((run / "run.json").read_text())
+        cfg = OmegaConf.create(identity["recipe"])
+        targets = load_dataset(cfg.data, seed=cfg.seed, cache_dir=cfg.cache_dir).train.targets
+        rows = list(csv.DictReader((run / "rounds" / "initial" / "queries.csv").open(newline="")))
+        for row in rows:
+            row["label"] = identity["pool"]["classes"][int(targets[int(row["index"])])]
+        answers = tmp_path / f"{run.name}.csv"
+        with answers.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(QUERY_COLUMNS))
+            w.writeheader()
+            w.writerows(rows)
+        assert main(["label", "import", str(run), str(answers)]) == 0
+
+    runs = {1: tmp_path / "p1", 2: tmp_path / "p2"}
+    ok(one("run", str(path), f"output_dir={runs[1]}", what="human, first batch"))
+    ok(two(29640, "run", str(path), f"output_dir={runs[2]}", what="human, first batch"))
+    for run in runs.values():
+        assert (run / "rounds" / "initial" / "queries.csv").is_file() and not (run / "pool.json").exists()
+        answer(run)
+    ok(one("run", "--resume", str(runs[1]), what="human, --resume"))
+    ok(two(29641, "run", "--resume", str(runs[2]), what="human, --resume"))
+    assert [r["round"] for r in read_metrics(runs[2])] == [0]
+    assert pool_of(runs[2])["labeled"] == pool_of(runs[1])["labeled"]
+    assert picks(runs[2], 0) == picks(runs[1], 0)
+    assert (runs[2] / "rounds" / "r00" / "queries.csv").is_file()

@@ -50,6 +50,7 @@ class Runtime:
         _freeze_the_imports()
         self.num_workers = num_workers
         self.show_progress = progress
+        self.on_progress: Callable[[dict], None] | None = None  # also told each stage's progress (the page)
         # NHWC convolutions: ~20 % faster per step for cnn_small on CPU (docs/benchmarks.md), and
         # the layout tensor cores want under AMP
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -82,7 +83,23 @@ class Runtime:
 
     @contextlib.contextmanager
     def progress(self, desc: str, total: int) -> Iterator[Callable[..., None]]:
-        """A rich progress bar on the main process; yields ``update(advance=1, **fields)``."""
+        """A rich progress bar on the main process; yields ``update(advance=1, **fields)``. With
+        :attr:`on_progress` set, it is also told (stage, done, total, elapsed and remaining seconds) about
+        once a second."""
+        with self._shown_progress(desc, total) as shown:
+            if self.on_progress is None or not self.is_main:
+                yield shown
+                return
+            tell = _progress_teller(self.on_progress, desc, total)
+
+            def update(advance: int = 1, **info: float) -> None:
+                shown(advance, **info)
+                tell(advance)
+
+            yield update
+
+    @contextlib.contextmanager
+    def _shown_progress(self, desc: str, total: int) -> Iterator[Callable[..., None]]:
         if not (self.show_progress and self.is_main):
             yield lambda advance=1, **kw: None
             return
@@ -152,9 +169,49 @@ class Runtime:
             raise error
         return result
 
+    def decided(self, fn: Callable[[], Any]) -> Any:
+        """``fn()`` on the main process alone (a step that reads what people may change at any moment, under
+        a lock only it holds), its picklable result on every process; a user error raised there is raised
+        on every process."""
+        box, error = [None, None], None
+        if self.is_main:
+            try:
+                box[0] = fn()
+            except SsalError as e:
+                box[1], error = str(e), e
+        if self.world > 1:
+            broadcast_object_list(box)
+        if error is not None:
+            raise error
+        if box[1] is not None:
+            raise SsalError(box[1])
+        return box[0]
+
     def print(self, *args, **kwargs) -> None:
         if self.is_main:
             Console(soft_wrap=True).print(*args, **kwargs)  # long paths stay on one line
+
+
+def _progress_teller(tell: Callable[[dict], None], desc: str, total: int,
+                     every: float = 1.0) -> Callable[[int], None]:
+    """``advance(n)`` that calls ``tell`` with the stage's state at most every ``every`` seconds (and
+    at its start and end); the remaining time is extrapolated from the pace so far."""
+    start, done = time.perf_counter(), 0
+    last = start  # the start is told below
+
+    def advance(n: int = 1) -> None:
+        nonlocal done, last
+        done += n
+        now = time.perf_counter()
+        if now - last < every and done < total:
+            return
+        last, elapsed = now, now - start
+        remaining = elapsed / done * (total - done) if done else None
+        tell({"stage": desc, "done": done, "total": total, "elapsed_s": round(elapsed, 1),
+              "remaining_s": None if remaining is None else round(remaining, 1)})
+
+    tell({"stage": desc, "done": 0, "total": total, "elapsed_s": 0.0, "remaining_s": None})
+    return advance
 
 
 def _plain_progress(desc: str, total: int) -> Callable[..., None]:

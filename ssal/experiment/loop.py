@@ -103,6 +103,8 @@ def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: E
         engine.guarded(lambda: (run_dir.check_pool(parts.data.fingerprint()), run_dir.check_contents())
                        if engine.is_main else None)
     notes = engine.guarded(run_dir.lock)
+    if parts.oracle.asks_people:  # the labeling page shows what runs (progress.json, main process only)
+        engine.on_progress = run_dir.write_progress
     try:
         for note in [*parts.data.notes, *notes]:
             engine.print(f"[yellow]note: {note}")
@@ -114,6 +116,8 @@ def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: E
     except files.StorageError as e:
         raise files.StorageError(f"{e}, then continue with 'ssal run --resume {run_dir.path}'") from None
     finally:
+        engine.on_progress = None
+        run_dir.clear_progress()
         run_dir.unlock()
     return run_dir.path
 
@@ -197,6 +201,8 @@ class Rounds:
             eng.print(f"[green]{rd.path} is complete ({len(rows)} rounds); nothing to do")
             return
         rd.commit(rows)  # without the lines of rounds that run again
+        if pool is None and not getattr(self.parts.initial_strategy, "needs_features", False):
+            pool = self.buy_initial_set(before_pretraining=True)  # people label it while pretraining runs
         self.trainer.encoder = pretrained_encoder(self.cfg, self.parts.data, eng, use_cache=self.use_cache,
                                                   run_dir=rd)
         pool = pool if pool is not None else self.buy_initial_set()
@@ -290,8 +296,9 @@ class Rounds:
                 and bool(torch.isin(idx, torch.cat([pool.unlabeled_indices, audit])).all()))
         return idx if fits else None
 
-    def buy_initial_set(self) -> ActivePool | None:
-        """The labels round 0 trains on (None while people's answers are awaited)."""
+    def buy_initial_set(self, before_pretraining: bool = False) -> ActivePool | None:
+        """The labels round 0 trains on (None while people's answers are awaited). ``before_pretraining``:
+        the batch is asked now and taken after pretraining, when its answers may be complete."""
         parts, eng = self.parts, self.engine
         pool = parts.new_pool()
         picked = self.reusable(-1, pool)
@@ -304,23 +311,17 @@ class Rounds:
 
             acq = initial_set(eng, self.cfg, parts.initial_strategy, pool.unlabeled_indices, parts.data.train.targets,
                               embed, self.wanted(-1, pool))
-            acq, record = self.with_audit(acq, pool)
+            acq, record = with_audit(acq, pool, self.cfg.seed)
             self.run_dir.save_selection(record)
         if self.receive(acq, pool):
             return pool
-        self.say_awaiting(acq)
+        if before_pretraining and self.cfg.pretrain.method != "none":
+            self.engine.print(f"[bold]the first {len(acq.indices)} images can be labeled now[/bold], while "
+                              f"pretraining runs: 'ssal label serve {self.run_dir.path} --continue' (answers are "
+                              "stored as they are given; the run takes them when pretraining ends)")
+        elif not before_pretraining:
+            self.say_awaiting(acq)
         return None
-
-    def with_audit(self, acq: Acquisition, pool: ActivePool) -> tuple[Acquisition, dict]:
-        """The first batch with the audit images among its picks, in a seeded order (nothing tells a person
-        which is which), and its record, which names the audit images."""
-        audit = pool.audit_unanswered
-        if len(audit) == 0:
-            return acq, acq.record()
-        both = torch.cat([acq.indices, audit])
-        both = both[torch.randperm(len(both), generator=generator(self.cfg.seed, "audit order"))]
-        mixed = Acquisition(acq.round, acq.strategy, both, None, acq.seconds)
-        return mixed, {**mixed.record(), "audit": audit.tolist()}
 
     def buy(self, r: int, fit: FitResult, pool: ActivePool, prev_model: torch.nn.Module | None,
             reuse: bool = False) -> tuple[Acquisition, bool]:
@@ -343,17 +344,24 @@ class Rounds:
 
     def receive(self, acq: Acquisition, pool: ActivePool) -> bool:
         """Label acquisition ``acq`` with the oracle's answers (and save the pool); when they are not all
-        given yet, the oracle asks (its queries are written) and this returns False."""
+        given yet, the oracle asks (its queries are written) and this returns False. People's answers are
+        read by the main process under the answers' lock, in the step that takes them into the pool, so
+        none is stored after the batch was read (people label while the run works)."""
         oracle, rd = self.parts.oracle, self.run_dir
-        answers = oracle.answers(acq.round, acq.indices)
-        if answers is None:  # answers given outside ssal's own paths, if any (main process)
-            taken = self.engine.guarded(lambda: oracle.collect(rd, acq.round) if rd.writer else None)
-            if taken:
-                self.note(taken)
-            answers = oracle.answers(acq.round, acq.indices)  # every process reads what the main one stored
-        if answers is None:
+        if not oracle.asks_people:
+            self.take(acq, pool, oracle.answers(acq.round, acq.indices))
+            return True
+        got = self.engine.decided(lambda: take_people_answers(self, acq, pool))
+        if got is None:
             oracle.ask(rd, self.parts.data, acq.round, acq.indices)
             return False
+        if not self.engine.is_main:  # the main process took them already
+            self.take(acq, pool, torch.tensor(got, dtype=torch.long))
+        return True
+
+    def take(self, acq: Acquisition, pool: ActivePool, answers: torch.Tensor) -> None:
+        """Label the pool with the answers to ``acq`` and save it."""
+        rd = self.run_dir
         trained = ~torch.isin(acq.indices, pool.audit_indices)  # the audit set's answers only measure
         if pool.n_labeled == 0 and bool((answers[trained] == SKIP).all()):  # before anything is written
             raise ConfigError(f"every answer to the first batch ({rd.round_dir(acq.round).name}) is skip or unsure, so "
@@ -362,7 +370,6 @@ class Rounds:
                               "larger active.initial (or data.labels naming a few labeled images) and --force")
         pool.label(acq.indices, answers, acq.round + 1)
         rd.save_pool(pool)
-        return True
 
     def say_awaiting(self, acq: Acquisition) -> None:
         self.engine.print(self.parts.oracle.awaiting(self.run_dir, acq.round, acq.indices))
@@ -391,6 +398,33 @@ class Rounds:
         share = torch.bincount(guess, minlength=data.num_classes).float() / max(1, len(guess))
         return {**audit, "pool_mean_conf": round(float(conf.mean()), 5),
                 "pool_class_dist": {c: round(float(v), 5) for c, v in zip(data.classes, share, strict=True)}}
+
+
+def with_audit(acq: Acquisition, pool: ActivePool, seed: int) -> tuple[Acquisition, dict]:
+    """The first batch with the audit images among its picks, in a seeded order (nothing tells a person
+    which is which), and its record, which names the audit images."""
+    audit = pool.audit_unanswered
+    if len(audit) == 0:
+        return acq, acq.record()
+    both = torch.cat([acq.indices, audit])
+    both = both[torch.randperm(len(both), generator=generator(seed, "audit order"))]
+    mixed = Acquisition(acq.round, acq.strategy, both, None, acq.seconds)
+    return mixed, {**mixed.record(), "audit": audit.tolist()}
+
+
+def take_people_answers(rounds: Rounds, acq: Acquisition, pool: ActivePool) -> list[int] | None:
+    """(The main process.) Under the answers' lock: the answers to ``acq`` (with those a person wrote into
+    its queries.csv), taken into the pool when all are given; None while some are missing."""
+    oracle, rd = rounds.parts.oracle, rounds.run_dir
+    with rd.answers_held():
+        taken = oracle.collect(rd, acq.round)
+        if taken:
+            rounds.note(taken)
+        answers = oracle.answers(acq.round, acq.indices)
+        if answers is None:
+            return None
+        rounds.take(acq, pool, answers)
+        return answers.tolist()
 
 
 def audit_accuracy(engine: Engine, model: torch.nn.Module, data: ImageDataset, pool: ActivePool, batch_size: int,

@@ -1,5 +1,6 @@
 """People's answers reach a run here: the open batch of a human run, and the one transaction that stores
-answers (``ssal label import`` and the labeling page) under the run's lock.
+answers (``ssal label import`` and the labeling page) under the answers' lock, while a run may pretrain
+or train beside it (it takes a complete batch into the pool under the same lock).
 
 With ``active.oracle: human`` a round ends after selection: the run writes ``rounds/rXX/queries.csv``
 and ``queries.png`` (:mod:`ssal.label.queries`), then stops. ``ssal label import`` validates a whole
@@ -108,7 +109,7 @@ class Stored:
 
 def update_answers(rd: RunDir, identity: dict, source: str, given: Callable[[Batch, PoolNames], dict[int, int | None]],
                    expect_round: int | None = None) -> Stored:
-    """The one way answers reach a run (``ssal label import`` and the labeling page): under the run's lock,
+    """The one way answers reach a run (``ssal label import`` and the labeling page): under the answers' lock,
     ``given(batch, pool)`` yields validated answers (index -> class, SKIP, or None to withdraw one) to the
     open batch; any answer to an image the batch did not query refuses them all (``source`` names where they
     came from); the merge with the stored answers is written atomically. ``expect_round``: refuse
@@ -202,7 +203,7 @@ def import_labels(run_dir: str | os.PathLike, label_file: str | os.PathLike) -> 
     """Validate ``label_file`` against the open batch of a run and store its answers (all or nothing).
     Returns what happened, for people."""
     rd = RunDir(run_dir)
-    identity = human_run(rd)
+    identity = human_run(rd, in_use_ok=True)  # a run may train meanwhile: it takes the answers when it needs them
     empty = 0
 
     def read(batch: Batch, pool: PoolNames) -> dict[int, int]:
@@ -219,6 +220,9 @@ def import_labels(run_dir: str | os.PathLike, label_file: str | os.PathLike) -> 
             (f", {skipped} skipped" if skipped else "") + (f"; {empty} rows had no label" if empty else ""))
     if missing:
         return f"{head}; {missing} of {len(queried)} images still await labels"
+    holder = rd.holder()
+    if holder:  # a run pretrains or trains: it takes them when it is ready
+        return f"{head}; all {len(queried)} answered: the run in progress ({holder}) takes them when it is ready"
     return f"{head}; all {len(queried)} answered: continue with 'ssal run --resume {rd.path}'"
 
 

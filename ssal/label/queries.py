@@ -16,7 +16,7 @@ from torchvision.transforms.functional import to_pil_image
 from ssal import files
 from ssal.data.label_files import LS_PREFIX, QUERY_COLUMNS
 from ssal.errors import ConfigError
-from ssal.label.answers import Batch, human_run, open_batch
+from ssal.label.answers import TRANSACTION_WAIT, Batch, human_run, open_batch
 from ssal.run.outputs import Output, check_file, data_folders, starts_with
 from ssal.run.store import RunDir
 from ssal.run.transaction import Transaction
@@ -96,7 +96,7 @@ def export_queries(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike 
     ``queries.csv``, which exists already). Into the run directory only under its lock; anywhere else
     only where :mod:`ssal.run.outputs` allows. Returns (files written or named, images)."""
     rd = RunDir(run_dir)
-    identity = human_run(rd)
+    identity = human_run(rd, in_use_ok=True)
     folders = data_folders(identity["recipe"])
     if out is not None:
         out = Path(os.path.expanduser(str(out)))
@@ -106,7 +106,7 @@ def export_queries(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike 
         check_file(out, TASKS if fmt == "labelstudio" else QUERIES, force, folders)
         if fmt == "labelstudio":
             check_file(out.with_suffix(".xml"), LS_CONFIG, force, folders, what="--out (its .xml config)")
-    with rd.transaction(purpose="run", clean=False) as tx:
+    with rd.transaction(purpose="answers", wait=TRANSACTION_WAIT, clean=False) as tx:
         for note in tx.notes:
             print(f"note: {note}")
         batch = open_batch(tx, identity)

@@ -2,7 +2,8 @@
 
 One image at a time, large, with the class buttons and keys; a grid of the batch; every answer is
 stored as it is given through :func:`ssal.label.answers.update_answers`, the same validated, locked and
-atomic path as ``ssal label import``, so a reload, a closed tab or a killed server lose nothing.
+atomic path as ``ssal label import``, so a reload, a closed tab or a killed server lose nothing. Answers
+are stored while a run pretrains or trains too (under the answers' lock, which the run leaves free).
 With ``--continue`` the page also runs ``ssal run --resume`` when the batch is complete and serves
 the next batch when it is ready.
 
@@ -59,7 +60,7 @@ from ssal.data.pool import SKIP
 from ssal.errors import ConfigError, DataError, SsalError, one_line
 from ssal.files import Damaged
 from ssal.label import answers as labels
-from ssal.run.readers import measured
+from ssal.run.readers import doing, measured
 from ssal.run.store import RunDir
 
 BROWSER_FORMATS = {"PNG": "image/png", "JPEG": "image/jpeg", "GIF": "image/gif", "WEBP": "image/webp",
@@ -177,10 +178,12 @@ class Session:
         batch, why = self.batch()
         holder = None if self.job and self.job.running else self.rd.holder()
         out = {"run": str(self.rd.path), "run_id": self.run_id, "classes": self.classes, "skip": SKIP_WORDS[0],
-               "locked": ("a run is in progress (the next round is training)" if self.job and self.job.running
-                          else f"the run is in use by another ssal process ({holder})" if holder else None),
+               "busy": ("the next round is training" if self.job and self.job.running
+                        else f"a run is in progress ({holder})" if holder else None),
                "can_continue": self.allow_continue, "job": self.job.state() if self.job else None,
                "continue_command": f"ssal run --resume {self.rd.path}"}
+        progress = self.rd.progress() if out["busy"] else None
+        out["progress"] = doing(progress) if progress else None
         try:
             rows = self.rd.committed()
         except SsalError:  # a damaged metrics.jsonl: the run says so when it resumes; the batch can still be labeled
@@ -213,8 +216,6 @@ class Session:
             raise Problem(400, "round and index must be whole numbers")
         if label is not None and not isinstance(label, str):
             raise Problem(400, "label must be a class name, 'skip' or null")
-        if self.job and self.job.running:
-            raise Problem(409, "a run is in progress; the page is read-only until it ends")
 
         def given(batch: labels.Batch, pool) -> dict[int, int | None]:
             replaced = self._replaced()  # checked under the run's lock, like everything update_answers reads
@@ -482,7 +483,7 @@ def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8765,
     session = Session(run_dir, allow_continue)
     state = session.state()
     # without a batch, serve only to wait for one: while a run is writing it, or to start the run (--continue)
-    if state["round"] is None and not state["locked"] and not (allow_continue and not state["finished"]):
+    if state["round"] is None and not state["busy"] and not (allow_continue and not state["finished"]):
         raise ConfigError(state["message"])
     session.check_images()
     sock = bind(host, port)
@@ -510,7 +511,7 @@ def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8765,
             announce(f"labeling {n} images of {run_dir}/{state['folder']} ({len(state['answers'])} of {n} answered) "
                      f"at http://{shown}:{bound}/ (Ctrl-C to stop)")
         else:
-            why = state["locked"] or state["message"]
+            why = state["busy"] or state["message"]
             announce(f"the labeling page of {run_dir} is at http://{shown}:{bound}/ ({why}) (Ctrl-C to stop)")
         server.run(sockets=[sock])
     except KeyboardInterrupt:

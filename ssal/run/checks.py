@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from ssal import files
 from ssal.errors import ConfigError, DataError
 from ssal.files import Damaged
-from ssal.run.layout import IDENTITY, LOCK, SELECTED, round_folder
+from ssal.run.layout import IDENTITY, LOCKS, SELECTED, round_folder
 from ssal.run.lock import RunInUse
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ def check_new(rd: RunDir, force: bool) -> None:
     if kind in ("absent", "empty"):
         return
     if kind == "other":
-        example = next(iter(sorted(p.name for p in out.iterdir() if p.name != LOCK)))
+        example = next(iter(sorted(p.name for p in out.iterdir() if p.name not in LOCKS)))
         raise ConfigError(f"output_dir '{out}' holds other files (e.g. '{example}') and is not an ssal run; "
                           "ssal never deletes such a folder, --force included: choose another output_dir=...")
     if not force:

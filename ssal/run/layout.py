@@ -28,11 +28,14 @@ from ssal import files
 
 FORMAT = 1  # of run.json and the checkpoints: a reader refuses another
 LOCK, IDENTITY, RECIPE, METRICS, POOL = ".lock", "run.json", "recipe.yaml", "metrics.jsonl", "pool.json"
+ANSWERS_LOCK = ".answers.lock"  # people's answers are stored under it, beside a run that holds LOCK
+LOCKS = (LOCK, ANSWERS_LOCK)
 CELL = "cell.json"  # a comparison cell's labels (method, strategy, seed), written by ``ssal compare``
 COMPARISON = "compare.json"  # marks the output folder of ``ssal compare``
 CELLS = "cells"  # a comparison's runs, one folder per cell
 ROUNDS, CHECKPOINTS = "rounds", "checkpoints"
 CURVE_CSV, CURVE_PNG, PRETRAIN_LOG = "curve.csv", "curve.png", "pretrain.jsonl"
+PROGRESS = "progress.json"  # what a running human run is doing (for the labeling page); gone when it stops
 SELECTED, ANSWERS, QUERIES_CSV, QUERIES_PNG, TASKS = (
     "selected.json", "answers.json", "queries.csv", "queries.png", "tasks.json")
 RUN_KIND, COMPARISON_KIND = "run directory", "comparison folder"
@@ -91,7 +94,7 @@ def folder_kind(path: Path) -> str:
         return "run"
     if {RECIPE, METRICS, POOL} <= names:
         return "legacy"
-    if all(n == LOCK or n.endswith(files.TMP_SUFFIX) for n in names):
+    if all(n in LOCKS or n.endswith(files.TMP_SUFFIX) for n in names):
         return "empty"
     return "other"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ssal import files
 from ssal.errors import ConfigError
-from ssal.run.layout import COMPARISON_KIND, LOCK, enclosing_store
+from ssal.run.layout import COMPARISON_KIND, LOCKS, enclosing_store
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def check_folder(path: str | os.PathLike, is_ours: Callable[[Path], bool], what:
     if problem:
         raise ConfigError(f"{what} '{path}' cannot be used: {problem}; {hint}")
     if path.is_dir() and not force and not is_ours(path):
-        others = sorted(p.name for p in path.iterdir() if p.name != LOCK)  # a lock: its holder is reported later
+        others = sorted(p.name for p in path.iterdir() if p.name not in LOCKS)  # a lock: its holder is reported later
         if others:
             raise ConfigError(f"{what} '{path}' holds other files (e.g. '{others[0]}'); choose a new or empty folder"
                               + (", or pass --force to write there anyway" if force is not None else f" ({hint})"))

@@ -193,6 +193,21 @@ def measured(row: dict) -> str:
     return ", ".join(parts)
 
 
+def doing(progress: dict) -> str:
+    """What a running run does, in words (the labeling page): ``round 0 train: 30 %, about 4 min left``."""
+    done, total, left = progress.get("done") or 0, progress.get("total") or 0, progress.get("remaining_s")
+    share = f"{100 * done / total:.0f} %" if total else "starting"
+    return f"{progress['stage']}: {share}" + ("" if left is None else f", about {duration(left)} left")
+
+
+def duration(seconds: float) -> str:
+    """``45 s``, ``3 min``, ``1 h 20 min``: a time a person waits, rounded as people say it."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 90 else f"{minutes // 60} h {minutes % 60} min"
+
+
 # ----------------------------------------------------------------------------- a run, read
 
 class RunFiles:
@@ -262,6 +277,15 @@ class RunFiles:
     def read_answers(self, r: int) -> dict[int, int]:
         """The stored answers to acquisition ``r`` (index -> class, or -1: skipped); {} when none."""
         return read_answers(self.path, r)
+
+    def progress(self) -> dict | None:
+        """What the running run is doing (``progress.json``: stage, done, total, elapsed_s, remaining_s),
+        or None (no run is running, or the file is being replaced or damaged: it is advisory)."""
+        try:
+            body = json.loads((self.path / layout.PROGRESS).read_text())
+            return body if isinstance(body, dict) and isinstance(body.get("stage"), str) else None
+        except (OSError, ValueError):
+            return None
 
     def load_checkpoint(self, r: int) -> dict[str, Any]:
         """Round ``r``'s checkpoint, verified, or :class:`Damaged`."""

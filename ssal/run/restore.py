@@ -54,7 +54,7 @@ def restore(rd: RunDir, labels_of: Callable[[int, torch.Tensor], torch.Tensor | 
     the result is the same), as far back as needed.
     """
     if rd.writer:
-        files.remove_stale_tmp(rd.path)
+        files.remove_stale_tmp(rd.path, only_dead=True)  # a labeling page may be writing an answer now
     state = Restored(rd.committed(), None)
     state.pool = _restore_pool(rd, state, labels_of, new_pool)
     while state.start > 0:

@@ -19,7 +19,7 @@ import contextlib
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,20 @@ from ssal import __version__, files
 from ssal.data.pool import ActivePool
 from ssal.errors import ConfigError
 from ssal.run import checks, layout
-from ssal.run.layout import CELL, CURVE_CSV, CURVE_PNG, FORMAT, IDENTITY, LOCK, METRICS, POOL, PRETRAIN_LOG, RECIPE
+from ssal.run.layout import (
+    ANSWERS_LOCK,
+    CELL,
+    CURVE_CSV,
+    CURVE_PNG,
+    FORMAT,
+    IDENTITY,
+    LOCK,
+    LOCKS,
+    METRICS,
+    POOL,
+    PRETRAIN_LOG,
+    RECIPE,
+)
 from ssal.run.lock import Lock, RunInUse, timestamp
 from ssal.run.readers import RunFiles, read_metrics
 from ssal.run.restore import Restored, restore
@@ -57,6 +70,7 @@ class RunDir(RunFiles):
         self.names = names  # image paths relative to data.root (the pool's list, or index -> path), for folders
         self.contents = contents  # indices -> digests of their image files (folders): what a label was given for
         self._lock = Lock(self.path / LOCK)
+        self._answers = Lock(self.path / ANSWERS_LOCK)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -73,19 +87,37 @@ class RunDir(RunFiles):
         """The run's identity (run.json), or a one-line error when the folder cannot be resumed. Reads only."""
         return checks.check_resumable(self)
 
-    # ------------------------------------------------------------------ the lock
+    # ------------------------------------------------------------------ the locks
+    # Two locks: the run's (``LOCK``), held by the process that runs the rounds (or for the milliseconds of
+    # another short transaction), and the answers' (``ANSWERS_LOCK``), held for the milliseconds of storing
+    # people's answers or of the run taking a complete batch into the pool. So people label while a run
+    # pretrains or trains, and a batch closes atomically: no answer is stored after the run has taken it.
     def lock(self, wait: float = 0.0, purpose: str = "run") -> list[str]:
-        """Take the run's lock for this process (main process only; the folder is made if needed), waiting
-        up to ``wait`` seconds for another labeling transaction (see :meth:`Lock.acquire`). Returns notes
-        (a dead holder's lock taken over); raises :class:`RunInUse`."""
+        """Take the run's lock for this process, or with ``purpose="answers"`` the answers' lock (main
+        process only; the folder is made if needed), waiting up to ``wait`` seconds for another labeling
+        transaction (see :meth:`Lock.acquire`). Returns notes (a dead holder's lock taken over); raises
+        :class:`RunInUse`."""
         if not self.writer:
             return []
         files.mkdirs(self.path)
-        note = self._lock.acquire(wait, purpose)
+        note = self._which(purpose).acquire(wait, purpose)
         return [note] if note else []
 
-    def unlock(self) -> None:
-        self._lock.release()
+    def unlock(self, purpose: str = "run") -> None:
+        self._which(purpose).release()
+
+    def _which(self, purpose: str) -> Lock:
+        return self._answers if purpose == "answers" else self._lock
+
+    @contextlib.contextmanager
+    def answers_held(self, wait: float = 10.0) -> Iterator[None]:
+        """The answers' lock for a short step of the run (taking a complete batch into the pool)."""
+        for note in self.lock(wait, "answers"):
+            print(f"note: {note}")
+        try:
+            yield
+        finally:
+            self.unlock("answers")
 
     def holder(self) -> str | None:
         """Who holds the run's lock now (pid, host, since, command), or None. Changes nothing."""
@@ -111,10 +143,11 @@ class RunDir(RunFiles):
             if not force:  # another process made it since the check
                 raise ConfigError(f"output_dir '{self.path}' already holds a run; pass --force to replace it")
             notes.append(f"--force: deleted the run that was in {self.path}")
-            _delete_run(self.path)
+            with self.answers_held():  # no answer is stored into the run being deleted
+                _delete_run(self.path)
         elif kind == "other":
             raise ConfigError(f"output_dir '{self.path}' holds other files; choose another output_dir=...")
-        files.remove_stale_tmp(self.path)
+        files.remove_stale_tmp(self.path, only_dead=True)
         seed = [] if not seed_labeled or self.contents is None else \
             [list(p) for p in zip(seed_labeled, self.contents(list(seed_labeled)), strict=True)]
         files.write_json(self._p(IDENTITY), files.seal(_new_identity(cfg, pool_fingerprint, preprocess, seed)))
@@ -215,6 +248,16 @@ class RunDir(RunFiles):
             files.write_text(self._p(CURVE_CSV), csv_text)
             files.write_bytes(self._p(CURVE_PNG), png)
 
+    def write_progress(self, state: dict) -> None:
+        """``progress.json``: what the run does now, for the labeling page (advisory: not verified)."""
+        if self.writer:
+            files.write_json(self._p(layout.PROGRESS), state)
+
+    def clear_progress(self) -> None:
+        if self.writer:
+            with contextlib.suppress(OSError):
+                self._p(layout.PROGRESS).unlink()
+
     def write_pretrain_log(self, lines: list[dict]) -> None:
         if self.writer:
             files.write_text(self._p(PRETRAIN_LOG), "".join(files.dumps(line) + "\n" for line in lines))
@@ -236,7 +279,7 @@ class RunDir(RunFiles):
 def _delete_run(path: Path) -> None:
     """Everything of the run in ``path`` but its lock (``--force``; held by this process)."""
     for p in path.iterdir():
-        if p.name == LOCK:
+        if p.name in LOCKS:
             continue
         try:
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()

@@ -19,8 +19,9 @@ if TYPE_CHECKING:
 
 class Transaction:
     """What a transaction needs of its locked run: the notes of taking the lock, the run's files (each
-    record read once: while the lock is held nobody else changes them), and its writes, sealed by the
-    store. It answers the reads the label commands make of a run, so they take either."""
+    record read once: the open batch's records do not change while the answers' lock is held, since the
+    run takes a batch into the pool only under it), and its writes, sealed by the store. It answers the
+    reads the label commands make of a run, so they take either."""
 
     def __init__(self, rd: RunDir, notes: list[str]):
         self.rd = rd
@@ -75,13 +76,14 @@ class Transaction:
 
 @contextlib.contextmanager
 def transaction(rd: RunDir, purpose: str = "answers", wait: float = 0.0, clean: bool = True) -> Iterator[Transaction]:
-    """The lock of ``rd`` taken for ``purpose`` (waiting up to ``wait`` seconds for another transaction;
-    :class:`~ssal.run.lock.RunInUse` after that), yielding the :class:`Transaction`, always released.
-    ``clean``: first remove the temporary files of a killed write (with the lock held none is live)."""
+    """The lock of ``rd`` taken for ``purpose`` ("answers": the answers' lock, which a run holding the run's
+    lock leaves free; else the run's lock), waiting up to ``wait`` seconds for another transaction
+    (:class:`~ssal.run.lock.RunInUse` after that), yielding the :class:`Transaction`, always released.
+    ``clean``: first remove the temporary files that killed writes left (their processes are gone)."""
     notes = rd.lock(wait, purpose)
     try:
         if clean and rd.writer:
-            files.remove_stale_tmp(rd.path)
+            files.remove_stale_tmp(rd.path, only_dead=True)  # the run may be writing beside an answers transaction
         yield Transaction(rd, notes)
     finally:
-        rd.unlock()
+        rd.unlock(purpose)

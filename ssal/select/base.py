@@ -19,6 +19,13 @@ def reads_truth(initial: Any) -> Any:
     return initial
 
 
+def reads_features(initial: Any) -> Any:
+    """Declares that an initial strategy reads the pool's features (the pretrained encoder's): the run
+    picks its batch after pretraining. Any other is picked first, so people label while pretraining runs."""
+    initial.needs_features = True
+    return initial
+
+
 @dataclass
 class Signals:
     """What a strategy sees: the candidate pool indices and the signals computed on them.

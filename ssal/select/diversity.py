@@ -8,7 +8,7 @@ import torch
 
 from ssal import checks
 from ssal.select import functional as Fn
-from ssal.select.base import INITIAL_STRATEGIES, STRATEGIES, Signals, Strategy
+from ssal.select.base import INITIAL_STRATEGIES, STRATEGIES, Signals, Strategy, reads_features
 from ssal.select.signals import Embeddings, Features, Probs, Signal
 
 
@@ -65,6 +65,7 @@ class TypiClust(Strategy):
 
 
 @INITIAL_STRATEGIES.register("typiclust")
+@reads_features
 def initial_typiclust(unlabeled: torch.Tensor, targets: torch.Tensor, k: int, generator: torch.Generator,
                       embed=None) -> torch.Tensor:
     """Cold start: TypiClust on the features of the pool (the pretrained encoder's when the recipe
