@@ -289,8 +289,14 @@ def cmd_compare(args) -> int:
 
 def cmd_report(args) -> int:
     # loaded when the command runs (see the module docstring)
-    from ssal.experiment.report import collect_rows, report_out, write_report
+    from ssal.experiment.report import collect_rows, one_run, report_out, write_report
 
+    if len(args.runs) == 1:  # one run: its rounds for a person, whatever it measured
+        text, tested = one_run(Path(args.runs[0]))
+        if text is not None:
+            print(text)
+            if not tested:
+                return 0
     rows = collect_rows(args.runs)
     out = report_out(args.runs, args.out, force=args.force)
     title = args.title or (Path(args.runs[0]).name if len(args.runs) == 1 else "Comparison")

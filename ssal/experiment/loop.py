@@ -30,6 +30,7 @@ from ssal.experiment.report import curve_files, wilson_interval
 from ssal.experiment.trainer import Carry, RoundTrainer
 from ssal.faults import failpoint
 from ssal.label.oracles import Oracle, create_oracle
+from ssal.label.stopping import is_complete, stability, stops
 from ssal.models import create_backbone, initial_weights
 from ssal.recipe import validate_pool
 from ssal.run.outputs import check_run_place, data_folders
@@ -54,6 +55,7 @@ class Parts:
     model_cfg: DictConfig
     oracle: Oracle
     audit: torch.Tensor  # the pool indices held out to measure accuracy (active.audit of them, seeded)
+    stop_set: torch.Tensor  # the pool indices whose predictions are compared round to round (seeded)
 
     @classmethod
     def build(cls, cfg: DictConfig) -> Parts:
@@ -70,8 +72,11 @@ class Parts:
                             data.image_size[0])
         seeded = None if data.seed_labels is None else data.seed_labels[0]
         audit = draw_audit(len(data.train), cfg.active.audit, generator(cfg.seed, "audit"), seeded)
+        stop_set = draw_audit(len(data.train), min(cfg.active.stop_set, len(data.train)),
+                              generator(cfg.seed, "stop set"))
         return cls(data, strategy, OBJECTIVES.get(cfg.train.method),
-                   INITIAL_STRATEGIES.get(cfg.active.initial_strategy), model_cfg, create_oracle(cfg, data), audit)
+                   INITIAL_STRATEGIES.get(cfg.active.initial_strategy), model_cfg, create_oracle(cfg, data), audit,
+                   stop_set)
 
     def new_pool(self) -> ActivePool:
         """The pool before any acquisition: its audit set, and the seed labels of ``data.labels`` (round 0),
@@ -197,7 +202,7 @@ class Rounds:
         eng, rd = self.engine, self.run_dir
         state = self.start(resume, force)
         rows, pool = list(state.rows), state.pool
-        if resume and state.start > self.R:
+        if resume and is_complete(rows, OmegaConf.to_container(self.cfg.active)):
             eng.print(f"[green]{rd.path} is complete ({len(rows)} rounds); nothing to do")
             return
         rd.commit(rows)  # without the lines of rounds that run again
@@ -224,18 +229,24 @@ class Rounds:
         self.check_labels(r, pool)
         fit = self.trainer.train(r, pool, carry)
         t_eval = time.perf_counter()
-        metrics = self.measure(r, fit, pool)
+        metrics = {**self.measure(r, fit, pool), **stable_predictions(self, fit.eval_model, rows, r)}
         eval_s = time.perf_counter() - t_eval
         self.run_dir.save_checkpoint(r, self.trainer.state(fit))
         labeled = pool.n_labeled
         select_s, received, acq = 0.0, True, None
-        if r < self.R:
+        stopped = stops(metrics, self.cfg.active.stop_when)
+        if r < self.R and not stopped:
             acq, received = self.buy(r, fit, pool, self.trainer.previous_model(r, fit, carry))
             select_s = acq.seconds
         self.record(r, fit, pool, rows, labeled, metrics, select_s, eval_s)
         failpoint("round.end")
         if not received:
             self.say_awaiting(acq)
+            return None
+        if stopped:
+            self.engine.print(f"[bold]stopping after round {r}[/bold]: the predictions of the last "
+                              f"{self.cfg.active.stop_window} rounds agree (mean kappa {metrics['stable_kappa_mean']:.4f}"
+                              f" >= active.stop_when {self.cfg.active.stop_when}); done: {self.run_dir.path}")
             return None
         return self.trainer.advance(fit)
 
@@ -425,6 +436,17 @@ def take_people_answers(rounds: Rounds, acq: Acquisition, pool: ActivePool) -> l
             return None
         rounds.take(acq, pool, answers)
         return answers.tolist()
+
+
+def stable_predictions(rounds: Rounds, model: torch.nn.Module, rows: list[dict], r: int) -> dict:
+    """The round's predictions on the stop set, compared with the last round's (:mod:`ssal.label.stopping`);
+    {} without a stop set."""
+    parts, cfg = rounds.parts, rounds.cfg
+    if len(parts.stop_set) == 0:
+        return {}
+    probs = rounds.engine.predict(model, parts.data.train, parts.stop_set, ("probs",), cfg.train.eval_batch_size,
+                                  desc=f"round {r} stop set")["probs"]
+    return stability(probs.argmax(1), rows, parts.data.num_classes, cfg.active.stop_window)
 
 
 def audit_accuracy(engine: Engine, model: torch.nn.Module, data: ImageDataset, pool: ActivePool, batch_size: int,

@@ -133,6 +133,68 @@ def report_out(runs: list[str], out: str | None, force: bool = False) -> Path:
     return check_folder(target, is_ours, "--out", force, folders, allow=comparison if own else None)
 
 
+# ----------------------------------------------------------------------------- one run, round by round
+
+STABLE = 0.99  # the mean kappa the report calls stable (Bloodgood & Vijay-Shanker's threshold)
+
+
+def one_run(path: Path) -> tuple[str | None, bool]:
+    """``ssal report RUN`` on one run directory: its round table (None for anything else: a comparison, a
+    folder of runs) and whether it measured test accuracy (then the comparison files follow; they
+    compare test accuracy, so a run without it gets a line saying so instead)."""
+    if is_comparison(path) or not (path / "run.json").is_file():
+        return None, False
+    try:
+        rows = read_metrics(path)
+    except DataError as e:
+        raise DataError(f"cannot report on '{path}': {e}") from None
+    if not rows:
+        raise DataError(f"'{path}' has no finished round yet; run it (or label its first batch) first")
+    tested = all("test_acc" in row for row in rows)
+    text = round_table(rows)
+    if not tested:
+        text += ("\n(no results.csv or plots: they compare test accuracy, which this run does not measure; a "
+                 "labeled test folder, data.test_root, adds it)")
+    return text, tested
+
+
+def round_table(rows: list[dict]) -> str:
+    """One run's rounds for a person (``ssal report RUN``): labels, accuracy (test, or the audit set's with
+    its 95 % interval, or only the model's confidence), and how much the predictions still change (the
+    stop signal of :mod:`ssal.label.stopping`), then what that says about labeling more."""
+    lines = ["| round | labels | accuracy | predictions as the last round's | train s |", "|---|---|---|---|---|"]
+    for row in rows:
+        acc = []
+        if "test_acc" in row:
+            acc.append(f"test {100 * row['test_acc']:.2f} %")
+        if "audit_acc" in row:
+            acc.append(f"audit {100 * row['audit_acc']:.1f} % ({100 * row['audit_low']:.1f}-"
+                       f"{100 * row['audit_high']:.1f}, {row['audit_n']} images)")
+        if not acc and "pool_mean_conf" in row:
+            acc.append(f"none measured (mean confidence {100 * row['pool_mean_conf']:.1f} %)")
+        stable = "-"
+        if "stable_kappa" in row:
+            stable = f"{100 * row['stable_agree']:.1f} %, kappa {row['stable_kappa']:.3f}" + (
+                f" (mean {row['stable_kappa_mean']:.3f})" if "stable_kappa_mean" in row else "")
+        lines.append(f"| {row['round']} | {row['n_labeled']} | {'; '.join(acc) or '-'} | {stable} | "
+                     f"{_seconds(row, 'train_s'):.1f} |")
+    return "\n".join(lines) + "\n\n" + stop_advice(rows)
+
+
+def stop_advice(rows: list[dict]) -> str:
+    """What the stop signal of the last rounds says, in one sentence."""
+    last = rows[-1] if rows else {}
+    if "stable_kappa_mean" in last:
+        if last["stable_kappa_mean"] >= STABLE:
+            return (f"The predictions have stopped changing (mean kappa {last['stable_kappa_mean']:.3f} >= {STABLE} "
+                    "over the last rounds): more labels are unlikely to change this model much.")
+        return (f"The predictions still change (mean kappa {last['stable_kappa_mean']:.3f} < {STABLE} over the "
+                "last rounds): more labels still move the model.")
+    if "stable_kappa" in last:
+        return "Too few rounds to judge whether the predictions have settled (the window is not full yet)."
+    return "No stop signal recorded (active.stop_set: 0, or a run made before ssal had one)."
+
+
 # ----------------------------------------------------------------------------- statistics
 
 def aubc(n_labeled: Sequence[float], acc: Sequence[float]) -> float:

@@ -20,6 +20,7 @@ from ssal import files
 from ssal.data.label_files import SKIP_WORDS, NoLabels, PoolNames, image_name, read_answer_file
 from ssal.data.pool import SKIP, ActivePool
 from ssal.errors import ConfigError, DataError
+from ssal.label.stopping import is_complete
 from ssal.run.checks import check_unchanged
 from ssal.run.layout import QUERIES_CSV, SELECTED, round_folder
 from ssal.run.lock import RunInUse
@@ -67,9 +68,8 @@ def open_batch(rd: RunDir | Transaction, identity: dict) -> Batch:
     rows = rd.committed()
     r = rows[-1]["round"] if rows else -1
     indices = rd.saved_selection(r)
-    rounds = (identity["recipe"].get("active") or {}).get("rounds")
     if indices is None:
-        if rows and r >= rounds:
+        if is_complete(rows, identity["recipe"].get("active") or {}):
             raise ConfigError(f"{rd.path} is complete ({len(rows)} rounds): it awaits no labels; 'ssal predict' "
                               "and 'ssal export' use its model")
         raise ConfigError(f"{rd.path} has no open query batch yet; continue it with 'ssal run --resume {rd.path}', "

@@ -60,6 +60,7 @@ from ssal.data.pool import SKIP
 from ssal.errors import ConfigError, DataError, SsalError, one_line
 from ssal.files import Damaged
 from ssal.label import answers as labels
+from ssal.label.stopping import is_complete
 from ssal.run.readers import doing, measured
 from ssal.run.store import RunDir
 
@@ -191,9 +192,8 @@ class Session:
         out["accuracy"] = f"round {rows[-1]['round']}: {measured(rows[-1])}" if rows else None
         if batch is None:
             rows = self.rd.committed()  # damaged: the page says so (a 500 with the line)
-            rounds = (self.identity["recipe"].get("active") or {}).get("rounds")
             out.update(round=None, items=[], answers={}, message=why,
-                       finished=bool(rows) and rows[-1]["round"] >= rounds)
+                       finished=is_complete(rows, self.identity["recipe"].get("active") or {}))
             return out
         stored = self.rd.read_answers(batch.round)  # a damaged answers.json: a one-line DataError
         out.update(round=batch.round, folder=batch.folder, finished=False,

@@ -182,6 +182,9 @@ class ActiveConfig:
     oracle: str = "simulated"  # who answers: simulated (ground truth) | human (queries out, ssal label import)
     oracle_noise: float = 0.0  # simulated: this seeded fraction of the answers is a wrong class
     audit: int = 0  # random pool images asked with the first batch and held out: each round's accuracy on them
+    stop_set: int = 1000  # seeded pool images whose predictions are compared round to round (0: no stop signal)
+    stop_when: Optional[float] = None  # end the run once the mean kappa of the last stop_window rounds reaches it
+    stop_window: int = 3
 
     def check(self, key: str, recipe: Any) -> None:
         """Everything but ``initial``, whose floor depends on ``data.labels`` (see :func:`validate`)."""
@@ -196,6 +199,13 @@ class ActiveConfig:
         checks.at_least(f"{key}.budget", self.budget, 1)
         checks.at_least(f"{key}.rounds", self.rounds, 0)
         checks.at_least(f"{key}.audit", self.audit, 0, " (0: no audit set)")
+        checks.at_least(f"{key}.stop_set", self.stop_set, 0, " (0: no stop signal)")
+        checks.at_least(f"{key}.stop_window", self.stop_window, 1)
+        if self.stop_when is not None:
+            checks.within(f"{key}.stop_when", self.stop_when, 0, 1, low_open=True,
+                          note=" (a kappa, e.g. 0.99) or null")
+            checks.require(self.stop_set > 0, f"{key}.stop_when needs the stop signal: set {key}.stop_set > 0 "
+                                              "(e.g. 1000), or stop_when: null")
         checks.require(self.subset is None or self.subset >= self.budget,
                        f"{key}.subset ({self.subset}) must be >= {key}.budget ({self.budget}) or null")
 

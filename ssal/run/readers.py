@@ -190,6 +190,10 @@ def measured(row: dict) -> str:
     if not parts and "pool_mean_conf" in row:
         parts.append(f"mean confidence on the pool {100 * row['pool_mean_conf']:.1f} % (no test set; active.audit "
                      "measures accuracy)")
+    if "stable_kappa" in row:  # the stop signal (ssal.label.stopping)
+        parts.append(f"predictions {100 * row['stable_agree']:.1f} % as the last round's (kappa "
+                     f"{row['stable_kappa']:.3f}" + (f", mean of the last rounds {row['stable_kappa_mean']:.3f}"
+                                                     if "stable_kappa_mean" in row else "") + ")")
     return ", ".join(parts)
 
 

@@ -55,7 +55,8 @@ __all__ = ["KEEP_CHECKPOINTS", "SAFE_ON_RESUME", "IDENTITY", "RECIPE", "Lock", "
 
 # recipe keys that may differ on --resume: they change neither what a stored label means nor what
 # the committed rounds computed (active.rounds may only grow: the run buys the missing batches)
-SAFE_ON_RESUME = ("name", "output_dir", "cache_dir", "data.root", "data.num_workers", "active.rounds")
+SAFE_ON_RESUME = ("name", "output_dir", "cache_dir", "data.root", "data.num_workers", "active.rounds",
+                  "active.stop_when", "active.stop_window")
 KEEP_CHECKPOINTS = 2  # the last round's and the one before: a damaged last one costs one round, not all
 
 
