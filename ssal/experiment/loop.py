@@ -244,9 +244,10 @@ class Rounds:
             self.say_awaiting(acq)
             return None
         if stopped:
-            self.engine.print(f"[bold]stopping after round {r}[/bold]: the predictions of the last "
-                              f"{self.cfg.active.stop_window} rounds agree (mean kappa {metrics['stable_kappa_mean']:.4f}"
-                              f" >= active.stop_when {self.cfg.active.stop_when}); done: {self.run_dir.path}")
+            a = self.cfg.active
+            self.engine.print(f"[bold]stopping after round {r}[/bold]: the predictions of the last {a.stop_window} "
+                              f"rounds agree (mean kappa {metrics['stable_kappa_mean']:.4f} >= active.stop_when "
+                              f"{a.stop_when}); done: {self.run_dir.path}")
             return None
         return self.trainer.advance(fit)
 
