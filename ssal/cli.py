@@ -120,8 +120,11 @@ def _label_commands(sub) -> None:
                          description="Serve a labeling page for the run's open query batch: one image at a time "
                                      "with keys (1-9/0 class, s skip, Enter accept the suggestion, arrows move, z "
                                      "undo, g grid). Every answer is stored in the run as it is given, like 'ssal "
-                                     "label import'. Stop it with Ctrl-C; nothing is lost.")
-    ls.add_argument("run_dir", metavar="RUN_DIR")
+                                     "label import', also while the run pretrains or trains. Given a recipe file, "
+                                     "the page runs the whole loop: it starts the run in the background (or goes "
+                                     "on with it) and trains each round when its batch is complete. Stop it with "
+                                     "Ctrl-C; nothing is lost.")
+    ls.add_argument("run_dir", metavar="RUN_DIR|RECIPE")
     ls.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     ls.add_argument("--port", type=_whole, default=8765, help="port (default 8765; 0: any free port)")
     ls.add_argument("--allow-remote", action="store_true",
@@ -176,8 +179,13 @@ def cmd_label(args) -> int:
 
         if not 0 <= args.port <= 65535:
             raise SsalError(f"--port must be in 0..65535, got {args.port}")
-        serve(args.run_dir, args.host, args.port, allow_remote=args.allow_remote, allow_continue=args.cont,
-              announce=lambda line: print(line, flush=True))
+        run_dir, recipe = args.run_dir, None
+        if Path(args.run_dir).is_file():  # a recipe: the page runs its loop (a bad one: its one-line error)
+            from ssal.recipe import load_recipe  # (see the module docstring)
+
+            recipe, run_dir = Path(args.run_dir), load_recipe(args.run_dir).output_dir
+        serve(run_dir, args.host, args.port, allow_remote=args.allow_remote, allow_continue=args.cont,
+              announce=lambda line: print(line, flush=True), recipe=recipe)
         print("stopped the labeling page; every answer given is stored in the run")
         return 0
     written, n = queries.export_queries(args.run_dir, args.format, args.out, force=args.force)

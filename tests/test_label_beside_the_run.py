@@ -158,3 +158,75 @@ def test_what_runs_in_words():
     assert doing({"stage": "pretrain simclr", "done": 12, "total": 40, "remaining_s": 1080}) == \
         "pretrain simclr: 30 %, about 18 min left"
     assert doing({"stage": "round 0 train", "done": 0, "total": 0, "remaining_s": None}) == "round 0 train: starting"
+
+
+# ----------------------------------------------------------------------------- one command: the page runs the loop
+
+def _get(port: int, path: str) -> dict:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("GET", path)
+        return json.loads(conn.getresponse().read())
+    finally:
+        conn.close()
+
+
+def _post(page, path: str, body: dict) -> tuple[int, str]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", page.port, timeout=60)
+    try:
+        conn.request("POST", path, body=json.dumps(body),
+                     headers={"Content-Type": "application/json", "X-SSAL-Token": page.token})
+        r = conn.getresponse()
+        return r.status, r.read().decode()
+    finally:
+        conn.close()
+
+
+def _until(what: str, check, timeout: float = 120.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow  # a server that starts a run, each in its own process
+def test_ssal_label_serve_of_a_recipe_runs_the_loop_from_the_page(folder, tmp_path):
+    from tests.test_hostile_page import Page
+
+    root, truth = folder
+    recipe = folder_recipe(tmp_path, root, "served", pretrain=PRETRAIN, active={"initial_strategy": "random"})
+    run = tmp_path / "runs" / "served"
+    page = Page(recipe).ready()  # 'ssal label serve RECIPE': no run yet, so it starts one
+    try:
+        state = _until("the first batch", lambda: (s := _get(page.port, "/api/batch"))["round"] == -1 and s)
+        assert (run / "run.json").is_file()
+        for item in state["items"]:  # labeled while the run may still pretrain: stored all the same
+            status, text = _post(page, "/api/answer", {"round": -1, "index": item["index"],
+                                                       "label": truth[item["path"]]})
+            assert status == 200, text
+        clicks = []
+
+        def next_batch():  # the run takes them after pretraining; if it ended first, one click goes on
+            s = _get(page.port, "/api/batch")
+            if s["round"] == -1 and not s["busy"]:
+                clicks.append(_post(page, "/api/continue", {}))
+            return s if s["round"] == 0 else None
+
+        state = _until("round 0's batch", next_batch, timeout=240)
+        assert all(status == 200 for status, _ in clicks) and len(clicks) <= 1, clicks
+        assert state["round"] == 0 and all(it["suggestion"] in CLASSES for it in state["items"])
+        assert state["accuracy"].startswith("round 0: ")
+        pool = json.loads((run / "pool.json").read_text())
+        assert {p: CLASSES[y] for p, (_, y, _) in zip(pool["paths"], pool["labeled"], strict=True)} == \
+            {p: truth[p] for p in pool["paths"]}
+    finally:
+        assert page.stop() == 0

@@ -20,6 +20,7 @@ decoded.
 from __future__ import annotations
 
 import collections
+import contextlib
 import errno
 import hmac
 import io
@@ -89,14 +90,14 @@ class Item:
 
 
 class Job:
-    """``ssal run --resume RUN_DIR`` in a child process, its output (plain progress lines, since it is a
-    pipe) kept for the page."""
+    """``ssal run ARGS`` in a child process (``--resume RUN_DIR``, or a recipe the page started), its output
+    (plain progress lines, since it is a pipe) kept for the page."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, *args: str):
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.started = time.time()
         self.lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
-        self.proc = subprocess.Popen([sys.executable, "-m", "ssal", "run", "--resume", str(run_dir)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "ssal", "run", *args],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                      bufsize=1)
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -179,7 +180,7 @@ class Session:
         batch, why = self.batch()
         holder = None if self.job and self.job.running else self.rd.holder()
         out = {"run": str(self.rd.path), "run_id": self.run_id, "classes": self.classes, "skip": SKIP_WORDS[0],
-               "busy": ("the next round is training" if self.job and self.job.running
+               "busy": ("the run is working" if self.job and self.job.running
                         else f"a run is in progress ({holder})" if holder else None),
                "can_continue": self.allow_continue, "job": self.job.state() if self.job else None,
                "continue_command": f"ssal run --resume {self.rd.path}"}
@@ -324,7 +325,7 @@ class Session:
         holder = self.rd.holder()
         if holder:
             raise Problem(409, f"the run is in use by another ssal process ({holder})")
-        self.job = Job(self.rd.path)
+        self.job = Job("--resume", str(self.rd.path))
         return {"started": True}
 
     def close(self) -> None:
@@ -474,13 +475,55 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def start_run(recipe: Path, run: Path, announce=print, wait: float = 600.0) -> Job | None:
+    """The run of ``recipe`` (a recipe file given to ``ssal label serve``, its output_dir ``run``): started
+    now in a child process when ``run`` holds no run yet (the page then serves its first batch while it
+    pretrains); None when it holds one. A run that fails to start is its one-line error."""
+    if RunDir(run).kind() == "run":
+        return None
+    announce(f"starting the run of {recipe} in {run}")
+    job = Job(str(recipe))
+    deadline = time.monotonic() + wait
+    while True:  # until it has asked its first batch, or says what it does (pretraining first), or ended
+        rd, ended = RunDir(run), job.proc.poll() is not None
+        if rd.kind() == "run" and (ended or rd.saved_selection(-1) is not None or rd.progress() is not None):
+            return job
+        if ended:
+            job.reader.join(timeout=5)
+            last = next((line for line in reversed(job.lines) if line.strip()), f"exit status {job.proc.returncode}")
+            raise ConfigError(f"the run of {recipe} did not start: {last.removeprefix('ssal: error: ')}")
+        if time.monotonic() > deadline:
+            job.stop()
+            raise ConfigError(f"the run of {recipe} did not start within {wait:.0f} s; run 'ssal run {recipe}' to "
+                              "see why")
+        time.sleep(0.1)
+
+
+def open_session(run_dir: str | os.PathLike, allow_continue: bool, recipe: Path | None, announce=print) -> Session:
+    """The page's session of ``run_dir``; with ``recipe`` (the file it came from) the page runs the whole
+    loop: the run is started in the background, or goes on by itself when it awaits no answer."""
+    job = start_run(recipe, Path(run_dir), announce) if recipe is not None else None
+    try:
+        session = Session(run_dir, allow_continue or recipe is not None)
+    except BaseException:
+        if job is not None:
+            job.stop()
+        raise
+    session.job = job
+    if recipe is not None and job is None:
+        with contextlib.suppress(Problem):  # it awaits answers, is complete, or another process runs it
+            session.start_continue()
+    return session
+
+
 def serve(run_dir: str | os.PathLike, host: str = "127.0.0.1", port: int = 8765, allow_remote: bool = False,
-          allow_continue: bool = False, announce=print) -> None:
-    """Serve the labeling page of ``run_dir`` until Ctrl-C / SIGTERM."""
+          allow_continue: bool = False, announce=print, recipe: Path | None = None) -> None:
+    """Serve the labeling page of ``run_dir`` until Ctrl-C / SIGTERM. With ``recipe`` (``ssal label serve
+    RECIPE``: ``run_dir`` is its output_dir) the page runs the whole loop (:func:`open_session`)."""
     if not is_loopback(host) and not allow_remote:
         raise ConfigError(f"--host {host} would let other machines label (and read the images) without a password; "
                           "pass --allow-remote to do it anyway, or keep the default 127.0.0.1")
-    session = Session(run_dir, allow_continue)
+    session = open_session(run_dir, allow_continue, recipe, announce)
     state = session.state()
     # without a batch, serve only to wait for one: while a run is writing it, or to start the run (--continue)
     if state["round"] is None and not state["busy"] and not (allow_continue and not state["finished"]):
