@@ -183,7 +183,11 @@ def cmd_label(args) -> int:
         if Path(args.run_dir).is_file():  # a recipe: the page runs its loop (a bad one: its one-line error)
             from ssal.recipe import load_recipe  # (see the module docstring)
 
-            recipe, run_dir = Path(args.run_dir), load_recipe(args.run_dir).output_dir
+            cfg = load_recipe(args.run_dir)
+            if cfg.active.oracle != "human":
+                raise SsalError(f"{args.run_dir} has active.oracle: {cfg.active.oracle}: its labels come from the "
+                                "data set, not from a page; set active.oracle: human to label its images")
+            recipe, run_dir = Path(args.run_dir), cfg.output_dir
         serve(run_dir, args.host, args.port, allow_remote=args.allow_remote, allow_continue=args.cont,
               announce=lambda line: print(line, flush=True), recipe=recipe)
         print("stopped the labeling page; every answer given is stored in the run")

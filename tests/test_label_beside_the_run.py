@@ -230,3 +230,13 @@ def test_ssal_label_serve_of_a_recipe_runs_the_loop_from_the_page(folder, tmp_pa
             {p: truth[p] for p in pool["paths"]}
     finally:
         assert page.stop() == 0
+
+
+def test_serving_a_recipe_that_people_do_not_answer_is_one_line_and_starts_nothing(write_recipe, capsys):
+    from ssal.cli import main
+
+    path = write_recipe("simulated")
+    assert main(["label", "serve", str(path), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "active.oracle: simulated" in err and "active.oracle: human" in err
+    assert not (path.parent / "runs" / "simulated").exists()

@@ -1,0 +1,89 @@
+"""How long a person waits for the first image: ``ssal init`` on a folder, then ``ssal label serve RECIPE``
+(the one command), timed from the command's start until the page serves the first batch and its first
+image, then how the page reports the pretraining running behind it.
+
+    python scripts/bench_first_image.py --images FOLDER --classes a,b,c [--watch 30]
+
+Prints the seconds to the page's first batch and first image, the page's progress line after
+``--watch`` seconds, and the same figures for the reference: the time a bare ``python -c 'import
+torch'`` takes on this machine (the floor of any command that trains). The run it starts is stopped
+at the end (Ctrl-C to the server) and its folder removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", required=True, type=Path)
+    ap.add_argument("--classes", required=True)
+    ap.add_argument("--watch", type=float, default=30.0, help="seconds to watch the progress after the first image")
+    args = ap.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="ssal-first-image-"))
+    ssal = [sys.executable, "-m", "ssal"]
+    try:
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "import torch"], check=True)
+        floor = time.perf_counter() - t
+        t = time.perf_counter()
+        init = subprocess.run([*ssal, "init", str(work / "proj"), "--images", str(args.images), "--classes",
+                               args.classes], capture_output=True, text=True, check=True)
+        init_s = time.perf_counter() - t
+        print(init.stdout.strip())
+        t0 = time.perf_counter()
+        server = subprocess.Popen([*ssal, "label", "serve", str(work / "proj" / "recipe.yaml"), "--port", "0"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        port = None
+        while port is None:
+            line = server.stdout.readline()
+            if not line:
+                raise SystemExit(f"the server exited: {server.wait()}")
+            m = re.search(r" at http://\S+:(\d+)/ \(Ctrl-C to stop\)$", line.rstrip("\n"))
+            port = int(m.group(1)) if m else None
+        page_s = time.perf_counter() - t0
+        while True:
+            state = json.loads(get(port, "/api/batch")[1])
+            if state["round"] is not None:
+                break
+            time.sleep(0.1)
+        batch_s = time.perf_counter() - t0
+        status, body = get(port, f"/api/image/{state['items'][0]['index']}?run={state['run_id']}")
+        image_s = time.perf_counter() - t0
+        assert status == 200 and body, status
+        print(f"\nssal init: {init_s:.1f} s; 'ssal label serve RECIPE' -> page up {page_s:.1f} s, first batch "
+              f"({len(state['items'])} images) {batch_s:.1f} s, first image {image_s:.1f} s "
+              f"(reference: 'import torch' alone {floor:.1f} s, ratio {image_s / floor:.1f})")
+        time.sleep(args.watch)
+        state = json.loads(get(port, "/api/batch")[1])
+        print(f"after {args.watch:.0f} s more the page says: busy={state['busy']!r}, progress={state['progress']!r}")
+        server.send_signal(signal.SIGINT)
+        server.wait(60)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
