@@ -26,7 +26,7 @@ HUMAN_RECIPE = {
     "model": {"backbone": "resnet18", "pretrained": False},
     "pretrain": {"method": "simclr", "epochs": 20, "batch_size": 128, "view_size": 64},
     "train": {"method": "fixmatch", "steps": 500, "batch_size": 32, "lr": 0.03, "backbone_lr_scale": 0.1,
-              "ema": 0.99},
+              "ema": 0.99, "reinit": False, "continue_steps": 125},
     "active": {"oracle": "human", "initial": 50, "budget": 50, "rounds": 10, "initial_strategy": "random",
                "strategy": "margin", "audit": 100},
 }
