@@ -1,18 +1,23 @@
-"""How long a person waits for the first image: ``ssal init`` on a folder, then ``ssal label serve RECIPE``
-(the one command), timed from the command's start until the page serves the first batch and its first
-image, then how the page reports the pretraining running behind it.
+"""How long a person waits: ``ssal init`` on a folder, then ``ssal label serve RECIPE`` (the one command),
+timed from the command's start until the page serves the first batch and its first image; then, with
+``--truth``, a scripted person answers through the page's API at ``--pace`` images a second for
+``--rounds`` batches, pressing "train the next round" when a batch is complete, and every wait for the
+next batch is timed.
 
     python scripts/bench_first_image.py --images FOLDER --classes a,b,c [--watch 30]
+    python scripts/bench_first_image.py --images FOLDER --classes a,b,c --truth labels.csv --rounds 3
 
-Prints the seconds to the page's first batch and first image, the page's progress line after
-``--watch`` seconds, and the same figures for the reference: the time a bare ``python -c 'import
-torch'`` takes on this machine (the floor of any command that trains). The run it starts is stopped
-at the end (Ctrl-C to the server) and its folder removed.
+Prints the seconds to the page's first batch and first image (with the time a bare ``python -c 'import
+torch'`` takes on this machine as the reference: the floor of any command that trains), the page's
+progress line after ``--watch`` seconds, and per batch: its size, the labeling time and the wait
+until the next batch was on the page. The run it starts is stopped at the end (Ctrl-C to the server)
+and its folder removed.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import http.client
 import json
 import re
@@ -35,11 +40,54 @@ def get(port: int, path: str) -> tuple[int, bytes]:
         conn.close()
 
 
+def post(port: int, token: str, path: str, body: dict) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("POST", path, body=json.dumps(body),
+                     headers={"Content-Type": "application/json", "X-SSAL-Token": token})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def label_rounds(port: int, truth: dict[str, str], rounds: int, pace: float) -> list[dict]:
+    """A scripted person: answer each batch at ``pace`` images a second, press continue when the run is not
+    working, time the wait until the next batch."""
+    token = re.search(rb'<meta name="ssal-token" content="([^"]+)">', get(port, "/")[1]).group(1).decode()
+    out = []
+    for _ in range(rounds):
+        state = json.loads(get(port, "/api/batch")[1])
+        r, t = state["round"], time.perf_counter()
+        for item in state["items"]:
+            if str(item["index"]) not in state["answers"]:
+                status, body = post(port, token, "/api/answer", {"round": r, "index": item["index"],
+                                                                  "label": truth[item["path"]]})
+                assert status == 200, body
+                time.sleep(1.0 / pace)
+        labeled_s, t = time.perf_counter() - t, time.perf_counter()
+        while True:
+            state = json.loads(get(port, "/api/batch")[1])
+            if state["round"] is not None and state["round"] != r:
+                break
+            if state["round"] == r and not state["busy"]:
+                post(port, token, "/api/continue", {})
+            time.sleep(0.5)
+        out.append({"round": r, "images": len(state["items"]), "labeling_s": labeled_s,
+                    "wait_s": time.perf_counter() - t, "accuracy": state["accuracy"]})
+        print(f"batch {r}: labeled in {labeled_s:.0f} s, then waited {out[-1]['wait_s']:.0f} s for the next "
+              f"({len(state['items'])} images); the page says: {state['accuracy']}", flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", required=True, type=Path)
     ap.add_argument("--classes", required=True)
     ap.add_argument("--watch", type=float, default=30.0, help="seconds to watch the progress after the first image")
+    ap.add_argument("--truth", type=Path, help="a path,label CSV: a scripted person answers with it")
+    ap.add_argument("--rounds", type=int, default=3, help="batches the scripted person labels")
+    ap.add_argument("--pace", type=float, default=1.0, help="images a second the scripted person answers")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="ssal-first-image-"))
     ssal = [sys.executable, "-m", "ssal"]
@@ -78,6 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(args.watch)
         state = json.loads(get(port, "/api/batch")[1])
         print(f"after {args.watch:.0f} s more the page says: busy={state['busy']!r}, progress={state['progress']!r}")
+        if args.truth:
+            with args.truth.open(newline="") as f:
+                truth = {row[0]: row[1] for row in csv.reader(f) if len(row) == 2 and row[0] != "path"}
+            label_rounds(port, truth, args.rounds, args.pace)
         server.send_signal(signal.SIGINT)
         server.wait(60)
     finally:

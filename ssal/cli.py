@@ -235,7 +235,7 @@ def cmd_init(args) -> int:
                                labels=args.labels, force=args.force)
     for line in found:
         print(line)
-    print(f"wrote {path}; start with 'ssal run {path}'")
+    print(f"wrote {path}; start labeling with 'ssal label serve {path}' (the run and its page in one command)")
     return 0
 
 

@@ -72,7 +72,7 @@ def test_the_estimates_by_hand():
     assert lines[0] == "this machine: 2 CPU cores, no GPU; the images: 3000, about 28 px, greyscale"
     assert lines[1].startswith("chosen: cnn_small at 28 px, 1 channel; simclr 5 epochs; fixmatch 200 steps, later "
                                "rounds continue for 50; 50 images per batch, 10 rounds, 100 audit images")
-    assert lines[2] == ("expected here: the first images to label about 16 s after 'ssal run'; pretraining about "
+    assert lines[2] == ("expected here: the first images to label about 16 s after the run starts; pretraining about "
                         "60 s (label meanwhile); each round about 2 min of training (24 s once it continues the "
                         "last model)")
 

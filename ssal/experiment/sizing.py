@@ -143,7 +143,7 @@ def describe(folder: Folder, machine: Machine, recipe: dict, est: Estimate) -> l
         f"{'s' if d['channels'] > 1 else ''}; {p['method']} {p['epochs']} epochs; {t['method']} {t['steps']} steps"
         f"{later}; {a['initial']} images per batch, {a['rounds']} rounds"
         + (f", {a['audit']} audit images" if a.get("audit") else ""),
-        f"expected here: the first images to label about {duration(est.first_s)} after 'ssal run'; pretraining "
+        f"expected here: the first images to label about {duration(est.first_s)} after the run starts; pretraining "
         f"about {duration(est.pretrain_s)} (label meanwhile); each round about {duration(est.round_s)} of "
         f"training" + (f" ({duration(est.continue_s)} once it continues the last model)" if later else ""),
     ]
