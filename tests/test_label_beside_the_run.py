@@ -240,3 +240,20 @@ def test_serving_a_recipe_that_people_do_not_answer_is_one_line_and_starts_nothi
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "active.oracle: simulated" in err and "active.oracle: human" in err
     assert not (path.parent / "runs" / "simulated").exists()
+
+
+def test_serving_the_recipe_of_a_stopped_run_goes_on_with_it(folder, tmp_path):
+    """Stopped during pretraining (the page closed), its first batch half answered: serving its recipe
+    again restarts the run, which pretrains while the rest is labeled."""
+    from ssal.label.serve import open_session
+
+    root, truth = folder
+    recipe = folder_recipe(tmp_path, root, "again", active={"initial_strategy": "random"})
+    run = _run(recipe)  # asks its first batch, then stops awaiting it (as after Ctrl-C on the page)
+    assert (run / "rounds" / "initial" / "queries.csv").is_file()
+    session = open_session(run, False, recipe)
+    try:
+        assert session.job is not None and session.allow_continue
+        assert session.state()["busy"] == "the run is working"
+    finally:
+        session.close()

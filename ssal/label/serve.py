@@ -511,8 +511,12 @@ def open_session(run_dir: str | os.PathLike, allow_continue: bool, recipe: Path 
         raise
     session.job = job
     if recipe is not None and job is None:
-        with contextlib.suppress(Problem):  # it awaits answers, is complete, or another process runs it
-            session.start_continue()
+        batch, _ = session.batch()
+        if batch is not None and batch.round == -1 and session.rd.holder() is None:
+            session.job = Job("--resume", str(session.rd.path))  # pretraining (if not done) runs while it is labeled
+        else:
+            with contextlib.suppress(Problem):  # it awaits answers, is complete, or another process runs it
+                session.start_continue()
     return session
 
 
