@@ -257,3 +257,36 @@ def test_serving_the_recipe_of_a_stopped_run_goes_on_with_it(folder, tmp_path):
         assert session.state()["busy"] == "the run is working"
     finally:
         session.close()
+
+
+@pytest.mark.slow  # a run killed in a real process
+def test_a_run_killed_while_pretraining_keeps_its_first_batch_and_resumes_to_the_same_run(folder, tmp_path,
+                                                                                            monkeypatch):
+    """kill -9 inside pretraining, after the first batch was asked: the batch and every answer stored are
+    kept, and --resume (which pretrains again, then takes the answers) reaches the run that answers given
+    during an uninterrupted pretraining reach."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from ssal import faults
+
+    root, truth = folder
+    killed = folder_recipe(tmp_path, root, "killed", pretrain=PRETRAIN, active={"initial_strategy": "random"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", faults.ENV: "pretrain.step=kill@3"}
+    proc = subprocess.run([sys.executable, "-m", "ssal", "run", str(killed), "--no-progress"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    run = tmp_path / "runs" / "killed"
+    assert (run / "rounds" / "initial" / "queries.csv").is_file() and not (run / "metrics.jsonl").read_text()
+    import_labels(run, fill_queries(run / "rounds" / "initial", truth, tmp_path / "killed.csv"))
+    loop.run(load_recipe(run / "recipe.yaml"), resume=True, progress=False)
+
+    _watch_pretraining(monkeypatch, lambda r: import_labels(
+        r, fill_queries(r / "rounds" / "initial", truth, tmp_path / "whole.csv")))
+    whole = _run(folder_recipe(tmp_path, root, "whole", pretrain=PRETRAIN, active={"initial_strategy": "random"}))
+    assert {k: v["indices"] for k, v in selections(run).items()} == \
+        {k: v["indices"] for k, v in selections(whole).items()}
+    assert json.loads((run / "pool.json").read_text())["labeled"] == \
+        json.loads((whole / "pool.json").read_text())["labeled"]

@@ -127,7 +127,8 @@ def run(base_run, tmp_path) -> Path:
 
 
 class Server:
-    """``ssal label serve RUN --port P`` in a subprocess; its URL from the first stdout line."""
+    """``ssal label serve RUN --port P`` in a subprocess (RUN: a run directory, or a recipe whose run it
+    starts); its URL from the line that names it."""
 
     def __init__(self, run: Path, port: int = 0, cont: bool = False, timeout: float = 90):
         cmd = [sys.executable, "-m", "ssal", "label", "serve", str(run), "--port", str(port)]
@@ -137,11 +138,15 @@ class Server:
                                      stderr=self.err, text=True, env=ENV)
         self.lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
-        try:
-            first = self.lines.get(timeout=timeout)
-        except queue.Empty:
-            first = None
-        match = re.search(r"at (http://127\.0\.0\.1:(\d+)/) \(Ctrl-C to stop\)", first or "")
+        first, end = None, time.monotonic() + timeout
+        while True:  # 'starting the run of ...' may come first
+            try:
+                first = self.lines.get(timeout=max(0.1, end - time.monotonic()))
+            except queue.Empty:
+                first = None
+            match = re.search(r"at (http://127\.0\.0\.1:(\d+)/) \(Ctrl-C to stop\)", first or "")
+            if match or first is None or time.monotonic() > end:
+                break
         if not match:
             self.kill()
             raise AssertionError(f"ssal label serve printed no URL: {first!r}; stderr: {self.stderr()[-3000:]}")
@@ -697,3 +702,52 @@ def test_an_image_keeps_a_whole_factor_after_a_resize_while_the_grid_was_shown(b
         assert_scaled_up(page, "after a resize while the grid was shown, the next image")
     finally:
         browser.set_window_size(size["width"], size["height"])
+
+
+@pytest.mark.slow  # three rounds, a server that runs the loop, a browser
+def test_three_rounds_labeled_in_the_browser_while_the_run_pretrains_and_trains_behind(
+        browser, serve, photos, tmp_path):
+    """The one command: 'ssal label serve RECIPE' starts the run; a person labels the first batch (with
+    the audit images) while it pretrains, then each batch by keyboard, pressing Enter on the done view;
+    the page shows each round's audit accuracy and the stop signal. pool.json holds exactly the typed
+    answers, the audit images are never trained on nor selected, and the signal is recorded."""
+    folder, truth = photos
+    recipe = folder_recipe(tmp_path, folder, "three", pretrain={"method": "simclr", "epochs": 2, "batch_size": 16,
+                                                                "view_size": 16, "eval_every": 0},
+                           train={"steps": 60},
+                           active={"initial": 6, "budget": 4, "rounds": 3, "audit": 6, "initial_strategy": "random",
+                                   "stop_set": 30, "stop_window": 2})
+    run = tmp_path / "runs" / "three"
+    server = serve(recipe, cont=True)
+    typed: dict[int, int] = {}
+    headers = []
+    for r in (-1, 0, 1):
+        page = Page(browser, server.url, run, truth)
+        assert page.round == r, (page.round, r)
+        for k in range(1, page.n + 1):
+            page.label(k, typed)
+            after_key(page, k)
+        page.until(lambda s: s["view"] == "done", "the done view")
+        page.saved()
+
+        def next_batch(s: dict, r=r, page=page) -> bool:
+            if s["continue_shown"] and not s["log"]:
+                page.press(ENTER)  # train the next round (the first batch: only if the run ended first)
+            return get_json(server.url + "api/batch")["round"] == r + 1
+
+        page.until(next_batch, f"the batch after {r}", timeout=240)
+        headers.append(get_json(server.url + "api/batch")["accuracy"])
+    pool = json.loads((run / "pool.json").read_text())
+    assert {i: y for i, y, _ in pool["labeled"]} == typed  # exactly the typed answers, audit ones included
+    audit = set(json.loads((run / "rounds" / "initial" / "selected.json").read_text())["audit"])
+    assert len(audit) == 6 and audit <= set(typed)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["round"] for row in rows] == [0, 1, 2]
+    for row in rows:  # what each round trained on: its labels less the audit set (and nothing skipped here)
+        trained = {i for i, _, acquired in pool["labeled"] if acquired <= row["round"]} - audit
+        assert row["n_labeled"] == len(trained) and row["audit_n"] == 6
+    for r in (0, 1, 2):
+        picked = set(json.loads((run / "rounds" / f"r{r:02d}" / "selected.json").read_text())["indices"])
+        assert not picked & audit
+    assert all("stable_kappa" in row for row in rows[1:]) and "stable_kappa_mean" in rows[2]
+    assert headers[0].startswith("round 0: audit acc ") and "predictions " in headers[1], headers
