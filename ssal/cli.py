@@ -180,7 +180,8 @@ def cmd_label(args) -> int:
         if not 0 <= args.port <= 65535:
             raise SsalError(f"--port must be in 0..65535, got {args.port}")
         run_dir, recipe = args.run_dir, None
-        if Path(args.run_dir).is_file():  # a recipe: the page runs its loop (a bad one: its one-line error)
+        given = Path(args.run_dir)
+        if given.is_file() and given.suffix.lower() in (".yaml", ".yml"):  # a recipe: the page runs its loop
             from ssal.recipe import load_recipe  # (see the module docstring)
 
             cfg = load_recipe(args.run_dir)

@@ -299,12 +299,14 @@ class Rounds:
     def reusable(self, r: int, pool: ActivePool) -> torch.Tensor | None:
         """Acquisition ``r`` as recorded when it fits the pool (a selection made before the run stopped to
         await labels is not made again), else None."""
-        saved = self.run_dir.saved_selection(r)
-        if saved is None:
+        try:
+            record = self.run_dir.selection_record(r)
+        except files.Damaged:
             return None
-        idx = torch.tensor(saved, dtype=torch.long)
+        idx = torch.tensor(record["indices"], dtype=torch.long)
         audit = pool.audit_unanswered if r == -1 else torch.empty(0, dtype=torch.long)  # asked with the first batch
-        fits = (len(idx) == self.wanted(r, pool) + len(audit) and len(torch.unique(idx)) == len(idx)
+        wanted = max(self.wanted(r, pool), record.get("from_ahead", 0))  # answers given ahead are all taken
+        fits = (len(idx) == wanted + len(audit) and len(torch.unique(idx)) == len(idx)
                 and bool(torch.isin(idx, torch.cat([pool.unlabeled_indices, audit])).all()))
         return idx if fits else None
 
@@ -321,10 +323,12 @@ class Rounds:
                 return eng.predict(self.trainer.fresh_model(), parts.data.train, indices, ("features",),
                                    self.cfg.train.eval_batch_size, desc="initial features")["features"]
 
+            wanted, look = self.wanted(-1, pool), self.cfg.active.lookahead
             acq = initial_set(eng, self.cfg, parts.initial_strategy, pool.unlabeled_indices, parts.data.train.targets,
-                              embed, self.wanted(-1, pool))
+                              embed, min(wanted + look, len(pool.unlabeled_indices)))
+            ahead, acq.indices = acq.indices[wanted:], acq.indices[:wanted]  # labeled while round 0 trains
             acq, record = with_audit(acq, pool, self.cfg.seed)
-            self.run_dir.save_selection(record)
+            self.run_dir.save_selection({**record, "ahead": ahead.tolist(), "from_ahead": 0} if look else record)
         if self.receive(acq, pool):
             return pool
         if before_pretraining and self.cfg.pretrain.method != "none":
@@ -342,15 +346,7 @@ class Rounds:
         if picked is not None:
             acq = Acquisition(r, self.cfg.active.strategy, picked, None, 0.0)
         else:
-            acq = acquire(self.engine, self.cfg, self.parts.strategy, self.parts.data, fit, pool, prev_model, r,
-                          self.wanted(r, pool))
-            record = acq.record()
-            if self.parts.oracle.asks_people:  # the model's guess, to speed people up
-                probs = self.engine.predict(fit.eval_model, self.parts.data.train, acq.indices, ("probs",),
-                                            self.cfg.train.eval_batch_size)["probs"]
-                conf, guess = probs.max(1) if len(probs) else (torch.empty(0), torch.empty(0, dtype=torch.long))
-                record["suggestions"] = [self.parts.data.classes[int(c)] for c in guess]
-                record["confidences"] = [round(float(c), 4) for c in conf]
+            acq, record = choose(self, r, fit, pool, prev_model)
             self.run_dir.save_selection(record)
         return acq, self.receive(acq, pool)
 
@@ -422,6 +418,54 @@ def with_audit(acq: Acquisition, pool: ActivePool, seed: int) -> tuple[Acquisiti
     both = both[torch.randperm(len(both), generator=generator(seed, "audit order"))]
     mixed = Acquisition(acq.round, acq.strategy, both, None, acq.seconds)
     return mixed, {**mixed.record(), "audit": audit.tolist()}
+
+
+def choose(rounds: Rounds, r: int, fit: FitResult, pool: ActivePool,
+           prev_model: torch.nn.Module | None) -> tuple[Acquisition, dict]:
+    """Round ``r``'s acquisition and its record. With ``active.lookahead`` L, the images the last acquisition
+    chose ahead and people answered while this round trained come first; the strategy picks the rest with
+    this round's model, and L more, ranked after them, to be answered while the next round trains."""
+    cfg, parts = rounds.cfg, rounds.parts
+    look = cfg.active.lookahead
+    taken = torch.tensor(taken_ahead(rounds, r - 1) if look else [], dtype=torch.long)
+    need = max(0, rounds.wanted(r, pool) - len(taken))
+    free = len(pool.unlabeled_indices) - len(taken)
+    acq = acquire(rounds.engine, cfg, parts.strategy, parts.data, fit, pool, prev_model, r, min(need + look, free),
+                  exclude=taken)
+    picks, ahead = acq.indices[:need], acq.indices[need:]
+    indices = torch.cat([taken, picks])
+    scores = None if acq.scores is None else acq.scores[:need]
+    record = {"round": r, "strategy": cfg.active.strategy, "indices": indices.tolist(),
+              "scores": None if scores is None else [None] * len(taken) + scores.tolist()}
+    if look:
+        record.update(ahead=ahead.tolist(), from_ahead=len(taken))
+    if parts.oracle.asks_people:  # the model's guess, to speed people up
+        record.update(suggest(rounds, fit, indices))
+        if look:
+            record.update({f"ahead_{k}": v for k, v in suggest(rounds, fit, ahead).items()})
+    return Acquisition(r, cfg.active.strategy, indices, scores if len(taken) == 0 else None, acq.seconds), record
+
+
+def taken_ahead(rounds: Rounds, r: int) -> list[int]:
+    """The images acquisition ``r`` chose ahead that were answered meanwhile (all of them for a simulated
+    oracle, which keeps pace), in order; people's are read and closed by the main process alone."""
+    rd, oracle = rounds.run_dir, rounds.parts.oracle
+    try:
+        ahead = rd.selection_record(r).get("ahead") or []
+    except files.Damaged:
+        return []
+    if not ahead or not oracle.asks_people:
+        return oracle.take_ahead(rd, r, ahead)
+    return rounds.engine.decided(lambda: oracle.take_ahead(rd, r, ahead))
+
+
+def suggest(rounds: Rounds, fit: FitResult, indices: torch.Tensor) -> dict:
+    """The model's guess and its confidence for ``indices``, for people."""
+    probs = rounds.engine.predict(fit.eval_model, rounds.parts.data.train, indices, ("probs",),
+                                  rounds.cfg.train.eval_batch_size)["probs"]
+    conf, guess = probs.max(1) if len(probs) else (torch.empty(0), torch.empty(0, dtype=torch.long))
+    return {"suggestions": [rounds.parts.data.classes[int(c)] for c in guess],
+            "confidences": [round(float(c), 4) for c in conf]}
 
 
 def take_people_answers(rounds: Rounds, acq: Acquisition, pool: ActivePool) -> list[int] | None:

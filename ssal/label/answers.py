@@ -32,10 +32,12 @@ TRANSACTION_WAIT = 10.0  # seconds an import or an answer waits for another one 
 
 @dataclass
 class Batch:
-    """The open query batch of a run: acquisition ``round``'s ``indices`` (and their paths)."""
+    """The open query batch of a run: acquisition ``round``'s ``indices`` (and their paths); with ``ahead``,
+    the images that acquisition chose ahead (``active.lookahead``), answered while the next round trains."""
 
     round: int
     indices: list[int]
+    ahead: bool = False
 
     @property
     def folder(self) -> str:
@@ -84,10 +86,39 @@ def open_batch(rd: RunDir | Transaction, identity: dict) -> Batch:
     return Batch(r, indices)
 
 
+def open_ahead(rd: RunDir | Transaction, identity: dict) -> Batch | None:
+    """The images the last acquisition chose ahead, open for answers while the next round trains: its
+    batch is in the pool, the next acquisition has not taken them, none closed them. None otherwise."""
+    rows = rd.committed()
+    r = rows[-1]["round"] if rows else -1
+    try:
+        record = rd.selection_record(r)
+    except files.Damaged:
+        return None
+    ahead = record.get("ahead") or []
+    if not ahead or rd.saved_selection(r + 1) is not None or rd.read_ahead(r)[1]:
+        return None
+    try:
+        entries = pool_entries(rd.load_pool(identity["pool"]["n"]))
+    except files.Damaged:
+        return None
+    return Batch(r, ahead, ahead=True) if all(i in entries for i in record["indices"]) else None
+
+
+def stored_answers(rd: RunDir | Transaction, batch: Batch) -> dict[int, int]:
+    """The answers stored for ``batch`` (for a batch, also those its images got while chosen ahead)."""
+    return rd.read_ahead(batch.round)[0] if batch.ahead else rd.answers_of(batch.round)
+
+
+def _record_key(batch: Batch, key: str) -> str:
+    return f"ahead_{key}" if batch.ahead else key
+
+
 def batch_pool(rd: RunDir | Transaction, identity: dict, batch: Batch) -> PoolNames:
     """What answers to ``batch`` are checked against (and names its images in answers.json)."""
     record = rd.selection_record(batch.round)
-    names = dict(zip(batch.indices, record["paths"], strict=True)) if "paths" in record else None
+    key = _record_key(batch, "paths")
+    names = dict(zip(batch.indices, record[key], strict=True)) if key in record else None
     root = (identity["recipe"].get("data") or {}).get("root")
     return PoolNames(identity["pool"]["n"], names, list(identity["pool"]["classes"]),
                  Path(os.path.expanduser(root)) if root else None, f"one of the images queried in {batch.folder}")
@@ -108,7 +139,7 @@ class Stored:
 
 
 def update_answers(rd: RunDir, identity: dict, source: str, given: Callable[[Batch, PoolNames], dict[int, int | None]],
-                   expect_round: int | None = None) -> Stored:
+                   expect_round: int | None = None, ahead: bool = False) -> Stored:
     """The one way answers reach a run (``ssal label import`` and the labeling page): under the answers' lock,
     ``given(batch, pool)`` yields validated answers (index -> class, SKIP, or None to withdraw one) to the
     open batch; any answer to an image the batch did not query refuses them all (``source`` names where they
@@ -117,7 +148,9 @@ def update_answers(rd: RunDir, identity: dict, source: str, given: Callable[[Bat
     with rd.transaction(purpose="answers", wait=TRANSACTION_WAIT) as tx:  # removes what a killed import left
         for note in tx.notes:
             print(f"note: {note}")
-        batch = open_batch(tx, identity)
+        batch = open_ahead(tx, identity) if ahead else open_batch(tx, identity)
+        if batch is None:
+            raise BatchChanged("the images chosen ahead are taken by the next batch now; reload the page")
         if expect_round is not None and batch.round != expect_round:
             raise BatchChanged(f"the open batch is {batch.folder} now, not the one answered; reload the page")
         return _store(tx, identity, batch, source, given)
@@ -134,7 +167,7 @@ def _store(rd: RunDir | Transaction, identity: dict, batch: Batch, source: str,
         raise DataError(f"{source} labels {len(stray)} images that the open batch ({batch.folder}, "
                         f"{len(queried)} images) did not query, e.g. index {stray[0]}; answer only "
                         f"{batch.folder}/{QUERIES_CSV}")
-    stored = rd.read_answers(batch.round)
+    stored = stored_answers(rd, batch)
     if not answers:
         return Stored(batch, stored, 0, 0)
     check_answered_images(rd, identity, batch, [i for i, y in answers.items() if y is not None])
@@ -144,7 +177,10 @@ def _store(rd: RunDir | Transaction, identity: dict, batch: Batch, source: str,
             stored.pop(i, None)
         else:
             stored[i] = y
-    rd.save_answers(batch.round, stored, names=pool.names)  # answers.json names the images too
+    if batch.ahead:
+        rd.save_ahead(batch.round, stored, False, names=pool.names)
+    else:
+        rd.save_answers(batch.round, stored, names=pool.names)  # answers.json names the images too
     return Stored(batch, stored, len(answers), changed)
 
 
@@ -152,12 +188,12 @@ def check_answered_images(rd: RunDir | Transaction, identity: dict, batch: Batch
     """The files of ``indices`` still hold the images the batch recorded when it was queried (a one-line
     error naming the first that changed: an answer is for what a person saw)."""
     record = rd.selection_record(batch.round)
-    digests = record.get("digests")
+    digests = record.get(_record_key(batch, "digests"))
     root = (identity["recipe"].get("data") or {}).get("root")
     if not indices or not isinstance(digests, list) or len(digests) != len(batch.indices) or root is None:
         return
     position = {i: k for k, i in enumerate(batch.indices)}
-    names = dict(zip(batch.indices, record.get("paths") or [], strict=False))
+    names = dict(zip(batch.indices, record.get(_record_key(batch, "paths")) or [], strict=False))
     root = Path(os.path.expanduser(root))
     check_unchanged(indices, [digests[position[i]] for i in indices],
                     [files.file_identity(root / names[i]) for i in indices], names, f"{batch.folder}/{SELECTED}")
@@ -172,7 +208,7 @@ def take_filled_queries(rd: RunDir, r: int) -> str | None:
         return None
     identity = rd.identity()
     batch = Batch(r, rd.read_selection(r))
-    stored = rd.read_answers(r)
+    stored = rd.answers_of(r)
     taken = 0
 
     def read(batch: Batch, pool: PoolNames) -> dict[int, int]:

@@ -56,6 +56,11 @@ class Oracle:
         """How many of acquisition ``r``'s ``indices`` have no answer yet."""
         return 0
 
+    def take_ahead(self, rd: RunDir, r: int, ahead: list[int]) -> list[int]:
+        """The images acquisition ``r`` chose ahead that were answered while the next round trained, in
+        their order; the next acquisition takes them. A simulated person keeps pace: all of them."""
+        return list(ahead)
+
     def hidden(self, indices: torch.Tensor) -> torch.Tensor | None:
         """The labels of samples not (yet) bought: for diagnostics only (pseudo-label accuracy), never for
         training or selection. None when nobody knows them."""
@@ -134,12 +139,21 @@ class HumanOracle(Oracle):
                 f"the label column of {csv_path} (see {png_path}) or use Label Studio ('ssal label export "
                 f"{rd.path}') and 'ssal label import {rd.path} FILE'; then 'ssal run --resume {rd.path}'")
 
+    def take_ahead(self, rd: RunDir, r: int, ahead: list[int]) -> list[int]:
+        """(The main process.) Under the answers' lock: the answered ones, and ``ahead.json`` closed, so no
+        answer is added after they were taken (a page answering later is told to reload)."""
+        with rd.answers_held():
+            answers, closed = rd.read_ahead(r)
+            if not closed:
+                rd.save_ahead(r, answers, True)
+        return [i for i in ahead if i in answers]
+
     def missing(self, r: int, indices: torch.Tensor) -> int:
-        got = self.run_dir.read_answers(r)
+        got = self.run_dir.answers_of(r)
         return sum(int(i) not in got for i in indices.tolist())
 
     def answers(self, r: int, indices: torch.Tensor) -> torch.Tensor | None:
-        got = self.run_dir.read_answers(r)
+        got = self.run_dir.answers_of(r)
         if any(int(i) not in got for i in indices.tolist()):
             return None
         return torch.tensor([got[int(i)] for i in indices.tolist()], dtype=torch.long)

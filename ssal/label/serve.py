@@ -141,7 +141,7 @@ class Session:
         self.write_lock = threading.Lock()  # one write at a time within this server (the run lock is between processes)
         self._split = None  # the pool's images when they are not files (builtin data sets)
         self._split_lock = threading.Lock()
-        self._items: dict[int, list[Item]] = {}  # round -> its items (a recorded selection never changes)
+        self._items: dict[tuple[int, bool], list[Item]] = {}  # (round, ahead) -> its items (a record never changes)
 
     # ------------------------------------------------------------------ reading
     def batch(self) -> tuple[labels.Batch | None, str]:
@@ -152,7 +152,11 @@ class Session:
         try:
             return labels.open_batch(self.rd, self.identity), ""
         except (ConfigError, Damaged) as e:
-            return None, str(e)
+            try:  # the batch was taken: the images chosen ahead, while the next round trains
+                ahead = labels.open_ahead(self.rd, self.identity)
+            except SsalError:
+                ahead = None
+            return (ahead, "") if ahead is not None else (None, str(e))
 
     def _replaced(self) -> str | None:
         """Why this page no longer serves the run it was started for (``ssal run --force`` made another)."""
@@ -164,17 +168,18 @@ class Session:
                                   f"'ssal label serve {self.rd.path}' again")
 
     def items(self, batch: labels.Batch) -> list[Item]:
-        if batch.round not in self._items:
+        key = (batch.round, batch.ahead)
+        if key not in self._items:
             record = self.rd.selection_record(batch.round)
-            n = len(batch.indices)
-            paths = record.get("paths") or [None] * n
-            suggestions = record.get("suggestions") or [""] * n
-            confidences = record.get("confidences") or [None] * n
-            digests = record.get("digests") if len(record.get("digests") or []) == n else [None] * n
-            self._items[batch.round] = [Item(q, i, p, s or "", c, d) for q, (i, p, s, c, d) in
-                                        enumerate(zip(batch.indices, paths, suggestions, confidences, digests,
-                                                      strict=True), start=1)]
-        return self._items[batch.round]
+            n, pre = len(batch.indices), "ahead_" if batch.ahead else ""
+            paths = record.get(f"{pre}paths") or [None] * n
+            suggestions = record.get(f"{pre}suggestions") or [""] * n
+            confidences = record.get(f"{pre}confidences") or [None] * n
+            digests = record.get(f"{pre}digests") if len(record.get(f"{pre}digests") or []) == n else [None] * n
+            self._items[key] = [Item(q, i, p, s or "", c, d) for q, (i, p, s, c, d) in
+                                enumerate(zip(batch.indices, paths, suggestions, confidences, digests, strict=True),
+                                          start=1)]
+        return self._items[key]
 
     def state(self) -> dict:
         batch, why = self.batch()
@@ -196,8 +201,8 @@ class Session:
             out.update(round=None, items=[], answers={}, message=why,
                        finished=is_complete(rows, self.identity["recipe"].get("active") or {}))
             return out
-        stored = self.rd.read_answers(batch.round)  # a damaged answers.json: a one-line DataError
-        out.update(round=batch.round, folder=batch.folder, finished=False,
+        stored = labels.stored_answers(self.rd, batch)  # a damaged answers.json: a one-line DataError
+        out.update(round=batch.round, folder=batch.folder, finished=False, ahead=batch.ahead,
                    items=[{"query": it.query, "index": it.index, "path": it.path, "suggestion": it.suggestion,
                            "confidence": it.confidence} for it in self.items(batch)],
                    answers={str(i): self._name(y) for i, y in stored.items()})
@@ -208,11 +213,12 @@ class Session:
 
     # ------------------------------------------------------------------ answering
     def answer(self, body: object) -> dict:
-        """Store one answer ``{"round": r, "index": i, "label": "cat" | "skip" | null}`` (null withdraws it)."""
-        if not isinstance(body, dict) or set(body) - {"round", "index", "label"} or {"round", "index"} - set(body) \
-                or "label" not in body:
+        """Store one answer ``{"round": r, "index": i, "label": "cat" | "skip" | null}`` (null withdraws it;
+        ``"ahead": true`` answers an image chosen ahead)."""
+        if not isinstance(body, dict) or set(body) - {"round", "index", "label", "ahead"} \
+                or {"round", "index", "label"} - set(body) or not isinstance(body.get("ahead", False), bool):
             raise Problem(400, 'give a JSON object {"round": R, "index": I, "label": "CLASS" | "skip" | null}')
-        r, i, label = body["round"], body["index"], body["label"]
+        r, i, label, ahead = body["round"], body["index"], body["label"], body.get("ahead", False)
         if not _is_int(r) or not _is_int(i):
             raise Problem(400, "round and index must be whole numbers")
         if label is not None and not isinstance(label, str):
@@ -237,7 +243,8 @@ class Session:
 
         with self.write_lock:
             try:
-                done = labels.update_answers(self.rd, self.identity, "the labeling page", given, expect_round=r)
+                done = labels.update_answers(self.rd, self.identity, "the labeling page", given, expect_round=r,
+                                             ahead=ahead)
             except SsalError as e:  # the run is in use, another batch is open, answers.json is damaged, ...
                 raise Problem(409, str(e)) from None
         answered = sum(1 for j in done.batch.indices if j in done.answers)
@@ -316,8 +323,8 @@ class Session:
         if self.job and self.job.running:
             raise Problem(409, "the next round is already running")
         batch, why = self.batch()
-        if batch is not None:
-            missing = sum(1 for i in batch.indices if i not in self.rd.read_answers(batch.round))
+        if batch is not None and not batch.ahead:  # (images chosen ahead wait for no one)
+            missing = sum(1 for i in batch.indices if i not in self.rd.answers_of(batch.round))
             if missing:
                 raise Problem(409, f"{missing} of {len(batch.indices)} images of {batch.folder} still await labels")
         elif self.state()["finished"]:

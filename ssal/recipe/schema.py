@@ -182,6 +182,7 @@ class ActiveConfig:
     oracle: str = "simulated"  # who answers: simulated (ground truth) | human (queries out, ssal label import)
     oracle_noise: float = 0.0  # simulated: this seeded fraction of the answers is a wrong class
     audit: int = 0  # random pool images asked with the first batch and held out: each round's accuracy on them
+    lookahead: int = 0  # images chosen beyond each batch, answered while the next round trains (0: strict loop)
     stop_set: int = 1000  # seeded pool images whose predictions are compared round to round (0: no stop signal)
     stop_when: Optional[float] = None  # end the run once the mean kappa of the last stop_window rounds reaches it
     stop_window: int = 3
@@ -199,6 +200,7 @@ class ActiveConfig:
         checks.at_least(f"{key}.budget", self.budget, 1)
         checks.at_least(f"{key}.rounds", self.rounds, 0)
         checks.at_least(f"{key}.audit", self.audit, 0, " (0: no audit set)")
+        checks.at_least(f"{key}.lookahead", self.lookahead, 0, " (0: the strict loop)")
         checks.at_least(f"{key}.stop_set", self.stop_set, 0, " (0: no stop signal)")
         checks.at_least(f"{key}.stop_window", self.stop_window, 1)
         if self.stop_when is not None:

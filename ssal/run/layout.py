@@ -38,6 +38,7 @@ CURVE_CSV, CURVE_PNG, PRETRAIN_LOG = "curve.csv", "curve.png", "pretrain.jsonl"
 PROGRESS = "progress.json"  # what a running human run is doing (for the labeling page); gone when it stops
 SELECTED, ANSWERS, QUERIES_CSV, QUERIES_PNG, TASKS = (
     "selected.json", "answers.json", "queries.csv", "queries.png", "tasks.json")
+AHEAD = "ahead.json"  # answers to the images chosen ahead (active.lookahead), given while the next round trains
 RUN_KIND, COMPARISON_KIND = "run directory", "comparison folder"
 
 
@@ -61,6 +62,10 @@ def selected_path(run: Path, r: int) -> Path:
 
 def answers_path(run: Path, r: int) -> Path:
     return round_dir(run, r) / ANSWERS
+
+
+def ahead_path(run: Path, r: int) -> Path:
+    return round_dir(run, r) / AHEAD
 
 
 def queries_csv(run: Path, r: int) -> Path:

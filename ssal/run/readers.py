@@ -118,6 +118,13 @@ def read_selection_record(run_dir: Path, r: int) -> dict:
     for key in ("paths", "suggestions", "confidences"):
         if key in data and (not isinstance(data[key], list) or len(data[key]) != len(data["indices"])):
             raise Damaged(path, "malformed")
+    ahead, taken = data.get("ahead", []), data.get("from_ahead", 0)
+    if not isinstance(ahead, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ahead) \
+            or not isinstance(taken, int) or not 0 <= taken <= len(data["indices"]):
+        raise Damaged(path, "malformed")
+    for key in ("ahead_paths", "ahead_suggestions", "ahead_confidences", "ahead_digests"):
+        if key in data and (not isinstance(data[key], list) or len(data[key]) != len(ahead)):
+            raise Damaged(path, "malformed")
     return data
 
 
@@ -281,6 +288,39 @@ class RunFiles:
     def read_answers(self, r: int) -> dict[int, int]:
         """The stored answers to acquisition ``r`` (index -> class, or -1: skipped); {} when none."""
         return read_answers(self.path, r)
+
+    def read_ahead(self, r: int) -> tuple[dict[int, int], bool]:
+        """The answers given to acquisition ``r``'s images chosen ahead (``ahead.json``) and whether the next
+        acquisition has taken them (closed: no answer is added after that); ({}, False) when none."""
+        path = layout.ahead_path(self.path, r)
+        if not path.exists():
+            return {}, False
+        try:
+            body = files.read_sealed_json(path)
+            rows, closed = body["answers"], body["closed"]
+            if body.get("round") != r or not isinstance(closed, bool) or \
+                    not all(isinstance(i, int) and isinstance(y, int) for i, y in rows):
+                raise ValueError
+            return {i: y for i, y in rows}, closed
+        except Damaged as d:
+            reason = d.reason
+        except (KeyError, TypeError, ValueError):
+            reason = "malformed"
+        raise DataError(f"{path} is {reason}; the answers it held are lost: delete it (its images are chosen again)")
+
+    def answers_of(self, r: int) -> dict[int, int]:
+        """Every answer to acquisition ``r``: those given to it, over those its first ``from_ahead`` images got
+        while they were chosen ahead (in acquisition r - 1's ``ahead.json``)."""
+        stored = read_answers(self.path, r)
+        try:
+            record = read_selection_record(self.path, r)
+        except Damaged:
+            return stored
+        k = record.get("from_ahead") or 0
+        if not k:
+            return stored
+        ahead, _ = self.read_ahead(r - 1)
+        return {**{i: ahead[i] for i in record["indices"][:k] if i in ahead}, **stored}
 
     def progress(self) -> dict | None:
         """What the running run is doing (``progress.json``: stage, done, total, elapsed_s, remaining_s),

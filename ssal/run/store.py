@@ -203,6 +203,11 @@ class RunDir(RunFiles):
             path = layout.selected_path(self.path, record["round"])
             files.mkdirs(path.parent)
             digests = {} if self.contents is None else {"digests": self.contents(record["indices"])}
+            ahead = record.get("ahead") or []
+            if ahead:  # the images chosen ahead (active.lookahead) are named like the batch's
+                digests.update({f"ahead_{k}": v for k, v in self._paths(ahead).items()})
+                if self.contents is not None:
+                    digests["ahead_digests"] = self.contents(ahead)
             files.write_json(path, {**record, **self._paths(record["indices"]), **digests})
 
     def check_contents(self) -> None:
@@ -217,6 +222,16 @@ class RunDir(RunFiles):
             paths = {} if names is None else {"paths": [names[i] for i, _ in rows]}
             files.write_json(self.answers_path(r), files.seal(
                 {"round": r, "answers": [[i, y] for i, y in rows], **(paths or self._paths([i for i, _ in rows]))}))
+
+    def save_ahead(self, r: int, answers: dict[int, int], closed: bool, names: dict[int, str] | None = None) -> None:
+        """``ahead.json`` of acquisition ``r``: the answers to its images chosen ahead; ``closed`` once the
+        next acquisition has taken them (answers lock held)."""
+        if self.writer:
+            rows = sorted(answers.items())
+            paths = {} if names is None else {"paths": [names[i] for i, _ in rows]}
+            files.write_json(layout.ahead_path(self.path, r), files.seal(
+                {"round": r, "answers": [[i, y] for i, y in rows], "closed": closed,
+                 **(paths or self._paths([i for i, _ in rows]))}))
 
     def write_new(self, path: Path, data: bytes) -> bool:
         """Write ``path`` unless it exists (a query file a person may be filling in is never replaced)."""

@@ -65,6 +65,15 @@ class Transaction:
     def read_answers(self, r: int) -> dict[int, int]:
         return self.rd.read_answers(r)
 
+    def answers_of(self, r: int) -> dict[int, int]:
+        return self.rd.answers_of(r)
+
+    def read_ahead(self, r: int) -> tuple[dict[int, int], bool]:
+        return self.rd.read_ahead(r)
+
+    def save_ahead(self, r: int, answers: dict[int, int], closed: bool, names: dict[int, str] | None = None) -> None:
+        self.rd.save_ahead(r, answers, closed, names)
+
     def save_answers(self, r: int, answers: dict[int, int], names: dict[int, str] | None = None) -> None:
         self.rd.save_answers(r, answers, names)
 

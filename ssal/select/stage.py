@@ -52,13 +52,17 @@ def initial_set(engine: Any, cfg: Any, initial_strategy: Any, unlabeled: torch.T
 
 
 def acquire(engine: Any, cfg: Any, strategy: Any, data: Any, fit: Any, pool: Any, prev_model: nn.Module | None,
-            r: int, budget: int) -> Acquisition:
+            r: int, budget: int, exclude: torch.Tensor | None = None) -> Acquisition:
     """Round ``r``'s acquisition: ``budget`` of the unlabeled pool (or of its ``active.subset``), scored
-    with the round's trained model ``fit`` (and ``prev_model`` when the strategy compares)."""
+    with the round's trained model ``fit`` (and ``prev_model`` when the strategy compares); ``exclude``:
+    images answered already (chosen ahead by the last acquisition), never candidates."""
     t = time.perf_counter()
     ctx = SelectionContext(fit.eval_model, pool.labeled_indices, pool.labels, fit.objective, prev_model, data.hflip,
                            derive_seed(cfg.seed, "signals", r), cfg.train.eval_batch_size)
-    cands = candidates(pool.unlabeled_indices, cfg.active.subset, generator(cfg.seed, "subset", r))
+    unlabeled = pool.unlabeled_indices
+    if exclude is not None and len(exclude):
+        unlabeled = unlabeled[~torch.isin(unlabeled, exclude)]
+    cands = candidates(unlabeled, cfg.active.subset, generator(cfg.seed, "subset", r))
     signals = compute_signals(engine, strategy, ctx, data.train, cands)
     failpoint("signals")
     picked = strategy.select(signals, budget, generator(cfg.seed, "select", r))
