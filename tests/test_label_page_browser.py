@@ -751,3 +751,43 @@ def test_three_rounds_labeled_in_the_browser_while_the_run_pretrains_and_trains_
         assert not picked & audit
     assert all("stable_kappa" in row for row in rows[1:]) and "stable_kappa_mean" in rows[2]
     assert headers[0].startswith("round 0: audit acc ") and "predictions " in headers[1], headers
+
+
+@pytest.mark.slow  # a round that trains for seconds behind the page
+def test_while_the_next_round_trains_the_page_offers_the_images_chosen_ahead(browser, serve, photos, tmp_path):
+    """active.lookahead: once the batch is taken and the next round trains, the page shows the images chosen
+    ahead; those answered by keyboard open the next batch already answered."""
+    folder, truth = photos
+    recipe = folder_recipe(tmp_path, folder, "ahead", train={"steps": 1500},
+                           active={"initial": 6, "budget": 4, "rounds": 1, "lookahead": 4,
+                                   "initial_strategy": "random"})
+    proc = ssal("run", str(recipe))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "runs" / "ahead"
+    server = serve(run, cont=True)
+    page = Page(browser, server.url, run, truth)
+    typed: dict[int, int] = {}
+    for k in range(1, page.n + 1):
+        page.label(k, typed)
+        after_key(page, k)
+    page.until(lambda s: s["continue_shown"], "the done view with #continue")
+    page.saved()
+    page.press(ENTER)  # train round 0: the batch is taken, the images chosen ahead open
+    page.until(lambda s: "chosen ahead" in s["folder"] and s["view"] == "single", "the images chosen ahead")
+    batch = get_json(server.url + "api/batch")
+    assert batch["ahead"] is True and batch["round"] == -1
+    record = json.loads((run / "rounds" / "initial" / "selected.json").read_text())
+    assert [it["index"] for it in batch["items"]] == record["ahead"]
+    page.round, page.items, page.n = batch["round"], batch["items"], len(batch["items"])
+    ahead_typed: dict[int, int] = {}
+    for k in (1, 2):
+        page.label(k, ahead_typed)
+    page.at(3)
+    page.saved()
+    assert RunDir(run).read_ahead(-1)[0] == ahead_typed
+    state = page.until(lambda s: "rounds/r00" in s["folder"] and "chosen ahead" not in s["folder"],
+                       "the next batch (rounds/r00)", timeout=240)
+    nxt = get_json(server.url + "api/batch")
+    assert nxt["round"] == 0 and [it["index"] for it in nxt["items"]][:2] == record["ahead"][:2]
+    assert {int(i): CLASSES.index(y) for i, y in nxt["answers"].items()} == ahead_typed
+    assert state["progress"] == progress(2, len(nxt["items"]))
