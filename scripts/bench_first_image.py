@@ -5,13 +5,15 @@ timed from the command's start until the page serves the first batch and its fir
 next batch is timed.
 
     python scripts/bench_first_image.py --images FOLDER --classes a,b,c [--watch 30]
-    python scripts/bench_first_image.py --images FOLDER --classes a,b,c --truth labels.csv --rounds 3
+    python scripts/bench_first_image.py --images FOLDER --classes a,b,c --truth labels.csv --rounds 3 \
+        [--set active.lookahead=50]
 
 Prints the seconds to the page's first batch and first image (with the time a bare ``python -c 'import
 torch'`` takes on this machine as the reference: the floor of any command that trains), the page's
-progress line after ``--watch`` seconds, and per batch: its size, the labeling time and the wait
-until the next batch was on the page. The run it starts is stopped at the end (Ctrl-C to the server)
-and its folder removed.
+progress line after ``--watch`` seconds, when each batch reached the page (with what the page said the
+last round measured), and the waits between two answers beyond the person's own pace (median, p95,
+max; the images chosen ahead, ``--set active.lookahead=50``, are answered too). The run it starts is
+stopped at the end (Ctrl-C to the server) and its folder removed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
@@ -51,33 +55,45 @@ def post(port: int, token: str, path: str, body: dict) -> tuple[int, bytes]:
         conn.close()
 
 
-def label_rounds(port: int, truth: dict[str, str], rounds: int, pace: float) -> list[dict]:
-    """A scripted person: answer each batch at ``pace`` images a second, press continue when the run is not
-    working, time the wait until the next batch."""
+def label_rounds(port: int, truth: dict[str, str], rounds: int, pace: float) -> dict:
+    """A scripted person: answers whatever the page offers (a batch, or the images chosen ahead while a
+    round trains) at ``pace`` images a second, presses "train the next round" when a batch is complete
+    and nothing runs, until ``rounds`` batches after the first are on the page. Every wait between two
+    answers beyond the person's own 1 / pace is timed."""
     token = re.search(rb'<meta name="ssal-token" content="([^"]+)">', get(port, "/")[1]).group(1).decode()
-    out = []
-    for _ in range(rounds):
+    waits, last, first, seen = [], None, None, set()
+    t0 = time.perf_counter()
+    while True:
         state = json.loads(get(port, "/api/batch")[1])
-        r, t = state["round"], time.perf_counter()
-        for item in state["items"]:
-            if str(item["index"]) not in state["answers"]:
-                status, body = post(port, token, "/api/answer", {"round": r, "index": item["index"],
-                                                                  "label": truth[item["path"]]})
-                assert status == 200, body
-                time.sleep(1.0 / pace)
-        labeled_s, t = time.perf_counter() - t, time.perf_counter()
-        while True:
-            state = json.loads(get(port, "/api/batch")[1])
-            if state["round"] is not None and state["round"] != r:
+        r, ahead = state["round"], bool(state.get("ahead"))
+        if r is not None and not ahead:
+            first = r if first is None else first
+            if r not in seen:
+                seen.add(r)
+                print(f"{time.perf_counter() - t0:6.0f} s: batch {r} on the page ({len(state['items'])} images); "
+                      f"{state['accuracy'] or 'no round trained yet'}", flush=True)
+            if r >= first + rounds:
                 break
-            if state["round"] == r and not state["busy"]:
-                post(port, token, "/api/continue", {})
-            time.sleep(0.5)
-        out.append({"round": r, "images": len(state["items"]), "labeling_s": labeled_s,
-                    "wait_s": time.perf_counter() - t, "accuracy": state["accuracy"]})
-        print(f"batch {r}: labeled in {labeled_s:.0f} s, then waited {out[-1]['wait_s']:.0f} s for the next "
-              f"({len(state['items'])} images); the page says: {state['accuracy']}", flush=True)
-    return out
+        todo = [it for it in state["items"] if str(it["index"]) not in state["answers"]] if r is not None else []
+        if todo:
+            body = {"round": r, "index": todo[0]["index"], "label": truth[todo[0]["path"]]}
+            status, _ = post(port, token, "/api/answer", {**body, "ahead": True} if ahead else body)
+            if status == 200:
+                now = time.perf_counter()
+                if last is not None:
+                    waits.append(max(0.0, now - last - 1.0 / pace))
+                last = now
+                time.sleep(1.0 / pace)
+            continue
+        if r is not None and not ahead and not state["busy"]:
+            post(port, token, "/api/continue", {})
+        time.sleep(0.1)
+    waits.sort()
+    pick = lambda q: waits[min(len(waits) - 1, int(q * len(waits)))] if waits else 0.0  # noqa: E731
+    print(f"{len(waits) + 1} answers in {time.perf_counter() - t0:.0f} s; wait between two images: median "
+          f"{pick(0.5):.2f} s, p95 {pick(0.95):.2f} s, max {waits[-1] if waits else 0:.0f} s; waits over 2 s: "
+          f"{sum(w > 2 for w in waits)}, {sum(w for w in waits if w > 2):.0f} s in all", flush=True)
+    return {"waits": waits}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--truth", type=Path, help="a path,label CSV: a scripted person answers with it")
     ap.add_argument("--rounds", type=int, default=3, help="batches the scripted person labels")
     ap.add_argument("--pace", type=float, default=1.0, help="images a second the scripted person answers")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="change the recipe 'ssal init' wrote (e.g. active.lookahead=50); repeatable")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="ssal-first-image-"))
     ssal = [sys.executable, "-m", "ssal"]
@@ -100,6 +118,17 @@ def main(argv: list[str] | None = None) -> int:
                                args.classes], capture_output=True, text=True, check=True)
         init_s = time.perf_counter() - t
         print(init.stdout.strip())
+        if args.set:  # the recipe as a person would edit it
+            recipe = work / "proj" / "recipe.yaml"
+            body = yaml.safe_load(recipe.read_text())
+            for item in args.set:
+                key, value = item.split("=", 1)
+                *path, leaf = key.split(".")
+                node = body
+                for part in path:
+                    node = node.setdefault(part, {})
+                node[leaf] = yaml.safe_load(value)
+            recipe.write_text(yaml.safe_dump(body, sort_keys=False))
         t0 = time.perf_counter()
         server = subprocess.Popen([*ssal, "label", "serve", str(work / "proj" / "recipe.yaml"), "--port", "0"],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
