@@ -117,3 +117,20 @@ def test_people_answer_images_chosen_ahead_while_the_next_round_trains(folder, t
     pool = json.loads((run / "pool.json").read_text())
     acquired = {i: (y, r) for i, y, r in pool["labeled"]}
     assert all(acquired[i] == (given[i], 2) for i in ahead[:3])
+
+
+def test_the_first_batch_is_the_strict_loops_and_what_is_chosen_ahead_of_it_follows_the_same_strategy(write_recipe):
+    """A class-balanced first batch stays class-balanced with a lookahead (a balanced draw of 20 is no
+    balanced draw of 10 followed by 10 more), and the images chosen ahead of it are balanced too."""
+    from collections import Counter
+
+    from ssal.data import load_dataset
+
+    common = {"rounds": 0, "initial": 20, "initial_strategy": "class_balanced"}
+    strict = loop.run(load_recipe(write_recipe("bal", active=common)), progress=False)
+    ahead = loop.run(load_recipe(write_recipe("bal_ahead", active={**common, "lookahead": 10})), progress=False)
+    a, b = _records(strict)[0], _records(ahead)[0]
+    assert b["indices"] == a["indices"] and len(b["ahead"]) == 10 and not set(b["ahead"]) & set(a["indices"])
+    cfg = load_recipe(ahead / "recipe.yaml")
+    targets = load_dataset(cfg.data, seed=cfg.seed).train.targets
+    assert Counter(int(targets[i]) for i in b["ahead"]) == {c: 1 for c in range(10)}

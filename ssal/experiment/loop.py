@@ -323,12 +323,15 @@ class Rounds:
                 return eng.predict(self.trainer.fresh_model(), parts.data.train, indices, ("features",),
                                    self.cfg.train.eval_batch_size, desc="initial features")["features"]
 
-            wanted, look = self.wanted(-1, pool), self.cfg.active.lookahead
             acq = initial_set(eng, self.cfg, parts.initial_strategy, pool.unlabeled_indices, parts.data.train.targets,
-                              embed, min(wanted + look, len(pool.unlabeled_indices)))
-            ahead, acq.indices = acq.indices[wanted:], acq.indices[:wanted]  # labeled while round 0 trains
+                              embed, self.wanted(-1, pool))
             acq, record = with_audit(acq, pool, self.cfg.seed)
-            self.run_dir.save_selection({**record, "ahead": ahead.tolist(), "from_ahead": 0} if look else record)
+            if self.cfg.active.lookahead:  # more by the same strategy, from the rest (a class-balanced draw is
+                rest = pool.unlabeled_indices[~torch.isin(pool.unlabeled_indices, acq.indices)]  # no prefix of one)
+                more = initial_set(eng, self.cfg, parts.initial_strategy, rest, parts.data.train.targets, embed,
+                                   min(self.cfg.active.lookahead, len(rest)))
+                record.update(ahead=more.indices.tolist(), from_ahead=0)  # labeled while round 0 trains
+            self.run_dir.save_selection(record)
         if self.receive(acq, pool):
             return pool
         if before_pretraining and self.cfg.pretrain.method != "none":
