@@ -780,7 +780,7 @@ def test_ssal_init_writes_a_recipe_that_loads(tmp_path, capsys, monkeypatch):
     # in tests/test_sizing.py
     sized = {("data", "image_size"), ("data", "channels"), ("model", "backbone"), ("pretrain", "view_size"),
              ("pretrain", "epochs"), ("active", "initial"), ("active", "budget"), ("active", "rounds"),
-             ("active", "audit")}
+             ("active", "audit"), ("active", "lookahead")}
     for section, values in HUMAN_RECIPE.items():
         for k, v in values.items():
             if v != "???" and (section, k) not in sized:

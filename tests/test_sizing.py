@@ -22,8 +22,8 @@ def test_small_greyscale_images_on_a_cpu_train_the_small_cnn_at_their_own_size()
     r = sizing.sized(HUMAN_RECIPE, Folder(3000, 28, True), CPU, has_test=False)
     assert (r["data"]["image_size"], r["data"]["channels"], r["model"]["backbone"]) == (28, 1, "cnn_small")
     assert r["pretrain"]["view_size"] == 28 and r["train"]["fixmatch"] == {"mu": 3}
-    assert {k: r["active"][k] for k in ("initial", "budget", "rounds", "audit")} == \
-        {"initial": 50, "budget": 50, "rounds": 10, "audit": 100}
+    assert {k: r["active"][k] for k in ("initial", "budget", "rounds", "audit", "lookahead")} == \
+        {"initial": 50, "budget": 50, "rounds": 10, "audit": 100, "lookahead": 50}
     assert HUMAN_RECIPE["data"]["image_size"] == 64  # the shipped recipe is left as it is
 
 
@@ -46,7 +46,7 @@ def test_photos_are_scaled_to_the_machine_and_a_test_folder_needs_no_audit():
 ])
 def test_the_batches_and_rounds_fit_the_folder(count, expected):
     a = sizing.sized(HUMAN_RECIPE, Folder(count, 64, False), CPU, has_test=False)["active"]
-    assert (a["budget"], a["rounds"], a["audit"]) == expected and a["initial"] == a["budget"]
+    assert (a["budget"], a["rounds"], a["audit"]) == expected and a["initial"] == a["budget"] == a["lookahead"]
     assert a["audit"] + a["initial"] + a["rounds"] * a["budget"] <= count  # the run's own check passes
 
 

@@ -28,7 +28,7 @@ HUMAN_RECIPE = {
     "train": {"method": "fixmatch", "steps": 500, "batch_size": 32, "lr": 0.03, "backbone_lr_scale": 0.1,
               "ema": 0.99, "reinit": False, "continue_steps": 125},
     "active": {"oracle": "human", "initial": 50, "budget": 50, "rounds": 10, "initial_strategy": "random",
-               "strategy": "margin", "audit": 100},
+               "strategy": "margin", "audit": 100, "lookahead": 50},
 }
 
 HEADER = """\

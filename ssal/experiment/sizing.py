@@ -79,6 +79,8 @@ def sized(recipe: dict, folder: Folder, machine: Machine, has_test: bool) -> dic
     audit = 0 if has_test else min(100, folder.count // 10)
     rounds = max(0, min(10, (folder.count - audit - batch) // batch))
     out["active"].update(initial=batch, budget=batch, rounds=rounds, audit=audit)
+    if out["active"].get("lookahead"):  # a batch's worth chosen ahead: people label on while a round trains
+        out["active"]["lookahead"] = batch
     return out
 
 
