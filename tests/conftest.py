@@ -101,7 +101,8 @@ def tiny_folder_recipe_dict(out: Path, cache: Path, root: Path, classes: list[st
         "data": {"dataset": "imagefolder", "root": str(root), "classes": classes, "image_size": 16},
         "model": {"backbone": "cnn_small"},
         "train": {"method": "supervised", "steps": 3, "batch_size": 16, "eval_batch_size": 128},
-        "active": {"oracle": "human", "initial": 4, "budget": 2, "rounds": 1, "strategy": "entropy"},
+        # no stop signal: its pass decodes image files every round (tests of it set active.stop_set)
+        "active": {"oracle": "human", "initial": 4, "budget": 2, "rounds": 1, "strategy": "entropy", "stop_set": 0},
     }, sections)
 
 

@@ -758,7 +758,7 @@ def test_while_the_next_round_trains_the_page_offers_the_images_chosen_ahead(bro
     """active.lookahead: once the batch is taken and the next round trains, the page shows the images chosen
     ahead; those answered by keyboard open the next batch already answered."""
     folder, truth = photos
-    recipe = folder_recipe(tmp_path, folder, "ahead", train={"steps": 1500},
+    recipe = folder_recipe(tmp_path, folder, "ahead", train={"steps": 800},
                            active={"initial": 6, "budget": 4, "rounds": 1, "lookahead": 4,
                                    "initial_strategy": "random"})
     proc = ssal("run", str(recipe))
