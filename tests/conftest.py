@@ -87,7 +87,8 @@ def tiny_recipe_dict(out: Path, **sections) -> dict:
         "data": {"dataset": "digits", "pool_size": 400, "test_size": 200},
         "model": {"backbone": "cnn_small"},
         "train": {"method": "supervised", "steps": 20, "batch_size": 32, "eval_batch_size": 256},
-        "active": {"initial": 20, "budget": 10, "rounds": 2, "strategy": "entropy", "subset": 200},
+        # no stop signal unless a test asks for it (active.stop_set): one more pass per round of every run
+        "active": {"initial": 20, "budget": 10, "rounds": 2, "strategy": "entropy", "subset": 200, "stop_set": 0},
     }, sections)
 
 

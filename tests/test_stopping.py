@@ -74,7 +74,7 @@ def _rows(run: Path) -> list[dict]:
 
 
 def test_stop_when_ends_the_run_and_lifting_it_on_resume_gives_the_uninterrupted_run(write_recipe, tmp_path, capsys):
-    path = write_recipe("stop", active={"rounds": 3, "stop_window": 1})
+    path = write_recipe("stop", active={"rounds": 3, "stop_window": 1, "stop_set": 400})
     stopped = loop.run(load_recipe(path, ["active.stop_when=0.01", f"output_dir={tmp_path / 'stopped'}"]),
                        progress=False)
     out = capsys.readouterr().out
@@ -121,13 +121,14 @@ def test_bad_stop_settings_are_one_line(write_recipe, capsys, override, fragment
 
 
 def test_stop_when_without_a_stop_set_says_how_to_fix_it(write_recipe, capsys):
-    path = write_recipe("noset")
-    assert main(["run", str(path), "active.stop_when=0.99", "active.stop_set=0"]) == 2
+    path = write_recipe("noset")  # (the tiny recipe has active.stop_set: 0)
+    assert main(["run", str(path), "active.stop_when=0.99"]) == 2
     assert "set active.stop_set > 0" in capsys.readouterr().err
 
 
 def test_ssal_report_of_one_run_shows_each_round_and_what_the_stop_signal_says(write_recipe, tmp_path, capsys):
-    run = loop.run(load_recipe(write_recipe("report", active={"rounds": 3, "audit": 30})), progress=False)
+    run = loop.run(load_recipe(write_recipe("report", active={"rounds": 3, "audit": 30, "stop_set": 400})),
+                   progress=False)
     capsys.readouterr()
     assert main(["report", str(run), "--out", str(tmp_path / "report")]) == 0
     out = capsys.readouterr().out
