@@ -502,6 +502,7 @@ def test_answers_are_imported_and_exported_while_a_run_holds_its_lock(run, world
         holder.wait()
 
 
+@pytest.mark.slow  # a lock holder in another process
 def test_another_process_holding_the_answers_lock_is_named(run, world, tmp_path, capsys):
     f = filled(run, tmp_path / "l.csv", {i: world.truth[i] for i in world.queried})
     holder = _lock_holder(run / ".answers.lock")

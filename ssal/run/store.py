@@ -267,7 +267,7 @@ class RunDir(RunFiles):
     def write_progress(self, state: dict) -> None:
         """``progress.json``: what the run does now, for the labeling page (advisory: not verified)."""
         if self.writer:
-            files.write_json(self._p(layout.PROGRESS), state)
+            files.write_advisory(self._p(layout.PROGRESS), files.dumps(state))
 
     def clear_progress(self) -> None:
         if self.writer:
