@@ -1,19 +1,21 @@
 """How long a person waits: ``ssal init`` on a folder, then ``ssal label serve RECIPE`` (the one command),
 timed from the command's start until the page serves the first batch and its first image; then, with
-``--truth``, a scripted person answers through the page's API at ``--pace`` images a second for
-``--rounds`` batches, pressing "train the next round" when a batch is complete, and every wait for the
-next batch is timed.
+``--truth``, a scripted person answers through the page's API at ``--pace`` images a second (the
+batches and the images chosen ahead) until ``--rounds`` rounds are trained, pressing "train the next
+round" when a batch is complete and nothing runs, and every wait for the next image is timed.
 
     python scripts/bench_first_image.py --images FOLDER --classes a,b,c [--watch 30]
-    python scripts/bench_first_image.py --images FOLDER --classes a,b,c --truth labels.csv --rounds 3 \
-        [--set active.lookahead=50]
+    python scripts/bench_first_image.py --images FOLDER --classes a,b,c --truth labels.csv --rounds 4 \
+        [--set active.lookahead=0]
 
 Prints the seconds to the page's first batch and first image (with the time a bare ``python -c 'import
 torch'`` takes on this machine as the reference: the floor of any command that trains), the page's
-progress line after ``--watch`` seconds, when each batch reached the page (with what the page said the
-last round measured), and the waits between two answers beyond the person's own pace (median, p95,
-max; the images chosen ahead, ``--set active.lookahead=50``, are answered too). The run it starts is
-stopped at the end (Ctrl-C to the server) and its folder removed.
+progress line after ``--watch`` seconds, when each round was trained (with what the page said it
+measured), each wait over 2 s (with what the page said then), and the waits between two answers beyond
+the person's own pace (median, p95, max). The recipe is ``ssal init``'s (``--set KEY=VALUE`` changes it,
+e.g. ``active.lookahead=0`` for the loop without images chosen ahead), with a fresh cache folder (a
+first run has no pretrained encoder). The run it starts is stopped at the end (Ctrl-C to the server)
+and its folder removed.
 """
 
 from __future__ import annotations
@@ -58,21 +60,21 @@ def post(port: int, token: str, path: str, body: dict) -> tuple[int, bytes]:
 def label_rounds(port: int, truth: dict[str, str], rounds: int, pace: float) -> dict:
     """A scripted person: answers whatever the page offers (a batch, or the images chosen ahead while a
     round trains) at ``pace`` images a second, presses "train the next round" when a batch is complete
-    and nothing runs, until ``rounds`` batches after the first are on the page. Every wait between two
-    answers beyond the person's own 1 / pace is timed."""
+    and nothing runs, until ``rounds`` rounds are trained. Every wait between two answers beyond the
+    person's own 1 / pace is timed, with what the page said when it began."""
     token = re.search(rb'<meta name="ssal-token" content="([^"]+)">', get(port, "/")[1]).group(1).decode()
-    waits, last, first, seen = [], None, None, set()
+    waits, last, trained, said = [], None, -1, None
     t0 = time.perf_counter()
     while True:
         state = json.loads(get(port, "/api/batch")[1])
         r, ahead = state["round"], bool(state.get("ahead"))
-        if r is not None and not ahead:
-            first = r if first is None else first
-            if r not in seen:
-                seen.add(r)
-                print(f"{time.perf_counter() - t0:6.0f} s: batch {r} on the page ({len(state['items'])} images); "
-                      f"{state['accuracy'] or 'no round trained yet'}", flush=True)
-            if r >= first + rounds:
+        if said is None and last is not None:  # what the page says when the person runs out of images
+            said = f"{state['busy'] or 'nothing runs'}" + (f", {state['progress']}" if state["progress"] else "")
+        done = int(re.match(r"round (\d+):", state["accuracy"]).group(1)) if state["accuracy"] else -1
+        if done > trained:
+            trained = done
+            print(f"{time.perf_counter() - t0:6.0f} s: {state['accuracy']}", flush=True)
+            if trained + 1 >= rounds:
                 break
         todo = [it for it in state["items"] if str(it["index"]) not in state["answers"]] if r is not None else []
         if todo:
@@ -82,7 +84,10 @@ def label_rounds(port: int, truth: dict[str, str], rounds: int, pace: float) -> 
                 now = time.perf_counter()
                 if last is not None:
                     waits.append(max(0.0, now - last - 1.0 / pace))
-                last = now
+                    if waits[-1] > 2:
+                        print(f"{now - t0:6.0f} s: waited {waits[-1]:.0f} s after answer {len(waits)} (the page said: "
+                              f"{said})", flush=True)
+                last, said = now, None
                 time.sleep(1.0 / pace)
             continue
         if r is not None and not ahead and not state["busy"]:
@@ -102,10 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--classes", required=True)
     ap.add_argument("--watch", type=float, default=30.0, help="seconds to watch the progress after the first image")
     ap.add_argument("--truth", type=Path, help="a path,label CSV: a scripted person answers with it")
-    ap.add_argument("--rounds", type=int, default=3, help="batches the scripted person labels")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds trained while the scripted person labels")
     ap.add_argument("--pace", type=float, default=1.0, help="images a second the scripted person answers")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="change the recipe 'ssal init' wrote (e.g. active.lookahead=50); repeatable")
+    ap.add_argument("--keep-cache", action="store_true",
+                    help="use the usual cache folder (a pretrained encoder cached there is reused, so nothing "
+                         "pretrains behind the first batch)")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="ssal-first-image-"))
     ssal = [sys.executable, "-m", "ssal"]
@@ -118,10 +126,13 @@ def main(argv: list[str] | None = None) -> int:
                                args.classes], capture_output=True, text=True, check=True)
         init_s = time.perf_counter() - t
         print(init.stdout.strip())
-        if args.set:  # the recipe as a person would edit it
+        # a first run has no pretrained encoder cached: a fresh cache folder (unless --keep-cache), and the
+        # recipe changes a person would make by hand
+        sets = args.set if args.keep_cache else [f"cache_dir={work / 'cache'}", *args.set]
+        if sets:
             recipe = work / "proj" / "recipe.yaml"
             body = yaml.safe_load(recipe.read_text())
-            for item in args.set:
+            for item in sets:
                 key, value = item.split("=", 1)
                 *path, leaf = key.split(".")
                 node = body

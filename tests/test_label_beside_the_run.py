@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
-from ssal.experiment import loop
+from ssal.experiment import loop, sizing
 from ssal.label.answers import import_labels
 from ssal.recipe import load_recipe
 from ssal.run.store import RunDir
@@ -131,6 +132,10 @@ def test_a_human_run_tells_each_stage_and_leaves_no_progress_file(folder, tmp_pa
         mine = [t for t in told if t["stage"] == stage]
         assert mine[0]["done"] == 0 and mine[-1]["done"] == mine[-1]["total"]  # its start and its end
         assert [t["done"] for t in mine] == sorted(t["done"] for t in mine)
+    # the whole wait: once round 0's training ends, only the forward passes over the pool are left, at its pace
+    end = [t for t in told if t["stage"].startswith("round 0 train")][-1]
+    work = sizing.work(OmegaConf.to_container(load_recipe(run / "recipe.yaml")), len(truth))
+    assert end["next_batch_s"] == pytest.approx(end["elapsed_s"] * work["after"] / work["train"], abs=0.11)
     assert not (run / "progress.json").exists()  # gone when the run stops
 
 
@@ -158,6 +163,8 @@ def test_what_runs_in_words():
     assert doing({"stage": "pretrain simclr", "done": 12, "total": 40, "remaining_s": 1080}) == \
         "pretrain simclr: 30 %, about 18 min left"
     assert doing({"stage": "round 0 train", "done": 0, "total": 0, "remaining_s": None}) == "round 0 train: starting"
+    assert doing({"stage": "round 1 train", "done": 5, "total": 20, "remaining_s": 30, "next_batch_s": 150}) == \
+        "round 1 train: 25 %, about 30 s left; the next batch in about 2 min"
 
 
 # ----------------------------------------------------------------------------- one command: the page runs the loop

@@ -134,3 +134,46 @@ def test_the_first_batch_is_the_strict_loops_and_what_is_chosen_ahead_of_it_foll
     cfg = load_recipe(ahead / "recipe.yaml")
     targets = load_dataset(cfg.data, seed=cfg.seed).train.targets
     assert Counter(int(targets[i]) for i in b["ahead"]) == {c: 1 for c in range(10)}
+
+
+def test_a_complete_first_batch_leads_on_to_the_images_chosen_ahead_while_pretraining_runs(folder, tmp_path,
+                                                                                           monkeypatch):
+    """The first batch, answered in full while the run pretrains (it takes the batch when pretraining ends):
+    the page goes on to the images chosen ahead of it instead of waiting. Answered beyond a batch, they are
+    taken whole, and the round after still asks a full batch. With nothing running, a complete batch shows
+    its done view as before."""
+    root, truth = folder
+    recipe = folder_recipe(tmp_path, root, "early", pretrain={"method": "simclr", "epochs": 1, "batch_size": 16,
+                                                               "view_size": 16, "eval_every": 0},
+                           active={"rounds": 2, "lookahead": BUDGET + 3, "initial_strategy": "random"})
+    seen, real = {}, loop.pretrained_encoder
+
+    def pretraining(cfg, data, engine, **kw):  # a person on the page while the run pretrains
+        run = Path(cfg.output_dir)
+        page = Session(run)
+        assert page.state()["ahead"] is False  # the batch first
+        import_labels(run, fill_queries(run / "rounds" / "initial", truth, tmp_path / "first.csv"))
+        state = page.state()
+        ahead = json.loads((run / "rounds" / "initial" / "selected.json").read_text())["ahead"]
+        assert state["ahead"] is True and state["round"] == -1 and [it["index"] for it in state["items"]] == ahead
+        for item in state["items"][:BUDGET + 2]:  # more than a batch
+            page.answer({"round": -1, "index": item["index"], "label": truth[item["path"]], "ahead": True})
+            seen[item["index"]] = CLASSES.index(truth[item["path"]])
+        return real(cfg, data, engine, **kw)
+
+    monkeypatch.setattr(loop, "pretrained_encoder", pretraining)
+    run = loop.run(load_recipe(recipe), progress=False)  # pretrains, takes the batch, round 0, then round 1
+    r00 = json.loads((run / "rounds" / "r00" / "selected.json").read_text())
+    assert r00["from_ahead"] == BUDGET + 2 and r00["indices"] == list(seen)  # all of them, none wasted
+    pool = {i: (y, r) for i, y, r in json.loads((run / "pool.json").read_text())["labeled"]}
+    assert all(pool[i] == (y, 1) for i, y in seen.items())
+    r01 = json.loads((run / "rounds" / "r01" / "selected.json").read_text())
+    assert r01["from_ahead"] == 0 and len(r01["indices"]) == BUDGET  # ahead of the schedule, still a batch
+    assert Session(run).state()["ahead"] is False  # nothing runs now: the open batch r01
+    monkeypatch.setattr(loop, "pretrained_encoder", real)
+    second = folder_recipe(tmp_path, root, "idle", active={"rounds": 1, "lookahead": 6, "initial_strategy": "random"},
+                           pretrain={"method": "none"})
+    idle = loop.run(load_recipe(second), progress=False)
+    import_labels(idle, fill_queries(idle / "rounds" / "initial", truth, tmp_path / "idle.csv"))
+    state = Session(idle).state()  # complete, nobody takes it: the done view of the batch, not the images ahead
+    assert state["ahead"] is False and state["round"] == -1 and len(state["answers"]) == len(state["items"])

@@ -106,3 +106,46 @@ def test_ssal_init_writes_the_sized_recipe_and_prints_what_it_expects(tmp_path, 
     text = (proj / "recipe.yaml").read_text()
     assert "# Sized by 'ssal init' for this folder and machine:\n#   this machine: " in text
     assert yaml.safe_load(text)["data"]["channels"] == 1
+
+
+def test_the_next_batch_is_the_running_stage_plus_the_stages_after_it_at_the_speed_measured():
+    recipe = sizing.sized(HUMAN_RECIPE, Folder(3000, 28, True), CPU, has_test=False)
+    recipe["pretrain"]["epochs"] = 5
+    recipe["train"].update(steps=200, continue_steps=50)
+    # image passes: pretraining 5 x 2 x 3000 = 30,000; a FixMatch step 32 x (1 + 2 x 3) = 224, so round 0
+    # 200 x 224 = 44,800 and a continuing round 50 x 224 = 11,200; after training 3000 / 3 = 1,000
+    assert sizing.work(recipe, 3000) == {"pretrain": 30_000, "train": 44_800, "continue": 11_200, "after": 1000}
+    now, told = [0.0], []
+    clock = sizing.NextBatch(recipe, 3000, told.append, clock=lambda: now[0])
+
+    def tell(stage, done, total, elapsed, remaining):
+        clock({"stage": stage, "done": done, "total": total, "elapsed_s": elapsed, "remaining_s": remaining})
+        return told[-1].get("next_batch_s")
+
+    clock.plan(0, [], pretrain=True)  # a new run: pretraining, round 0, the selection
+    assert tell("pretrain simclr", 0, 100, 0.0, None) is None  # no speed known yet
+    # a quarter of pretraining in 15 s: 15 / 7,500 passes = 2 ms a pass; 45 s left, then 44,800 + 1,000 passes
+    assert tell("pretrain simclr", 25, 100, 15.0, 45.0) == pytest.approx(45 + 89.6 + 2)
+    now[0] = 70.0  # a forward pass after pretraining (a cold-start strategy's features) does not set the pace
+    assert tell("initial features", 1, 3, 0.5, 1.0) == pytest.approx(0 + 89.6 + 2)
+    clock.plan(0, [])
+    # round 0's training is slower than pretraining said: 30 s for a quarter, 30 / 11,200 passes a second
+    per_pass = 30 / 11_200
+    assert tell("round 0 train (50 labels)", 50, 200, 30.0, 90.0) == pytest.approx(90 + 1000 * per_pass, abs=0.05)
+    clock.now("after")
+    now[0] += 1.0  # 1 s into the forward passes after training, of 1,000 x per_pass expected
+    assert tell("round 0 audit", 1, 2, 0.5, 0.5) == pytest.approx(1000 * per_pass - 1, abs=0.05)
+    # a later run, started for round 1: the speed and what follows training come from round 0's times
+    clock = sizing.NextBatch(recipe, 3000, told.append, clock=lambda: now[0])
+    clock.plan(1, [{"round": 0, "train_s": 89.6, "eval_s": 3.0, "select_s": 1.5}])
+    assert tell("round 1 train (100 labels)", 0, 50, 0.0, None) == pytest.approx(11_200 * 0.002 + 4.5)
+
+
+def test_what_is_chosen_ahead_lasts_a_quick_person_through_the_longest_wait():
+    recipe = sizing.sized(HUMAN_RECIPE, Folder(3000, 28, True), CPU, has_test=False)  # batches of 50, 100 audit
+    est = lambda pretrain_s, round_s: Estimate(10.0, pretrain_s, round_s, 40.0)  # noqa: E731
+    # the first batch (150 images) takes 150 s at 1 image/s: 30 s of pretraining are left, then round 0
+    assert sizing.lookahead_for(recipe, est(180.0, 70.0)) == 100
+    assert sizing.lookahead_for(recipe, est(60.0, 100.0)) == 100  # pretraining ended before the batch did
+    assert sizing.lookahead_for(recipe, est(60.0, 10.0)) == 50  # at least a batch
+    assert sizing.lookahead_for(recipe, est(180.0, 180.0)) == 200  # at most 4 batches (210 s of labeling)

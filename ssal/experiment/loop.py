@@ -27,6 +27,7 @@ from ssal.engine import Engine, FitResult
 from ssal.errors import ConfigError, Interrupted, SsalError
 from ssal.experiment.pretraining import check_cache_dir, pretrained_encoder
 from ssal.experiment.report import curve_files, wilson_interval
+from ssal.experiment.sizing import NextBatch
 from ssal.experiment.trainer import Carry, RoundTrainer
 from ssal.faults import failpoint
 from ssal.label.oracles import Oracle, create_oracle
@@ -108,14 +109,15 @@ def run(cfg: DictConfig, *, resume: bool = False, force: bool = False, engine: E
         engine.guarded(lambda: (run_dir.check_pool(parts.data.fingerprint()), run_dir.check_contents())
                        if engine.is_main else None)
     notes = engine.guarded(run_dir.lock)
+    clock = NextBatch(OmegaConf.to_container(cfg), len(parts.data.train), run_dir.write_progress)
     if parts.oracle.asks_people:  # the labeling page shows what runs (progress.json, main process only)
-        engine.on_progress = run_dir.write_progress
+        engine.on_progress = clock
     try:
         for note in [*parts.data.notes, *notes]:
             engine.print(f"[yellow]note: {note}")
         if engine.is_main:
             parts.data.save_caches()  # the image check's results, now that the run goes ahead
-        Rounds(cfg, parts, engine, run_dir, use_cache).run(resume, force)
+        Rounds(cfg, parts, engine, run_dir, use_cache, clock).run(resume, force)
     except KeyboardInterrupt:
         raise Interrupted(_interrupted(run_dir)) from None
     except files.StorageError as e:
@@ -163,8 +165,11 @@ def batch_sizes(cfg: DictConfig) -> dict[str, int]:
 class Rounds:
     """One run's rounds over its run directory."""
 
-    def __init__(self, cfg: DictConfig, parts: Parts, engine: Engine, run_dir: RunDir, use_cache: bool):
+    def __init__(self, cfg: DictConfig, parts: Parts, engine: Engine, run_dir: RunDir, use_cache: bool,
+                 clock: NextBatch | None = None):
         self.cfg, self.parts, self.engine, self.run_dir, self.use_cache = cfg, parts, engine, run_dir, use_cache
+        # when the person's next batch comes (told on the page)
+        self.clock = clock or NextBatch(OmegaConf.to_container(cfg), len(parts.data.train))
         self.R = cfg.active.rounds
         self.trainer = RoundTrainer(cfg, parts.data, parts.model_cfg, parts.objective_cls, parts.strategy, engine,
                                     parts.oracle.hidden)
@@ -206,6 +211,7 @@ class Rounds:
             eng.print(f"[green]{rd.path} is complete ({len(rows)} rounds); nothing to do")
             return
         rd.commit(rows)  # without the lines of rounds that run again
+        self.clock.plan(state.start, rows, pretrain=state.start == 0)
         if pool is None and not getattr(self.parts.initial_strategy, "needs_features", False):
             pool = self.buy_initial_set(before_pretraining=True)  # people label it while pretraining runs
         self.trainer.encoder = pretrained_encoder(self.cfg, self.parts.data, eng, use_cache=self.use_cache,
@@ -227,9 +233,11 @@ class Rounds:
         """Round ``r``: train -> evaluate -> record -> select -> label. The next round's carry, or None
         when people's answers are awaited."""
         self.check_labels(r, pool)
+        self.clock.plan(r, rows)
         fit = self.trainer.train(r, pool, carry)
+        self.clock.now("after")
         t_eval = time.perf_counter()
-        metrics = {**self.measure(r, fit, pool), **stable_predictions(self, fit.eval_model, rows, r)}
+        metrics = {**measure(self, r, fit, pool), **stable_predictions(self, fit.eval_model, rows, r)}
         eval_s = time.perf_counter() - t_eval
         self.run_dir.save_checkpoint(r, self.trainer.state(fit))
         labeled = pool.n_labeled
@@ -291,10 +299,13 @@ class Rounds:
     # ------------------------------------------------------------------ select and label
     def wanted(self, r: int, pool: ActivePool) -> int:
         """How many labels acquisition ``r`` buys: what brings round r + 1 to its share of the budget
-        (``active.budget``, plus what skipped answers left out earlier), as far as the pool allows."""
+        (``active.budget``, plus what skipped answers left out earlier), and after the first batch at least
+        ``active.budget`` (people who answered more than a batch ahead are ahead of the schedule; each
+        round still asks a batch), as far as the pool allows."""
         seed = 0 if self.parts.data.seed_labels is None else len(self.parts.data.seed_labels[0])
         target = seed + self.cfg.active.initial + (r + 1) * self.cfg.active.budget
-        return max(0, min(target - pool.n_labeled, len(pool.unlabeled_indices)))
+        short = target - pool.n_labeled if r < 0 else max(target - pool.n_labeled, self.cfg.active.budget)
+        return max(0, min(short, len(pool.unlabeled_indices)))
 
     def reusable(self, r: int, pool: ActivePool) -> torch.Tensor | None:
         """Acquisition ``r`` as recorded when it fits the pool (a selection made before the run stopped to
@@ -392,23 +403,24 @@ class Rounds:
                               "unsure; start the run again (--force) with a larger active.initial, or with data.labels "
                               "naming a few labeled images")
 
-    def measure(self, r: int, fit: FitResult, pool: ActivePool) -> dict:
-        """Test accuracy; without a test set, what can be measured honestly: the model's class distribution
-        and mean confidence on (up to POOL_SAMPLE seeded images of) the unlabeled pool."""
-        eng, data, cfg = self.engine, self.parts.data, self.cfg
-        audit = audit_accuracy(eng, fit.eval_model, data, pool, cfg.train.eval_batch_size, r)
-        if data.has_test:
-            return {**eng.evaluate(fit.eval_model, data.test, cfg.train.eval_batch_size, desc=f"round {r} evaluate"),
-                    **audit}
-        sample = candidates(pool.unlabeled_indices, POOL_SAMPLE, generator(cfg.seed, "measure", r))
-        if len(sample) == 0:
-            sample = pool.labeled_indices
-        probs = eng.predict(fit.eval_model, data.train, sample, ("probs",), cfg.train.eval_batch_size,
-                            desc=f"round {r} measure")["probs"]
-        conf, guess = probs.max(1)
-        share = torch.bincount(guess, minlength=data.num_classes).float() / max(1, len(guess))
-        return {**audit, "pool_mean_conf": round(float(conf.mean()), 5),
-                "pool_class_dist": {c: round(float(v), 5) for c, v in zip(data.classes, share, strict=True)}}
+
+def measure(rounds: Rounds, r: int, fit: FitResult, pool: ActivePool) -> dict:
+    """Test accuracy; without a test set, what can be measured honestly: the model's class distribution
+    and mean confidence on (up to POOL_SAMPLE seeded images of) the unlabeled pool."""
+    eng, data, cfg = rounds.engine, rounds.parts.data, rounds.cfg
+    audit = audit_accuracy(eng, fit.eval_model, data, pool, cfg.train.eval_batch_size, r)
+    if data.has_test:
+        return {**eng.evaluate(fit.eval_model, data.test, cfg.train.eval_batch_size, desc=f"round {r} evaluate"),
+                **audit}
+    sample = candidates(pool.unlabeled_indices, POOL_SAMPLE, generator(cfg.seed, "measure", r))
+    if len(sample) == 0:
+        sample = pool.labeled_indices
+    probs = eng.predict(fit.eval_model, data.train, sample, ("probs",), cfg.train.eval_batch_size,
+                        desc=f"round {r} measure")["probs"]
+    conf, guess = probs.max(1)
+    share = torch.bincount(guess, minlength=data.num_classes).float() / max(1, len(guess))
+    return {**audit, "pool_mean_conf": round(float(conf.mean()), 5),
+            "pool_class_dist": {c: round(float(v), 5) for c, v in zip(data.classes, share, strict=True)}}
 
 
 def with_audit(acq: Acquisition, pool: ActivePool, seed: int) -> tuple[Acquisition, dict]:
@@ -430,7 +442,7 @@ def choose(rounds: Rounds, r: int, fit: FitResult, pool: ActivePool,
     this round's model, and L more, ranked after them, to be answered while the next round trains."""
     cfg, parts = rounds.cfg, rounds.parts
     look = cfg.active.lookahead
-    taken = torch.tensor(taken_ahead(rounds, r - 1) if look else [], dtype=torch.long)
+    taken = torch.tensor(taken_ahead(rounds, r - 1, rounds.wanted(r, pool)) if look else [], dtype=torch.long)
     need = max(0, rounds.wanted(r, pool) - len(taken))
     free = len(pool.unlabeled_indices) - len(taken)
     acq = acquire(rounds.engine, cfg, parts.strategy, parts.data, fit, pool, prev_model, r, min(need + look, free),
@@ -449,16 +461,17 @@ def choose(rounds: Rounds, r: int, fit: FitResult, pool: ActivePool,
     return Acquisition(r, cfg.active.strategy, indices, scores if len(taken) == 0 else None, acq.seconds), record
 
 
-def taken_ahead(rounds: Rounds, r: int) -> list[int]:
-    """The images acquisition ``r`` chose ahead that were answered meanwhile (all of them for a simulated
-    oracle, which keeps pace), in order; people's are read and closed by the main process alone."""
+def taken_ahead(rounds: Rounds, r: int, wanted: int) -> list[int]:
+    """The images acquisition ``r`` chose ahead that were answered meanwhile, in order; people's are read and
+    closed by the main process alone. A simulated oracle keeps pace: it answers the next batch's worth
+    (``wanted``; all of them when the lookahead is at most a batch), so each round buys its budget."""
     rd, oracle = rounds.run_dir, rounds.parts.oracle
     try:
         ahead = rd.selection_record(r).get("ahead") or []
     except files.Damaged:
         return []
     if not ahead or not oracle.asks_people:
-        return oracle.take_ahead(rd, r, ahead)
+        return oracle.take_ahead(rd, r, ahead[:wanted])
     return rounds.engine.decided(lambda: oracle.take_ahead(rd, r, ahead))
 
 

@@ -97,6 +97,8 @@ def _sized(recipe: dict, data) -> tuple[dict, list[str]]:
     recipe["pretrain"]["epochs"] = sizing.epochs_for(folder.count, per_image, machine.gpu is not None,
                                                      HUMAN_RECIPE["pretrain"]["epochs"])
     est = sizing.estimate(recipe, folder.count, per_image, open_s)
+    if recipe["active"].get("lookahead"):
+        recipe["active"]["lookahead"] = sizing.lookahead_for(recipe, est)
     return recipe, sizing.describe(folder, machine, recipe, est)
 
 

@@ -12,9 +12,11 @@ measured speed and the schedule, so they are estimates: the run's progress shows
 from __future__ import annotations
 
 import copy
+import math
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +31,8 @@ PRETRAIN_BUDGET_S = 600  # a CPU's pretraining is sized to about this (it runs w
 SMALL_SIDE = 32  # images at most this size train the small CNN on a CPU; larger ones resnet18
 CPU_SIDE, GPU_SIDE = 64, 96  # the largest training size chosen on a CPU, on a GPU
 FIXED_START_S = 10  # seconds a run takes to start before it reads the images (imports, checks)
+PACE = 1.0  # images a second a quick person labels: what is chosen ahead should last that long
+MOST_AHEAD = 4  # batches chosen ahead at most: past that a trained model had better choose (the page tells the wait)
 
 
 @dataclass(frozen=True)
@@ -119,17 +123,96 @@ class Estimate:
     continue_s: float  # training of a round that continues the last model
 
 
-def estimate(recipe: dict, count: int, per_image: float, open_s: float) -> Estimate:
-    """How long the run takes, from the measured seconds per image (training, ``per_image``; opening a file,
-    ``open_s``) and the recipe's schedule."""
+def work(recipe: dict, count: int) -> dict[str, float]:
+    """Each stage's work in passes of one image through the backbone, forward and backward (a forward pass
+    alone counts a third): ``pretrain`` (two views of every image an epoch), ``train`` (round 0, or every
+    round that starts again) and ``continue`` (a round that continues the last model) with a labeled image
+    plus the weak and strong views of mu unlabeled ones per labeled image in a step, and ``after``: the
+    forward passes over the pool once a round is trained (its measurement, signals, suggestions)."""
     train, pre = recipe["train"], recipe["pretrain"]
     mu = (train.get("fixmatch") or {}).get("mu", 7) if train["method"] == "fixmatch" else 0
-    per_step = train["batch_size"] * (1 + 2 * mu) * per_image  # labeled + weak and strong unlabeled views
-    evaluate = count * per_image / 3  # a forward pass over the pool (signals, suggestions)
-    pretrain_s = 0.0 if pre["method"] == "none" else pre["epochs"] * 2 * count * per_image
-    steps_later = train.get("continue_steps") or train["steps"]
-    return Estimate(FIXED_START_S + 2 * count * open_s, pretrain_s, train["steps"] * per_step + evaluate,
-                    steps_later * per_step + evaluate)
+    per_step = train["batch_size"] * (1 + 2 * mu)
+    return {"pretrain": 0.0 if pre["method"] == "none" else pre["epochs"] * 2 * count,
+            "train": train["steps"] * per_step,
+            "continue": (train.get("continue_steps") or train["steps"]) * per_step,
+            "after": count / 3}
+
+
+def estimate(recipe: dict, count: int, per_image: float, open_s: float) -> Estimate:
+    """How long the run takes, from the measured seconds per image (training, ``per_image``; opening a file,
+    ``open_s``) and the recipe's schedule (:func:`work`)."""
+    w = work(recipe, count)
+    return Estimate(FIXED_START_S + 2 * count * open_s, w["pretrain"] * per_image,
+                    (w["train"] + w["after"]) * per_image, (w["continue"] + w["after"]) * per_image)
+
+
+class NextBatch:
+    """When a person's next batch comes, for a human run's ``progress.json``: the stage that runs now (its
+    remaining time, from its own pace) plus the stages after it before the run selects, at the speed
+    measured so far in seconds per image pass (:func:`work`): this stop's own pace once pretraining or
+    training runs, else the last round's. The last round's evaluation and selection time stands for what
+    follows training. It sits between the engine's progress and ``tell``: each state passed on gains
+    ``next_batch_s`` once a speed is known. The loop says where the stop is (:meth:`plan`, :meth:`now`)."""
+
+    def __init__(self, recipe: dict, count: int, tell: Callable[[dict], None] | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.work, self.tell, self.clock = work(recipe, count), tell, clock
+        self.per_pass: float | None = None  # seconds per image pass
+        self.after_s: float | None = None  # what followed training in the last round (evaluate + select)
+        self.stages: list[str] = []  # this stop's stages still to run, the running one first
+        self.since, self.r = clock(), 0
+
+    def plan(self, r: int, rows: list[dict], pretrain: bool = False) -> None:
+        """The stop that ends with round ``r``'s selection: pretraining first when ``pretrain``, then round r's
+        training (``rows``: the committed rounds, whose times are the speed until this stop measures its own)."""
+        if rows and self.work["train"] > 0:
+            last = rows[-1]
+            self.per_pass = last["train_s"] / self.work["train" if last["round"] == 0 else "continue"]
+            self.after_s = last.get("eval_s", 0.0) + last.get("select_s", 0.0)
+        self.stages = [*(["pretrain"] if pretrain and self.work["pretrain"] else []),
+                       "train" if r == 0 else "continue", "after"]
+        self.since, self.r = self.clock(), r
+
+    def now(self, stage: str) -> None:
+        """``stage`` starts (the stages planned before it are done)."""
+        if stage in self.stages:
+            self.stages = self.stages[self.stages.index(stage):]
+        self.since = self.clock()
+
+    def __call__(self, state: dict) -> None:
+        stage = self.stages[0] if self.stages else None
+        bar = "pretrain" if stage == "pretrain" else f"round {self.r} train"  # the stage's own progress bar
+        own = state["stage"].startswith(bar)  # (not a forward pass before or inside it)
+        if own and stage in ("pretrain", "train", "continue") and state["done"] and state["elapsed_s"] > 0:
+            self.per_pass = state["elapsed_s"] / (self.work[stage] * state["done"] / state["total"])
+        left = self.left(stage, state["remaining_s"] if own and stage != "after" else None)
+        if self.tell is not None:
+            self.tell(state if left is None else {**state, "next_batch_s": round(left, 1)})
+
+    def expected(self, stage: str) -> float:
+        if stage == "after" and self.after_s is not None:
+            return self.after_s
+        return self.work[stage] * self.per_pass
+
+    def left(self, stage: str | None, remaining: float | None) -> float | None:
+        """Seconds until the next batch: what remains of ``stage`` (``remaining`` when its bar tells it, else
+        its expected time less what it ran so far) and the stages after it."""
+        if self.per_pass is None or stage is None:
+            return None
+        if remaining is None:
+            remaining = max(0.0, self.expected(stage) - (self.clock() - self.since))
+        return remaining + sum(self.expected(s) for s in self.stages[1:])
+
+
+def lookahead_for(recipe: dict, est: Estimate) -> int:
+    """Images chosen ahead (``active.lookahead``): enough for a quick person (:data:`PACE`) through the longest
+    wait, the rest of pretraining after the first batch plus round 0's training; at least a batch, at most
+    :data:`MOST_AHEAD` batches. Later rounds are shorter: the person answers the part of them that fits and
+    the run picks the rest of each batch with the model just trained."""
+    a = recipe["active"]
+    labeling_first_s = (a["initial"] + (a.get("audit") or 0)) / PACE
+    wait = max(0.0, est.pretrain_s - labeling_first_s) + est.round_s
+    return int(min(MOST_AHEAD * a["budget"], max(a["budget"], math.ceil(wait * PACE))))
 
 
 def describe(folder: Folder, machine: Machine, recipe: dict, est: Estimate) -> list[str]:
@@ -144,7 +227,8 @@ def describe(folder: Folder, machine: Machine, recipe: dict, est: Estimate) -> l
         f"chosen: {recipe['model']['backbone']} at {d['image_size']} px, {d['channels']} channel"
         f"{'s' if d['channels'] > 1 else ''}; {p['method']} {p['epochs']} epochs; {t['method']} {t['steps']} steps"
         f"{later}; {a['initial']} images per batch, {a['rounds']} rounds"
-        + (f", {a['audit']} audit images" if a.get("audit") else ""),
+        + (f", {a['audit']} audit images" if a.get("audit") else "")
+        + (f", {a['lookahead']} chosen ahead (to label while a round trains)" if a.get("lookahead") else ""),
         f"expected here: the first images to label about {duration(est.first_s)} after the run starts; pretraining "
         f"about {duration(est.pretrain_s)} (label meanwhile); each round about {duration(est.round_s)} of "
         f"training" + (f" ({duration(est.continue_s)} once it continues the last model)" if later else ""),

@@ -88,7 +88,8 @@ def open_batch(rd: RunDir | Transaction, identity: dict) -> Batch:
 
 def open_ahead(rd: RunDir | Transaction, identity: dict) -> Batch | None:
     """The images the last acquisition chose ahead, open for answers while the next round trains: its
-    batch is in the pool, the next acquisition has not taken them, none closed them. None otherwise."""
+    batch is answered in full (in the pool, or complete and awaiting the run that takes it), the next
+    acquisition has not taken them, none closed them. None otherwise."""
     rows = rd.committed()
     r = rows[-1]["round"] if rows else -1
     try:
@@ -101,8 +102,12 @@ def open_ahead(rd: RunDir | Transaction, identity: dict) -> Batch | None:
     try:
         entries = pool_entries(rd.load_pool(identity["pool"]["n"]))
     except files.Damaged:
-        return None
-    return Batch(r, ahead, ahead=True) if all(i in entries for i in record["indices"]) else None
+        entries = set()  # no readable pool.json (the initial batch is open): nothing of the batch is in it
+    taken = all(i in entries for i in record["indices"])
+    if not taken:
+        answered = rd.answers_of(r)
+        taken = all(i in answered for i in record["indices"])
+    return Batch(r, ahead, ahead=True) if taken else None
 
 
 def stored_answers(rd: RunDir | Transaction, batch: Batch) -> dict[int, int]:

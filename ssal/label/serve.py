@@ -150,13 +150,20 @@ class Session:
         if replaced:
             return None, replaced
         try:
-            return labels.open_batch(self.rd, self.identity), ""
+            batch = labels.open_batch(self.rd, self.identity)
         except (ConfigError, Damaged) as e:
-            try:  # the batch was taken: the images chosen ahead, while the next round trains
-                ahead = labels.open_ahead(self.rd, self.identity)
-            except SsalError:
-                ahead = None
+            ahead = self._ahead()  # the batch was taken: the images chosen ahead, while the next round trains
             return (ahead, "") if ahead is not None else (None, str(e))
+        ahead = self._ahead()  # the batch is complete, and a run works that will take it (pretraining): label on
+        if ahead is not None and ((self.job and self.job.running) or self.rd.holder()):
+            return ahead, ""
+        return batch, ""
+
+    def _ahead(self) -> labels.Batch | None:
+        try:
+            return labels.open_ahead(self.rd, self.identity)
+        except SsalError:
+            return None
 
     def _replaced(self) -> str | None:
         """Why this page no longer serves the run it was started for (``ssal run --force`` made another)."""

@@ -205,10 +205,13 @@ def measured(row: dict) -> str:
 
 
 def doing(progress: dict) -> str:
-    """What a running run does, in words (the labeling page): ``round 0 train: 30 %, about 4 min left``."""
+    """What a running run does, in words (the labeling page): ``round 0 train: 30 %, about 4 min left; the next
+    batch in about 5 min`` (the whole wait, when the run has measured its speed)."""
     done, total, left = progress.get("done") or 0, progress.get("total") or 0, progress.get("remaining_s")
     share = f"{100 * done / total:.0f} %" if total else "starting"
-    return f"{progress['stage']}: {share}" + ("" if left is None else f", about {duration(left)} left")
+    whole = progress.get("next_batch_s")
+    return (f"{progress['stage']}: {share}" + ("" if left is None else f", about {duration(left)} left")
+            + ("" if whole is None else f"; the next batch in about {duration(whole)}"))
 
 
 def duration(seconds: float) -> str:
