@@ -35,6 +35,8 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling scripts (bench_label_page: headless Chromium)
+
 
 def get(port: int, path: str) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -93,12 +95,75 @@ def label_rounds(port: int, truth: dict[str, str], rounds: int, pace: float) -> 
         if r is not None and not ahead and not state["busy"]:
             post(port, token, "/api/continue", {})
         time.sleep(0.1)
-    waits.sort()
-    pick = lambda q: waits[min(len(waits) - 1, int(q * len(waits)))] if waits else 0.0  # noqa: E731
-    print(f"{len(waits) + 1} answers in {time.perf_counter() - t0:.0f} s; wait between two images: median "
-          f"{pick(0.5):.2f} s, p95 {pick(0.95):.2f} s, max {waits[-1] if waits else 0:.0f} s; waits over 2 s: "
-          f"{sum(w > 2 for w in waits)}, {sum(w for w in waits if w > 2):.0f} s in all", flush=True)
+    print(summary(waits, len(waits) + 1, time.perf_counter() - t0), flush=True)
     return {"waits": waits}
+
+
+PAGE_JS = """
+const hidden = (id) => document.getElementById(id).hidden;
+return {view: ["single", "gridview", "done"].filter((v) => !hidden(v)).join(","),
+        shown: document.getElementById("image").dataset.shown ?? null,
+        where: document.getElementById("where").textContent, cont: !hidden("continue")};
+"""
+
+
+def summary(waits: list[float], answers: int, seconds: float) -> str:
+    waits = sorted(waits)
+    pick = lambda q: waits[min(len(waits) - 1, int(q * len(waits)))] if waits else 0.0  # noqa: E731
+    return (f"{answers} answers in {seconds:.0f} s; wait between two images: median {pick(0.5):.2f} s, p95 "
+            f"{pick(0.95):.2f} s, max {waits[-1] if waits else 0:.2f} s; waits over 2 s: {sum(w > 2 for w in waits)}, "
+            f"{sum(w for w in waits if w > 2):.0f} s in all")
+
+
+def label_in_browser(port: int, truth: dict[str, str], rounds: int, pace: float) -> dict:
+    """A person in headless Chromium (the page as people use it): looks at each image for 1 / ``pace`` s,
+    presses its class's key, presses Enter when the done view offers the next round, until ``rounds``
+    rounds are trained. A wait is the time from a key press until the next image is on screen (decoded,
+    scaled: the page sets ``data-shown`` then), the browser's own work included."""
+    from bench_label_page import chromium
+    from selenium.webdriver.common.by import By
+
+    url = f"http://127.0.0.1:{port}/"
+    classes = json.loads(get(port, "/api/batch")[1])["classes"]
+    driver = chromium(1280, 900)
+    try:
+        driver.get(url)
+        body = driver.find_element(By.TAG_NAME, "body")
+        waits, pressed, seen, trained, said, checked = [], None, None, -1, None, 0.0
+        t0 = time.perf_counter()
+        while True:
+            now = time.perf_counter()
+            if now - checked > 1.0:  # the rounds trained, and what the page says (for a wait that began)
+                checked, state = now, json.loads(get(port, "/api/batch")[1])
+                done = int(re.match(r"round (\d+):", state["accuracy"]).group(1)) if state["accuracy"] else -1
+                if done > trained:
+                    trained = done
+                    print(f"{now - t0:6.0f} s: {state['accuracy']}", flush=True)
+                    if trained + 1 >= rounds:
+                        break
+                if said is None and pressed is not None and now - pressed > 1.0:
+                    said = state["busy"] or "nothing runs"
+                    said += f", {state['progress']}" if state["progress"] else ""
+            page = driver.execute_script(PAGE_JS)
+            if page["view"] == "single" and page["shown"] and page["shown"] != seen:
+                if pressed is not None:
+                    waits.append(time.perf_counter() - pressed)
+                    if waits[-1] > 2:
+                        print(f"{time.perf_counter() - t0:6.0f} s: waited {waits[-1]:.0f} s after answer {len(waits)} "
+                              f"(the page said: {said})", flush=True)
+                seen, said = page["shown"], None
+                time.sleep(1.0 / pace)  # the person looks at it
+                body.send_keys(str((classes.index(truth[page["where"].split(" · ")[0]]) + 1) % 10))
+                pressed = time.perf_counter()
+            elif page["view"] == "done" and page["cont"]:
+                body.send_keys("\ue007")  # Enter: train the next round
+                time.sleep(0.2)
+            else:
+                time.sleep(0.02)
+        print(summary(waits, len(waits) + 1, time.perf_counter() - t0), flush=True)
+        return {"waits": waits}
+    finally:
+        driver.quit()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,6 +173,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--watch", type=float, default=30.0, help="seconds to watch the progress after the first image")
     ap.add_argument("--truth", type=Path, help="a path,label CSV: a scripted person answers with it")
     ap.add_argument("--rounds", type=int, default=3, help="rounds trained while the scripted person labels")
+    ap.add_argument("--person", choices=("browser", "api"), default="browser",
+                    help="the scripted person presses keys in headless Chromium (default), or posts answers to the "
+                         "page's API (no browser)")
     ap.add_argument("--pace", type=float, default=1.0, help="images a second the scripted person answers")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="change the recipe 'ssal init' wrote (e.g. active.lookahead=50); repeatable")
@@ -169,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.truth:
             with args.truth.open(newline="") as f:
                 truth = {row[0]: row[1] for row in csv.reader(f) if len(row) == 2 and row[0] != "path"}
-            label_rounds(port, truth, args.rounds, args.pace)
+            (label_in_browser if args.person == "browser" else label_rounds)(port, truth, args.rounds, args.pace)
         server.send_signal(signal.SIGINT)
         server.wait(60)
     finally:

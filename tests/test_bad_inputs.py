@@ -1367,7 +1367,8 @@ def _one_line(err: str, out: str, fragments, forbidden, base: Path) -> str:
     return line
 
 
-@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n.endswith("-subprocess") else n
+                                  for n in CASES])  # the console script in a process: the slow marker
 def test_bad_input(name, tmp_path, monkeypatch, capsys, finished_run, fmnist_root):
     env = Env(tmp_path, monkeypatch, finished_run, fmnist_root)
     try:

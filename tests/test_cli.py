@@ -123,6 +123,7 @@ def _run(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.Complet
     return subprocess.run([SSAL, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.mark.slow  # the console script in a process
 def test_subprocess_user_error_has_no_traceback(write_recipe, tmp_path):
     recipe = write_recipe("tiny")
     before = snapshot(tmp_path)

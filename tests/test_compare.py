@@ -212,6 +212,7 @@ def test_benchmark_script_quick_preset_at_a_tiny_size(tmp_path, fmnist_root):
     assert "pretraining for simclr+fixmatch" in proc.stderr
 
 
+@pytest.mark.slow  # another process holds the comparison's lock
 def test_a_comparison_in_use_is_refused_naming_its_holder(tmp_path, base, capsys):
     path = spec(tmp_path, {"active.strategy": ["random"]})
     out = tmp_path / "cmp"

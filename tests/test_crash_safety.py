@@ -379,6 +379,7 @@ def _holder(run: Path) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow  # a second process holds the lock
 def test_a_second_process_on_a_locked_run_gets_one_line_naming_the_holder(runs, cut, capsys):
     holder = _holder(cut)
     try:

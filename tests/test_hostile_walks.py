@@ -427,6 +427,7 @@ def _subprocess(*args: str) -> tuple[int, str, str, float]:
     return proc.returncode, proc.stdout, proc.stderr, time.perf_counter() - start
 
 
+@pytest.mark.slow  # 'ssal run' in a process (the walk could loop: it has a timeout)
 def test_ssal_run_of_a_human_recipe_on_a_loopy_folder_queries_real_images_only(tmp_path):
     root = tmp_path / "data" / "photos"
     for i in range(24):
@@ -473,6 +474,7 @@ def trained_run(tmp_path_factory) -> Path:
     return tmp / "runs" / "trained"
 
 
+@pytest.mark.slow  # 'ssal predict' in a process (the walk could loop: it has a timeout)
 def test_ssal_predict_images_on_a_loopy_folder_predicts_each_real_image_once(trained_run, tmp_path):
     root, expected = build(tmp_path, ["self -> . and up -> ..", "a_alias -> sub (a second path to a folder inside)",
                                       "out_abs -> /abs/outside (absolute)", "a hard link", "a broken link",

@@ -717,6 +717,7 @@ def test_the_command_line_in_a_real_process(run, world, tmp_path):
     _expect_all(world, run, {i: world.truth[i] for i in world.queried})
 
 
+@pytest.mark.slow  # an import in a process, killed with -9
 @pytest.mark.parametrize("previous", [False, True], ids=["first_import", "after_a_partial_import"])
 def test_kill_9_while_answers_json_is_written_loses_nothing(previous, run, world, tmp_path, capsys):
     q = world.queried

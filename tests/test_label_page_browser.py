@@ -309,6 +309,7 @@ def progress(n_answered: int, n: int, skipped: int = 0) -> str:
 
 # ----------------------------------------------------------------------------- the tests
 
+@pytest.mark.slow  # a browser and a server process (killed and restarted)
 def test_a_person_labels_a_batch_with_the_keyboard_through_a_killed_server_and_the_run_takes_the_labels(
         browser, serve, run, truth):
     """The acceptance test: the whole initial batch by keyboard, one undo and one skip on the way; kill -9

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 import yaml
 from conftest import tiny_recipe_dict
@@ -19,6 +20,7 @@ from ssal.cli import main
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
+@pytest.mark.slow  # a fresh interpreter, as a user's
 def test_the_export_snippet_predicts_in_a_fresh_interpreter(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe_dict(tmp_path / "run", train={"steps": 3}, active={"rounds": 0})))

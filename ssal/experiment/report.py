@@ -59,13 +59,18 @@ def curve_files(rows: list[dict], title: str) -> tuple[str, bytes]:
     """The text of ``curve.csv`` and the bytes of ``curve.png`` of a run's rows: accuracy against labels,
     on the test split (``test_acc``) and, with an audit set, on it with its 95 % interval (``audit_acc``,
     ``audit_low``, ``audit_high``; empty for a round whose audit answers were all skips)."""
-    plt = _pyplot()
+    from matplotlib.figure import Figure  # heavy (matplotlib), and only the runs that draw need it
+
     test, audit = any("test_acc" in r for r in rows), any("audit_acc" in r for r in rows)
     keys = (("test_acc",) if test else ()) + (("audit_acc", "audit_low", "audit_high") if audit else ())
     text = files.csv_text(("round", "n_labeled", *keys),
                           ([r["round"], r["n_labeled"], *(f"{r[k]:.6f}" if k in r else "" for k in keys)]
                            for r in rows))
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    # a bare Figure (no pyplot state to close) with fixed margins: a third of the time of pyplot's figure
+    # plus tight_layout, and it is drawn after every round
+    fig = Figure(figsize=(5, 3.5), dpi=120)
+    ax = fig.add_subplot()
+    fig.subplots_adjust(left=0.13, right=0.97, top=0.91, bottom=0.14)
     n = [r["n_labeled"] for r in rows]
     if test:
         ax.plot(n, [100 * r["test_acc"] for r in rows], marker="o", label="test")
@@ -80,10 +85,7 @@ def curve_files(rows: list[dict], title: str) -> tuple[str, bytes]:
     ax.set_ylabel("test accuracy (%)" if not audit else "accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    png = _png(fig)
-    plt.close(fig)
-    return text, png
+    return text, _png(fig)
 
 
 # ----------------------------------------------------------------------------- rows of runs
