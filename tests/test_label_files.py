@@ -424,9 +424,11 @@ def test_a_malformed_file_for_a_later_batch_leaves_pool_and_answers_as_they_were
     run = world.copy("second", tmp_path)
     r00 = [int(r["index"]) for r in read_queries(run, "r00")]
     initial = world.queried
-    if case == "in_pool_index":  # an image of the pool (already labeled in the initial batch), not queried now
-        f = write_csv(tmp_path / "l.csv", [[r00[0], "red"], [initial[0], "blue"]], ["index", "label"])
-        fragments = (f"index {initial[0]}", "did not query", "rounds/r00/queries.csv")
+    if case == "in_pool_index":  # an image of the pool (labeled in the initial batch) answered otherwise now
+        other = next(c for c in CLASSES if c != world.truth[initial[0]])
+        f = write_csv(tmp_path / "l.csv", [[r00[0], "red"], [initial[0], other]], ["index", "label"])
+        fragments = (f"index {initial[0]}: '{other}', the pool holds '{world.truth[initial[0]]}'",
+                     "otherwise than the run took them", "rounds/r00/queries.csv")
     elif case == "unknown_class":
         f = filled(run, tmp_path / "l.csv", {i: "bleu" for i in r00}, "r00")
         fragments = ("unknown class 'bleu'", "did you mean 'blue'")
@@ -435,7 +437,7 @@ def test_a_malformed_file_for_a_later_batch_leaves_pool_and_answers_as_they_were
         fragments = ("line 2", "line 3", "'red'", "'blue'")
     else:  # the filled-in queries of the batch that is already in the pool
         f = filled(run, tmp_path / "l.csv", {i: world.truth[i] for i in initial}, "initial")
-        fragments = (world.names[initial[0]], "not one of the images queried in rounds/r00")
+        fragments = ("answers only images of earlier batches", "none of the open batch rounds/r00")
     assert (run / "pool.json").is_file() and (run / "rounds" / "initial" / "answers.json").is_file()
     refused(capsys, run, f, *fragments)
     assert not (run / "rounds" / "r00" / "answers.json").exists()

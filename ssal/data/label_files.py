@@ -165,7 +165,9 @@ def _csv_rows(path: Path, text: str, run_id: str | None) -> list[tuple[str, str 
         raise DataError(f"{path} is not a valid CSV file ({e}); export it again as CSV") from None
     if header is None:
         raise DataError(f"{path} is empty; give the filled-in queries.csv (or a CSV with path,label columns)")
-    columns = [h.strip().lower() for h in header]
+    # Label Studio's CSV export names ssal's task fields ssal_index and ssal_run (and the image URL 'image')
+    aliases = {"ssal_index": "index", "ssal_run": "run"}
+    columns = [aliases.get(h.strip().lower(), h.strip().lower()) for h in header]
     if "label" not in columns or not ({"index", "path"} & set(columns)):
         raise DataError(f"{path} needs a header with a 'label' column and a 'path' or 'index' column (found: "
                         f"{', '.join(h.strip() for h in header) or 'nothing'}); start from queries.csv")
@@ -210,7 +212,10 @@ def _label_studio_rows(path: Path, text: str, run_id: str | None
             raise DataError(f"{path} answers another run (run {run}; this run is {run_id}): export and import the "
                             "tasks of this run")
         index = data.get("ssal_index")
-        image = data.get("image") or data.get("path")
+        # ssal's own fields name the image; the URL only when they are missing (Label Studio serves a
+        # local file under its storage's path, so a project may rewrite the URLs ssal wrote)
+        own = data.get("path") if isinstance(data.get("path"), str) else None
+        image = own if own is not None or index is not None else data.get("image")
         if "data" in task:
             labels = _ls_choices(task, where)
         else:  # JSON-MIN: the choice under the control's name ('label' in ssal's config)

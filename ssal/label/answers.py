@@ -240,27 +240,77 @@ def _label_name(pool: PoolNames, y: int) -> str:
     return SKIP_WORDS[0] if y == SKIP else pool.classes[y]
 
 
+def queried_pool(rd: RunDir | Transaction, identity: dict, batch: Batch) -> PoolNames:
+    """What a file import is checked against: the images of every batch this run queried so far (a whole
+    Label Studio project's export names earlier rounds' tasks too), the open batch's answered as usual."""
+    names: dict[int, str] = {}
+    for r in range(-1, batch.round + 1):
+        try:
+            record = rd.selection_record(r)
+        except files.Damaged:
+            continue
+        for key in ("", "ahead_"):
+            indices = record.get("ahead" if key else "indices") or []
+            names.update(zip(indices, record.get(f"{key}paths") or [], strict=False))
+    own = batch_pool(rd, identity, batch)
+    what = own.what + (" or an earlier batch" if batch.round >= 0 else "")
+    return PoolNames(own.n, names if own.names is not None else None, own.classes, own.root, what)
+
+
+def earlier_answers(rd: RunDir | Transaction, identity: dict, answers: dict[int, int], batch: Batch,
+                    pool: PoolNames, source: str) -> int:
+    """Drop from ``answers`` those to images already in the pool (a whole-project export names the earlier
+    rounds' tasks again) and return how many; one of them that contradicts the pool is a one-line error."""
+    try:
+        held = {i: y for i, y, _ in rd.load_pool(identity["pool"]["n"]).state_dict()["labeled"]}
+    except files.Damaged:
+        return 0
+    earlier = [i for i in answers if i in held and i not in set(batch.indices)]
+    clash = [i for i in earlier if answers[i] != held[i]]
+    if clash:
+        shown = ", ".join(f"{image_name(pool, i)} (index {i}: '{_label_name(pool, answers[i])}', the pool holds "
+                          f"'{_label_name(pool, held[i])}')" for i in clash[:3])
+        more = f" and {len(clash) - 3} more" if len(clash) > 3 else ""
+        raise DataError(f"{source} answers images of earlier batches otherwise than the run took them: {shown}{more}; "
+                        "an import does not change a label in the pool: make the file agree, or answer only "
+                        f"{batch.folder}/{QUERIES_CSV}")
+    if earlier and len(earlier) == len(answers):
+        raise DataError(f"{source} answers only images of earlier batches ({len(earlier)}, as the pool holds them), "
+                        f"none of the open batch {batch.folder}: answer {batch.folder}/{QUERIES_CSV} (or export the "
+                        "project again once its tasks are labeled)")
+    for i in earlier:
+        del answers[i]
+    return len(earlier)
+
+
 def import_labels(run_dir: str | os.PathLike, label_file: str | os.PathLike) -> str:
-    """Validate ``label_file`` against the open batch of a run and store its answers (all or nothing).
-    Returns what happened, for people."""
+    """Validate ``label_file`` against the open batch of a run and store its answers (all or nothing); answers
+    to earlier batches' images that agree with the pool are recognised and counted. Returns what happened,
+    for people."""
     rd = RunDir(run_dir)
     identity = human_run(rd, in_use_ok=True)  # a run may train meanwhile: it takes the answers when it needs them
-    empty = 0
+    empty = earlier = 0
+    names: PoolNames | None = None
 
     def read(batch: Batch, pool: PoolNames) -> dict[int, int]:
-        nonlocal empty
-        answers, empty = read_answer_file(label_file, pool, rd.run_id())
+        nonlocal empty, earlier, names
+        names = queried_pool(rd, identity, batch)
+        answers, empty = read_answer_file(label_file, names, rd.run_id())
+        earlier = earlier_answers(rd, identity, answers, batch, names, str(label_file))
         return answers
 
     done = update_answers(rd, identity, str(label_file), read)
     queried = done.batch.indices
-    missing = sum(1 for i in queried if i not in done.answers)
+    missing = [i for i in queried if i not in done.answers]
     skipped = sum(1 for i in queried if done.answers.get(i) == SKIP)
     head = (f"imported {done.given} answer{'s' if done.given != 1 else ''} for {done.batch.folder}" +
             (f" ({done.changed} changed)" if done.changed else "") +
-            (f", {skipped} skipped" if skipped else "") + (f"; {empty} rows had no label" if empty else ""))
-    if missing:
-        return f"{head}; {missing} of {len(queried)} images still await labels"
+            (f", {skipped} skipped" if skipped else "") + (f"; {empty} rows had no label" if empty else "") +
+            (f"; {earlier} answers to earlier batches agree with the pool" if earlier else ""))
+    if missing:  # named: an export that leaves out skipped or cancelled tasks says which
+        shown = ", ".join(image_name(names, i) for i in missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        return f"{head}; {len(missing)} of {len(queried)} images still await labels: {shown}"
     holder = rd.holder()
     if holder:  # a run pretrains or trains: it takes them when it is ready
         return f"{head}; all {len(queried)} answered: the run in progress ({holder}) takes them when it is ready"

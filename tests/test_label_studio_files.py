@@ -1,0 +1,135 @@
+"""Label Studio exports as Label Studio really sends them back (issue 36, the import side): a task is
+known by ssal's own fields whatever URL its image has now, a whole project's export across rounds is
+taken (the earlier rounds' answers recognised), the images an export leaves out are named, and the CSV
+export's run column is checked. The exports are built here the way Label Studio 1.23 writes them."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from ssal.errors import DataError
+from ssal.experiment import loop
+from ssal.label.answers import import_labels
+from ssal.label.queries import export_queries
+from ssal.recipe import load_recipe
+from ssal.run.store import RunDir
+from tests.test_human_loop import (  # noqa: F401  (one_thread: autouse, in-process training on one thread)
+    CLASSES,
+    colour_pool,
+    folder_recipe,
+    one_thread,
+)
+
+STORAGE = "/data/local-files/?d=photos/"  # a Local Files storage one folder above data.root rewrites URLs so
+
+
+def _tasks(run: Path) -> list[dict]:
+    (path, _), _ = export_queries(run, "labelstudio")
+    return json.loads(path.read_text())
+
+
+def _answered(tasks: list[dict], truth: dict[str, str], label=None, rewrite: bool = True) -> list[dict]:
+    """Label Studio's JSON export of ``tasks`` answered with the truth (``label(task)`` overrides it), each
+    image URL as a storage on the folder's parent serves it."""
+    out = []
+    for k, task in enumerate(tasks, start=1):
+        data = dict(task["data"])
+        if rewrite:
+            data["image"] = STORAGE + data["path"]
+        choice = label(task) if label else truth[data["path"]]
+        out.append({"id": k, "data": data, "annotations": [{"id": 100 + k, "was_cancelled": False, "result": [
+            {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [choice]}}]}]})
+    return out
+
+
+@pytest.fixture
+def folder(colour_pool):  # noqa: F811  (the session's folder of coloured images, and their truth)
+    return colour_pool
+
+
+@pytest.fixture
+def run(folder, tmp_path) -> Path:
+    root, _ = folder
+    recipe = folder_recipe(tmp_path, root, "ls", model={"backbone": "cnn_small"}, train={"steps": 3},
+                           active={"rounds": 2})
+    return loop.run(load_recipe(recipe), progress=False)
+
+
+def _write(tmp_path: Path, name: str, tasks: list[dict]) -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(tasks))
+    return path
+
+
+def test_a_task_is_known_by_ssals_fields_whatever_url_its_image_has_now(run, folder, tmp_path):
+    _, truth = folder
+    tasks = _tasks(run)
+    message = import_labels(run, _write(tmp_path, "first.json", _answered(tasks, truth)))
+    assert message.startswith(f"imported {len(tasks)} answers for rounds/initial")
+    stored = RunDir(run).answers_of(-1)
+    assert stored == {t["data"]["ssal_index"]: CLASSES.index(truth[t["data"]["path"]]) for t in tasks}
+
+
+def test_a_whole_projects_export_across_rounds_is_taken_and_a_contradiction_is_refused(run, folder,
+                                                                                      tmp_path):
+    _, truth = folder
+    first = _answered(_tasks(run), truth)
+    import_labels(run, _write(tmp_path, "first.json", first))
+    loop.run(load_recipe(run / "recipe.yaml"), resume=True, progress=False)  # round 0, then r00 is asked
+    second = _answered(_tasks(run), truth)
+    whole = [*first, *second]  # one project reused: its export holds the first batch's tasks too
+    message = import_labels(run, _write(tmp_path, "project.json", whole))
+    assert f"imported {len(second)} answers for rounds/r00" in message
+    assert f"{len(first)} answers to earlier batches agree with the pool" in message
+    assert RunDir(run).answers_of(0) == {t["data"]["ssal_index"]: CLASSES.index(truth[t["data"]["path"]])
+                                        for t in second}
+    # an earlier task answered otherwise than the pool holds: refused, naming it; nothing is stored
+    answers_json = (run / "rounds" / "r00" / "answers.json").read_bytes()
+    wrong = first[0]["data"]["path"]
+    other = next(c for c in CLASSES if c != truth[wrong])
+    changed = _answered(first, truth, label=lambda t: other if t["data"]["path"] == wrong else truth[t["data"]["path"]])
+    with pytest.raises(DataError) as e:
+        import_labels(run, _write(tmp_path, "changed.json", [*changed, *second]))
+    index = first[0]["data"]["ssal_index"]
+    assert f"'{wrong}' (index {index}: '{other}', the pool holds '{truth[wrong]}')" in str(e.value)
+    assert (run / "rounds" / "r00" / "answers.json").read_bytes() == answers_json
+
+
+def test_the_images_an_export_leaves_out_are_named(run, folder, tmp_path):
+    """JSON-MIN and CSV exports leave cancelled tasks out: the message names what still awaits a label."""
+    _, truth = folder
+    tasks = _tasks(run)
+    minimal = [{"id": k, **t["data"], "label": truth[t["data"]["path"]]} for k, t in enumerate(tasks[1:], start=2)]
+    message = import_labels(run, _write(tmp_path, "min.json", minimal))
+    assert message.endswith(f"1 of {len(tasks)} images still await labels: '{tasks[0]['data']['path']}'")
+
+
+def test_the_csv_export_is_read_by_ssals_columns_and_its_run_is_checked(run, folder, tmp_path):
+    _, truth = folder
+    tasks = _tasks(run)
+    columns = ["annotation_id", "annotator", "created_at", "id", "image", "label", "lead_time", "path", "query",
+               "ssal_index", "ssal_run", "updated_at"]
+
+    def export(run_id: str) -> Path:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, columns)
+        writer.writeheader()
+        for k, t in enumerate(tasks, start=1):
+            d = t["data"]
+            writer.writerow({"annotation_id": 100 + k, "annotator": 1, "created_at": "2026-12-07T10:00:00Z",
+                             "id": k, "image": STORAGE + d["path"], "label": truth[d["path"]], "lead_time": 2.5,
+                             "path": d["path"], "query": d["query"], "ssal_index": d["ssal_index"],
+                             "ssal_run": run_id, "updated_at": "2026-12-07T10:00:00Z"})
+        path = tmp_path / f"{run_id}.csv"
+        path.write_text(buf.getvalue())
+        return path
+
+    with pytest.raises(DataError, match="answers another run"):
+        import_labels(run, export("0123456789ab"))
+    assert RunDir(run).answers_of(-1) == {}
+    assert import_labels(run, export(RunDir(run).run_id())).startswith(f"imported {len(tasks)} answers")
