@@ -59,6 +59,19 @@ def post(port: int, token: str, path: str, body: dict) -> tuple[int, bytes]:
         conn.close()
 
 
+def saying(state: dict) -> str:
+    """What the page says runs (for a wait that began)."""
+    return f"{state['busy'] or 'nothing runs'}" + (f", {state['progress']}" if state["progress"] else "")
+
+
+def told_round(state: dict, trained: int, t0: float) -> int:
+    """The last round the page says was trained; a new one is printed with what it measured."""
+    done = int(re.match(r"round (\d+):", state["accuracy"]).group(1)) if state["accuracy"] else -1
+    if done > trained:
+        print(f"{time.perf_counter() - t0:6.0f} s: {state['accuracy']}", flush=True)
+    return max(done, trained)
+
+
 def label_rounds(port: int, truth: dict[str, str], rounds: int, pace: float) -> dict:
     """A scripted person: answers whatever the page offers (a batch, or the images chosen ahead while a
     round trains) at ``pace`` images a second, presses "train the next round" when a batch is complete
@@ -71,13 +84,10 @@ def label_rounds(port: int, truth: dict[str, str], rounds: int, pace: float) -> 
         state = json.loads(get(port, "/api/batch")[1])
         r, ahead = state["round"], bool(state.get("ahead"))
         if said is None and last is not None:  # what the page says when the person runs out of images
-            said = f"{state['busy'] or 'nothing runs'}" + (f", {state['progress']}" if state["progress"] else "")
-        done = int(re.match(r"round (\d+):", state["accuracy"]).group(1)) if state["accuracy"] else -1
-        if done > trained:
-            trained = done
-            print(f"{time.perf_counter() - t0:6.0f} s: {state['accuracy']}", flush=True)
-            if trained + 1 >= rounds:
-                break
+            said = saying(state)
+        trained = told_round(state, trained, t0)
+        if trained + 1 >= rounds:
+            break
         todo = [it for it in state["items"] if str(it["index"]) not in state["answers"]] if r is not None else []
         if todo:
             body = {"round": r, "index": todo[0]["index"], "label": truth[todo[0]["path"]]}
@@ -135,15 +145,11 @@ def label_in_browser(port: int, truth: dict[str, str], rounds: int, pace: float)
             now = time.perf_counter()
             if now - checked > 1.0:  # the rounds trained, and what the page says (for a wait that began)
                 checked, state = now, json.loads(get(port, "/api/batch")[1])
-                done = int(re.match(r"round (\d+):", state["accuracy"]).group(1)) if state["accuracy"] else -1
-                if done > trained:
-                    trained = done
-                    print(f"{now - t0:6.0f} s: {state['accuracy']}", flush=True)
-                    if trained + 1 >= rounds:
-                        break
+                trained = told_round(state, trained, t0)
+                if trained + 1 >= rounds:
+                    break
                 if said is None and pressed is not None and now - pressed > 1.0:
-                    said = state["busy"] or "nothing runs"
-                    said += f", {state['progress']}" if state["progress"] else ""
+                    said = saying(state)
             page = driver.execute_script(PAGE_JS)
             if page["view"] == "single" and page["shown"] and page["shown"] != seen:
                 if pressed is not None:
