@@ -108,6 +108,11 @@ def _label_commands(sub) -> None:
                                      "answers too. A Label Studio export is its JSON (or JSON-MIN) export.")
     li.add_argument("run_dir", metavar="RUN_DIR")
     li.add_argument("file", metavar="FILE", help="CSV or Label Studio JSON export")
+    li.add_argument("--annotators", choices=("refuse", "agree", "majority", "latest"), default="refuse",
+                    help="several different answers for one image (annotators, rows): refuse the file (default), "
+                         "agree (only unanimous answers count; the others stay open), majority (the most given "
+                         "one, ties stay open), latest (the last changed); an empty submit beside an answer never "
+                         "counts")
     le = lsub.add_parser("export", help="write the open query batch for a labeling tool",
                          description="Write the run's open query batch as Label Studio tasks (local-file image "
                                      "references, the model's guess as a pre-annotation) plus the labeling config "
@@ -171,7 +176,7 @@ def cmd_label(args) -> int:
     from ssal.label import queries
 
     if args.label_command == "import":
-        print(labels.import_labels(args.run_dir, args.file))
+        print(labels.import_labels(args.run_dir, args.file, args.annotators))
         return 0
     if args.label_command == "serve":
         # loaded when the command runs (see the module docstring)

@@ -8,10 +8,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
 
+from ssal.data.pool import SKIP
 from ssal.errors import DataError
 from ssal.experiment import loop
 from ssal.label.answers import import_labels
@@ -133,3 +135,73 @@ def test_the_csv_export_is_read_by_ssals_columns_and_its_run_is_checked(run, fol
         import_labels(run, export("0123456789ab"))
     assert RunDir(run).answers_of(-1) == {}
     assert import_labels(run, export(RunDir(run).run_id())).startswith(f"imported {len(tasks)} answers")
+
+
+def _annotation(k: int, choice: str | None, stamp: str, cancelled: bool = False) -> dict:
+    result = [] if choice is None else [{"from_name": "label", "to_name": "image", "type": "choices",
+                                         "value": {"choices": [choice]}}]
+    return {"id": k, "result": result, "was_cancelled": cancelled, "created_at": stamp, "updated_at": stamp}
+
+
+def _formats(tasks: list[dict], votes: dict[int, list[tuple[str | None, str, bool]]], tmp_path: Path
+             ) -> dict[str, Path]:
+    """The JSON, JSON-MIN and CSV exports of ``tasks`` whose k-th task got ``votes[k]`` (choice or None for an
+    empty submit, time, cancelled), written as Label Studio 1.23 does: JSON-MIN and CSV give one row per
+    annotation and leave cancelled ones out."""
+    full, rows = [], []
+    for k, task in enumerate(tasks):
+        data = {**task["data"], "image": STORAGE + task["data"]["path"]}
+        anns = [_annotation(100 * k + j, c, t, x) for j, (c, t, x) in enumerate(votes.get(k, []))]
+        full.append({"id": k + 1, "data": data, "annotations": anns})
+        rows += [{**data, "id": k + 1, "label": a["result"][0]["value"]["choices"][0] if a["result"] else "",
+                  "annotator": 1, "annotation_id": a["id"], "created_at": a["created_at"],
+                  "updated_at": a["updated_at"], "lead_time": None} for a in anns if not a["was_cancelled"]]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, sorted(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    (tmp_path / "export.csv").write_text(buf.getvalue())
+    return {"json": _write(tmp_path, "export.json", full), "json_min": _write(tmp_path, "export_min.json", rows),
+            "csv": tmp_path / "export.csv"}
+
+
+T1, T2, T3 = "2026-12-07T10:00:00.000001Z", "2026-12-07T11:00:00.000001Z", "2026-12-07T12:00:00.000001Z"
+
+
+@pytest.mark.parametrize("fmt", ["json", "json_min", "csv"])
+@pytest.mark.parametrize("rule", ["agree", "majority", "latest"])
+def test_several_annotators_one_rule_for_every_format(run, fmt, rule, tmp_path):
+    """Two or three annotators per image, by hand: what each rule takes, the same from every export format;
+    an empty submit beside a label never counts; what a rule cannot settle stays open and is named."""
+    tasks = _tasks(run)
+    votes = {0: [("red", T1, False), ("blue", T2, False)],  # two differ: latest blue, the others open
+             1: [("green", T1, False), ("green", T2, False)],  # agree
+             2: [("red", T1, False), (None, T2, False)],  # a label and a later empty submit: red
+             3: [("red", T1, False), ("blue", T3, False), ("red", T2, False)],  # majority red, latest blue
+             4: [("blue", T1, False)]}
+    expected = {"agree": {1: "green", 2: "red", 4: "blue"},
+                "majority": {1: "green", 2: "red", 3: "red", 4: "blue"},
+                "latest": {0: "blue", 1: "green", 2: "red", 3: "blue", 4: "blue"}}[rule]
+    path = _formats(tasks, votes, tmp_path)[fmt]
+    message = import_labels(run, path, annotators=rule)
+    index = [t["data"]["ssal_index"] for t in tasks]
+    assert RunDir(run).answers_of(-1) == {index[k]: CLASSES.index(c) for k, c in expected.items()}
+    left = [k for k in votes if k not in expected]
+    if left:
+        assert f"{len(left)} left open, their answers disagree under --annotators {rule}: " in message
+        assert all(f"'{tasks[k]['data']['path']}'" in message for k in left)
+    else:
+        assert "left open" not in message
+
+
+def test_a_cancelled_annotation_is_a_skip_and_never_erases_a_label_unless_latest_says_so(run, tmp_path):
+    tasks = _tasks(run)
+    index = [t["data"]["ssal_index"] for t in tasks]
+    votes = {0: [("red", T1, False), (None, T2, True)], 1: [(None, T1, True)]}
+    path = _formats(tasks, votes, tmp_path)["json"]
+    with pytest.raises(DataError, match=re.escape("--annotators agree|majority|latest")):  # the default: it waits
+        import_labels(run, path)
+    assert "left open" in import_labels(run, path, annotators="agree")
+    assert RunDir(run).answers_of(-1) == {index[1]: SKIP}
+    import_labels(run, path, annotators="latest")
+    assert RunDir(run).answers_of(-1) == {index[0]: SKIP, index[1]: SKIP}

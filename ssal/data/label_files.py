@@ -89,33 +89,81 @@ class NoLabels(DataError):
     """A label file whose every label is empty."""
 
 
-def read_answer_file(path: str | os.PathLike, pool: PoolNames, run_id: str | None = None) -> tuple[dict[int, int], int]:
-    """``({index: label or SKIP}, rows without an answer)`` of a CSV or Label Studio JSON file."""
+RULES = ("refuse", "agree", "majority", "latest")  # several answers for one image (annotators): which counts
+
+
+@dataclass
+class Answers:
+    """A label file's answers: ``labels`` {index: class or SKIP}, ``empty`` images whose every answer is
+    empty, and ``open`` {index: the answers as written} whose answers the rule could not settle."""
+
+    labels: dict[int, int]
+    empty: int
+    open: dict[int, list[str]]
+
+
+def settle(got: list[tuple[int, str, int]], rule: str) -> int | None:
+    """The answer ``rule`` takes from one image's answers ``(label, time, position)``, empty submits already
+    left out: ``agree`` only a unanimous one, ``majority`` one given more often than any other, ``latest``
+    the last by time (then by position). None: not settled (the image stays open)."""
+    labels = [label for label, _, _ in got]
+    if len(set(labels)) == 1:
+        return labels[0]
+    if rule == "majority":
+        counts = sorted(((labels.count(y), y) for y in set(labels)), reverse=True)
+        return counts[0][1] if counts[0][0] > counts[1][0] else None
+    if rule == "latest":
+        return max(got, key=lambda a: (a[1], a[2]))[0]
+    return None
+
+
+def read_answer_file(path: str | os.PathLike, pool: PoolNames, run_id: str | None = None,
+                     rule: str | None = None) -> Answers:
+    """The answers of a CSV or Label Studio JSON file. Several different answers for one image (rows, or
+    annotators) refuse the file naming them (``rule`` None or ``refuse``; ``refuse`` names the other rules
+    too) unless ``rule`` (:data:`RULES`) settles them; under a rule an empty submit beside a real answer
+    never counts."""
     path = Path(path)
     text = _read_text(path)
     if path.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{")):
         rows = _label_studio_rows(path, text, run_id)
     else:
         rows = _csv_rows(path, text, run_id)
-    given: dict[int, list[tuple[str, int | None, str]]] = {}  # index -> (where, label or None, as written)
-    for where, index, path_text, label_texts in rows:
+    given: dict[int, list[tuple[str, int | None, str, str]]] = {}  # index -> (where, label or None, text, time)
+    for where, index, path_text, answers in rows:
         i = _resolve(pool, where, index, path_text)
-        for label_text in [label_texts] if isinstance(label_texts, str) else label_texts:
-            given.setdefault(i, []).append((where, pool.label_of(label_text, where), label_text.strip()))
-    several = {i: got for i, got in given.items() if len({label for _, label, _ in got}) > 1}
+        for label_text, stamp in answers:
+            given.setdefault(i, []).append((where, pool.label_of(label_text, where), label_text.strip(), stamp))
+    if rule in (None, "refuse"):
+        _refuse_several(path, pool, given, rule == "refuse")
+    labels, empty, still = {}, 0, {}
+    for i, got in given.items():
+        real = [(label, stamp, k) for k, (_, label, _, stamp) in enumerate(got) if label is not None]
+        if not real:
+            empty += 1
+            continue
+        settled = settle(real, "agree" if rule in (None, "refuse") else rule)
+        if settled is None:
+            still[i] = [text for _, label, text, _ in got if label is not None]
+        else:
+            labels[i] = settled
+    if not labels and not still:
+        raise NoLabels(f"{path} has no labels (every label is empty); fill in the label column (a class name, or "
+                       f"{'/'.join(SKIP_WORDS)}), then import it")
+    return Answers(labels, empty, still)
+
+
+def _refuse_several(path: Path, pool: PoolNames, given: dict[int, list[tuple[str, int | None, str, str]]],
+                    rules: bool) -> None:
+    several = {i: got for i, got in given.items() if len({label for _, label, _, _ in got}) > 1}
     if several:  # one image, different answers (two rows, or several annotators): ssal will not pick one
         i, got = next(iter(several.items()))
         shown = ", ".join(f"'{one_line(text) or 'no label'}' ({where.removeprefix(str(path)).strip()})"
-                          for where, _, text in got[:3])
+                          for where, _, text, _ in got[:3])
         more = f"; {len(several) - 1} more images have several answers too" if len(several) > 1 else ""
+        rule = f" (several annotators: choose which answer counts with --annotators {'|'.join(RULES[1:])})"
         raise DataError(f"{path}: {image_name(pool, i)} has {len(got)} different answers: {shown}{more}; keep one "
-                        "answer per image and import the file again")
-    answers = {i: got[0][1] for i, got in given.items() if got[0][1] is not None}
-    empty = sum(1 for got in given.values() if got[0][1] is None)
-    if not answers:
-        raise NoLabels(f"{path} has no labels (every label is empty); fill in the label column (a class name, or "
-                       f"{'/'.join(SKIP_WORDS)}), then import it")
-    return answers, empty
+                        f"answer per image and import the file again{rule if rules else ''}")
 
 
 def image_name(pool: PoolNames, i: int) -> str:
@@ -156,7 +204,7 @@ def _dialect(text: str) -> type[csv.Dialect]:
     return csv.excel
 
 
-def _csv_rows(path: Path, text: str, run_id: str | None) -> list[tuple[str, str | None, str | None, str]]:
+def _csv_rows(path: Path, text: str, run_id: str | None) -> list[tuple[str, str | None, str | None, list]]:
     try:
         reader = csv.reader(io.StringIO(text, newline=""), _dialect(text))
         header = next(reader, None)
@@ -171,7 +219,7 @@ def _csv_rows(path: Path, text: str, run_id: str | None) -> list[tuple[str, str 
     if "label" not in columns or not ({"index", "path"} & set(columns)):
         raise DataError(f"{path} needs a header with a 'label' column and a 'path' or 'index' column (found: "
                         f"{', '.join(h.strip() for h in header) or 'nothing'}); start from queries.csv")
-    col = {c: columns.index(c) for c in ("index", "path", "label", "run") if c in columns}
+    col = {c: columns.index(c) for c in ("index", "path", "label", "run", "updated_at") if c in columns}
     rows = []
     for n, row in enumerate(body, start=2):
         if not any(cell.strip() for cell in row):
@@ -185,7 +233,7 @@ def _csv_rows(path: Path, text: str, run_id: str | None) -> list[tuple[str, str 
         if run_id is not None and run and run.strip() and run.strip() != run_id:
             raise DataError(f"{path} answers another run (run {run.strip()}; this run is {run_id}): import the "
                             "queries.csv of this run")
-        rows.append((where, cell("index"), cell("path"), cell("label") or ""))
+        rows.append((where, cell("index"), cell("path"), [(cell("label") or "", cell("updated_at") or "")]))
     return rows
 
 
@@ -218,22 +266,28 @@ def _label_studio_rows(path: Path, text: str, run_id: str | None
         image = own if own is not None or index is not None else data.get("image")
         if "data" in task:
             labels = _ls_choices(task, where)
-        else:  # JSON-MIN: the choice under the control's name ('label' in ssal's config)
-            labels = [_one_choice(task.get("label", ""), where)]
+        else:  # JSON-MIN: one row per annotation, the choice under the control's name ('label' in ssal's config)
+            labels = [(_one_choice(task.get("label", ""), where), _stamp(task))]
         if not labels:
             continue
         rows.append((where, index, image if isinstance(image, str) else None, labels))
     return rows
 
 
-def _ls_choices(task: dict, where: str) -> list[str]:
-    """Every annotation's choice ('skip' where an annotator skipped the task, '' for an empty submit); []
-    when nobody annotated it. Several annotations that differ are refused by the caller."""
+def _stamp(annotation: dict) -> str:
+    """When an annotation was last changed (ISO 8601 as Label Studio writes it), or ''."""
+    stamp = annotation.get("updated_at") or annotation.get("created_at") or ""
+    return stamp if isinstance(stamp, str) else ""
+
+
+def _ls_choices(task: dict, where: str) -> list[tuple[str, str]]:
+    """Every annotation's choice ('skip' where an annotator skipped the task, '' for an empty submit) with its
+    time; [] when nobody annotated it. Several annotations that differ are for the caller's rule."""
     annotations = [a for a in task.get("annotations") or [] if isinstance(a, dict)]
     out = []
     for annotation in annotations:
         if annotation.get("was_cancelled"):
-            out.append(SKIP_WORDS[0])
+            out.append((SKIP_WORDS[0], _stamp(annotation)))
             continue
         results = annotation.get("result") or []
         if not isinstance(results, list):
@@ -246,7 +300,7 @@ def _ls_choices(task: dict, where: str) -> list[str]:
                     raise DataError(f"{where}: a choice without a value object; export the project again as JSON")
                 found = value.get("choices")
                 choices += [found] if isinstance(found, str) else list(found or [])
-        out.append(_one_choice(choices, where))
+        out.append((_one_choice(choices, where), _stamp(annotation)))
     return out
 
 
@@ -271,7 +325,7 @@ def read_seed_labels(path: str | os.PathLike, data) -> tuple[torch.Tensor, torch
     pool = PoolNames(len(data.train), None if names is None else dict(enumerate(names)), list(data.classes), root,
                  "an image of the pool")
     try:
-        answers, _ = read_answer_file(Path(os.path.expanduser(str(path))), pool)
+        answers = read_answer_file(Path(os.path.expanduser(str(path))), pool).labels
     except DataError as e:
         raise DataError(f"data.labels: {e}") from None
     skipped = [i for i, y in answers.items() if y == SKIP]

@@ -19,7 +19,7 @@ from pathlib import Path
 from ssal import files
 from ssal.data.label_files import SKIP_WORDS, NoLabels, PoolNames, image_name, read_answer_file
 from ssal.data.pool import SKIP, ActivePool
-from ssal.errors import ConfigError, DataError
+from ssal.errors import ConfigError, DataError, one_line
 from ssal.label.stopping import is_complete
 from ssal.run.checks import check_unchanged
 from ssal.run.layout import QUERIES_CSV, SELECTED, round_folder
@@ -219,7 +219,7 @@ def take_filled_queries(rd: RunDir, r: int) -> str | None:
     def read(batch: Batch, pool: PoolNames) -> dict[int, int]:
         nonlocal taken
         try:
-            answers, _ = read_answer_file(path, pool, rd.run_id())
+            answers = read_answer_file(path, pool, rd.run_id()).labels
         except NoLabels:
             return {}
         clash = next((i for i, y in answers.items() if i in stored and stored[i] != y), None)
@@ -283,19 +283,22 @@ def earlier_answers(rd: RunDir | Transaction, identity: dict, answers: dict[int,
     return len(earlier)
 
 
-def import_labels(run_dir: str | os.PathLike, label_file: str | os.PathLike) -> str:
+def import_labels(run_dir: str | os.PathLike, label_file: str | os.PathLike, annotators: str = "refuse") -> str:
     """Validate ``label_file`` against the open batch of a run and store its answers (all or nothing); answers
-    to earlier batches' images that agree with the pool are recognised and counted. Returns what happened,
-    for people."""
+    to earlier batches' images that agree with the pool are recognised and counted. ``annotators``: which of
+    several answers for one image counts (:data:`ssal.data.label_files.RULES`; the images it cannot settle
+    stay open and are named). Returns what happened, for people."""
     rd = RunDir(run_dir)
     identity = human_run(rd, in_use_ok=True)  # a run may train meanwhile: it takes the answers when it needs them
     empty = earlier = 0
     names: PoolNames | None = None
+    still: dict[int, list[str]] = {}
 
     def read(batch: Batch, pool: PoolNames) -> dict[int, int]:
-        nonlocal empty, earlier, names
+        nonlocal empty, earlier, names, still
         names = queried_pool(rd, identity, batch)
-        answers, empty = read_answer_file(label_file, names, rd.run_id())
+        got = read_answer_file(label_file, names, rd.run_id(), annotators)
+        answers, empty, still = got.labels, got.empty, got.open
         earlier = earlier_answers(rd, identity, answers, batch, names, str(label_file))
         return answers
 
@@ -306,7 +309,10 @@ def import_labels(run_dir: str | os.PathLike, label_file: str | os.PathLike) -> 
     head = (f"imported {done.given} answer{'s' if done.given != 1 else ''} for {done.batch.folder}" +
             (f" ({done.changed} changed)" if done.changed else "") +
             (f", {skipped} skipped" if skipped else "") + (f"; {empty} rows had no label" if empty else "") +
-            (f"; {earlier} answers to earlier batches agree with the pool" if earlier else ""))
+            (f"; {earlier} answers to earlier batches agree with the pool" if earlier else "") +
+            (f"; {len(still)} left open, their answers disagree under --annotators {annotators}: " +
+             ", ".join(f"{image_name(names, i)} ({', '.join(one_line(t) for t in texts)})"
+                       for i, texts in list(still.items())[:5]) + (" ..." if len(still) > 5 else "") if still else ""))
     if missing:  # named: an export that leaves out skipped or cancelled tasks says which
         shown = ", ".join(image_name(names, i) for i in missing[:5]) + (
             f" and {len(missing) - 5} more" if len(missing) > 5 else "")
