@@ -426,7 +426,8 @@ def test_label_studio_references_decode_to_the_paths_and_an_export_of_them_impor
         assert ref.startswith(LS_PREFIX), ref
         encoded = ref[len(LS_PREFIX):]
         assert re.fullmatch(r"[A-Za-z0-9_.~/%-]*", encoded), f"{ref!r} is not a URL-encoded reference"
-        assert urllib.parse.unquote(encoded) == ORDER[t["data"]["ssal_index"]], ref
+        served = Path(RunDir(run).identity()["recipe"]["data"]["root"]).name  # under the document root, its parent
+        assert urllib.parse.unquote(encoded) == f"{served}/{ORDER[t['data']['ssal_index']]}", ref
     if export == "json":  # Label Studio keeps each task's data and adds the annotations
         body = [{"id": k + 1, "data": t["data"], "annotations": [
             {"id": k + 1, "result": [_choice(TRUTH[ORDER[t["data"]["ssal_index"]]])], "was_cancelled": False}]}

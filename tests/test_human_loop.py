@@ -308,7 +308,7 @@ def label_studio_export(tasks: list[dict], truth: dict[str, str], cancel: set[in
     tasks numbered in ``cancel`` skipped: was_cancelled, no result)."""
     out = []
     for k, task in enumerate(tasks):
-        path = task["data"]["image"].split("?d=", 1)[1]
+        path = task["data"]["path"]  # (its URL is relative to Label Studio's document root)
         result = [] if k in cancel else [{"id": f"r{k}", "from_name": "label", "to_name": "image",
                                           "type": "choices", "value": {"choices": [truth[path]]}}]
         out.append({**task, "id": 100 + k, "annotations": [{
@@ -340,7 +340,7 @@ def test_label_studio_answers_drive_the_loop_and_a_cancelled_task_is_skipped_and
         batch = selections(run)["initial" if r == 0 else f"r{r - 1:02d}"]
         assert [t["data"]["ssal_index"] for t in tasks] == batch["indices"]
         for t in tasks:
-            assert t["data"]["image"] == "/data/local-files/?d=" + order[t["data"]["ssal_index"]]
+            assert t["data"]["image"] == f"/data/local-files/?d={root.name}/" + order[t["data"]["ssal_index"]]
         cancel = {0} if r == 1 else set()  # people skip the first image of acquisition 0's batch
         if r == 1:
             skipped = tasks[0]["data"]["ssal_index"]
@@ -536,12 +536,14 @@ def test_label_studio_tasks_of_a_labeled_layout_point_at_images_under_the_served
     root, _ = labeled_colours
     rc, out, err = ssal_here(capsys, "label", "export", str(labeled_layout_run), "--out", str(tmp_path / "t.json"))
     assert rc == 0, err
-    assert f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}" in out
+    # Label Studio serves files under a storage, never at its document root: the root's parent, a storage on it
+    assert f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root.resolve().parent};" in out
+    assert f"Local files, absolute local path {root.resolve()} " in out
     tasks = json.loads((tmp_path / "t.json").read_text())
     assert len(tasks) == INITIAL
     missing = [t["data"]["image"] for t in tasks
-               if not (root / t["data"]["image"].split("?d=", 1)[1]).is_file()]
-    assert not missing, f"Label Studio serving data.root={root} finds none of {missing[:3]}"
+               if not (root.parent / t["data"]["image"].split("?d=", 1)[1]).is_file()]
+    assert not missing, f"Label Studio serving {root.parent} finds none of {missing[:3]}"
 
 
 def test_a_csv_of_absolute_paths_answers_a_labeled_layout_run(labeled_colours, labeled_layout_run, tmp_path, capsys):
