@@ -215,6 +215,11 @@ def cmd_label(args) -> int:
               f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={served}; (2) in the project, Settings > Cloud Storage > Add "
               f"Source Storage > Local files, absolute local path {root} (no sync needed); (3) import {tasks} and "
               f"set the labeling interface to {config}")
+    version = queries.model_version(tasks)
+    if version is not None:  # a project keeps the model version of the first predictions it was given
+        print(f"the model's suggestions are model version '{version}': a project that holds an earlier round's tasks "
+              f"shows them once its model version is '{version}' (REST: PATCH /api/projects/<id> with "
+              f"{{\"model_version\": \"{version}\"}})")
     return 0
 
 

@@ -205,3 +205,21 @@ def test_a_cancelled_annotation_is_a_skip_and_never_erases_a_label_unless_latest
     assert RunDir(run).answers_of(-1) == {index[1]: SKIP}
     import_labels(run, path, annotators="latest")
     assert RunDir(run).answers_of(-1) == {index[0]: SKIP, index[1]: SKIP}
+
+
+def test_a_later_rounds_export_says_which_model_version_a_reused_project_must_show(run, folder, tmp_path, capsys):
+    """Label Studio keeps a project's first model version (seen on 1.23.2): the export of round 0's batch,
+    whose tasks carry the model's suggestions as 'ssal rounds/r00', says how to show them."""
+    from ssal.cli import main
+
+    _, truth = folder
+    import_labels(run, _write(tmp_path, "first.json", _answered(_tasks(run), truth)))
+    loop.run(load_recipe(run / "recipe.yaml"), resume=True, progress=False)
+    capsys.readouterr()
+    assert main(["label", "export", str(run)]) == 0
+    out = capsys.readouterr().out
+    tasks = json.loads((run / "rounds" / "r00" / "tasks.json").read_text())
+    assert {p["model_version"] for t in tasks for p in t["predictions"]} == {"ssal rounds/r00"}
+    assert all(0 <= t["predictions"][0]["score"] <= 1 for t in tasks)
+    assert """shows them once its model version is 'ssal rounds/r00' (REST: PATCH /api/projects/<id> with \
+{"model_version": "ssal rounds/r00"})""" in out

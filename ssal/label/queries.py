@@ -139,6 +139,14 @@ def label_studio_url(root: Path, path: str) -> str:
     return LS_PREFIX + urllib.parse.quote(f"{root.name}/{path}", safe="/")
 
 
+def model_version(tasks_path: Path) -> str | None:
+    """The model version of the suggestions in a task file ``ssal label export`` wrote (None: none)."""
+    for task in json.loads(Path(tasks_path).read_text()):
+        for prediction in task.get("predictions") or []:
+            return prediction.get("model_version")
+    return None
+
+
 def _label_studio_tasks(rd: RunDir | Transaction, identity: dict, batch: Batch) -> list[dict]:
     record = rd.selection_record(batch.round)
     run_id = rd.run_id()
