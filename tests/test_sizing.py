@@ -139,6 +139,9 @@ def test_the_next_batch_is_the_running_stage_plus_the_stages_after_it_at_the_spe
     clock = sizing.NextBatch(recipe, 3000, told.append, clock=lambda: now[0])
     clock.plan(1, [{"round": 0, "train_s": 89.6, "eval_s": 3.0, "select_s": 1.5}])
     assert tell("round 1 train (100 labels)", 0, 50, 0.0, None) == pytest.approx(11_200 * 0.002 + 4.5)
+    clock = sizing.NextBatch(recipe, 3000, told.append, clock=lambda: now[0])
+    clock.plan(1, [{"round": 0, "n_labeled": 50}])  # a line without its times: no speed, no whole wait yet
+    assert tell("round 1 train (100 labels)", 0, 50, 0.0, None) is None
 
 
 def test_what_is_chosen_ahead_lasts_a_quick_person_through_the_longest_wait():

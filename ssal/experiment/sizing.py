@@ -165,10 +165,10 @@ class NextBatch:
     def plan(self, r: int, rows: list[dict], pretrain: bool = False) -> None:
         """The stop that ends with round ``r``'s selection: pretraining first when ``pretrain``, then round r's
         training (``rows``: the committed rounds, whose times are the speed until this stop measures its own)."""
-        if rows and self.work["train"] > 0:
-            last = rows[-1]
-            self.per_pass = last["train_s"] / self.work["train" if last["round"] == 0 else "continue"]
-            self.after_s = last.get("eval_s", 0.0) + last.get("select_s", 0.0)
+        last = rows[-1] if rows else {}
+        if isinstance(last.get("train_s"), (int, float)) and self.work["train"] > 0:  # a row without times: no speed
+            self.per_pass = last["train_s"] / self.work["train" if last.get("round") == 0 else "continue"]
+            self.after_s = float(last.get("eval_s") or 0.0) + float(last.get("select_s") or 0.0)
         self.stages = [*(["pretrain"] if pretrain and self.work["pretrain"] else []),
                        "train" if r == 0 else "continue", "after"]
         self.since, self.r = self.clock(), r
