@@ -206,14 +206,12 @@ def cmd_label(args) -> int:
     # loaded when the command runs (see the module docstring)
     from ssal.run.store import RunDir
 
-    identity = RunDir(args.run_dir).identity()
-    served = queries.served_root(identity)
+    root = queries.storage_root(RunDir(args.run_dir).identity())
     print(f"wrote {n} Label Studio tasks to {tasks} and the labeling config to {config}")
-    if served is not None:
-        root = Path(os.path.expanduser(identity["recipe"]["data"]["root"])).resolve()
+    if root is not None:
         print(f"for Label Studio to show the images: (1) start it with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true "
-              f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={served}; (2) in the project, Settings > Cloud Storage > Add "
-              f"Source Storage > Local files, absolute local path {root} (no sync needed); (3) import {tasks} and "
+              f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root.parent}; (2) in the project, Settings > Cloud Storage > "
+              f"Add Source Storage > Local files, absolute local path {root} (no sync needed); (3) import {tasks} and "
               f"set the labeling interface to {config}")
     version = queries.model_version(tasks)
     if version is not None:  # a project keeps the model version of the first predictions it was given

@@ -44,7 +44,8 @@ class PoolNames:
         """The index a path names: as ssal's CSV protection wrote it (a leading apostrophe: tried first, so
         ssal's own CSV reads back even beside a file whose name is the protected form), as written, without
         the spaces a spreadsheet may add, as a Label Studio reference (URL-encoded) or an absolute path."""
-        for p in dict.fromkeys((files.csv_plain(raw), raw, files.csv_plain(raw.strip()), raw.strip())):
+        below = f"{self.root.name}/" if self.root is not None else None  # Label Studio's URLs (document root:
+        for p in dict.fromkeys((files.csv_plain(raw), raw, files.csv_plain(raw.strip()), raw.strip())):  # its parent)
             served = p.startswith(LS_PREFIX)
             if served:
                 p = urllib.parse.unquote(p[len(LS_PREFIX):])
@@ -53,8 +54,6 @@ class PoolNames:
             p = os.path.normpath(p).replace(os.sep, "/") if p else p
             if p in self.by_path:
                 return self.by_path[p]
-            # a Label Studio URL relative to its document root, data.root's parent (ssal's own tasks)
-            below = f"{self.root.name}/" if self.root is not None else None
             if served and below and p.startswith(below) and p[len(below):] in self.by_path:
                 return self.by_path[p[len(below):]]
         return None

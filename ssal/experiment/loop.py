@@ -442,8 +442,9 @@ def choose(rounds: Rounds, r: int, fit: FitResult, pool: ActivePool,
     this round's model, and L more, ranked after them, to be answered while the next round trains."""
     cfg, parts = rounds.cfg, rounds.parts
     look = cfg.active.lookahead
-    taken = torch.tensor(taken_ahead(rounds, r - 1, rounds.wanted(r, pool)) if look else [], dtype=torch.long)
-    need = max(0, rounds.wanted(r, pool) - len(taken))
+    wanted = rounds.wanted(r, pool)
+    taken = torch.tensor(taken_ahead(rounds, r - 1, wanted) if look else [], dtype=torch.long)
+    need = max(0, wanted - len(taken))
     free = len(pool.unlabeled_indices) - len(taken)
     acq = acquire(rounds.engine, cfg, parts.strategy, parts.data, fit, pool, prev_model, r, min(need + look, free),
                   exclude=taken)

@@ -122,20 +122,21 @@ def export_queries(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike 
         return [out, out.with_suffix(".xml")], len(tasks)
 
 
-def served_root(identity: dict) -> Path | None:
-    """The folder Label Studio's local-file serving must have as its document root: the parent of
-    ``data.root``. Label Studio serves a file only under a Local Files storage, and refuses a storage at
-    its document root itself, so the storage is ``data.root``, one folder below (None without a root)."""
+def storage_root(identity: dict) -> Path | None:
+    """The folder of Label Studio's Local Files storage: ``data.root`` (None without one, or at the file
+    system's root). Label Studio serves a file only under a storage and refuses a storage at its document
+    root itself, so its document root must be this folder's parent."""
     root = (identity["recipe"].get("data") or {}).get("root")
     if not root:
         return None
     root = Path(os.path.expanduser(root)).resolve()
-    return root.parent if root.parent != root else None
+    return root if root.parent != root else None
 
 
 def label_studio_url(root: Path, path: str) -> str:
-    """The URL Label Studio serves ``path`` (relative to ``data.root``, ``root``) under: relative to the
-    document root (:func:`served_root`); a reference is a URL, so '%20', '#' or '+' in a name name that file."""
+    """The URL Label Studio serves ``path`` (relative to ``data.root``, ``root``) under: relative to its
+    document root, the parent of :func:`storage_root`; a reference is a URL, so '%20', '#' or '+' in a name
+    name that file."""
     return LS_PREFIX + urllib.parse.quote(f"{root.name}/{path}", safe="/")
 
 
@@ -150,12 +151,11 @@ def model_version(tasks_path: Path) -> str | None:
 def _label_studio_tasks(rd: RunDir | Transaction, identity: dict, batch: Batch) -> list[dict]:
     record = rd.selection_record(batch.round)
     run_id = rd.run_id()
-    served = served_root(identity)
-    root = Path(os.path.expanduser((identity["recipe"].get("data") or {}).get("root") or ".")).resolve()
+    root = storage_root(identity)
     tasks = []
     for q, i in enumerate(batch.indices, start=1):
         data = {"ssal_index": i, "ssal_run": run_id, "query": q}
-        if "paths" in record and served is not None:
+        if "paths" in record and root is not None:
             data["image"] = label_studio_url(root, record["paths"][q - 1])
             data["path"] = record["paths"][q - 1]
         task = {"data": data}
