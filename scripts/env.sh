@@ -52,3 +52,21 @@ ssal_ensure_chromium() {  # the labeling page's tests drive a real browser: Debi
         return 1
     fi
 }
+
+# Label Studio for the tests that run a real server (tests/test_label_studio_server.py), in its own venv
+# .lsvenv: its pins (Django, pydantic, ...) are not ssal's. sentry-sdk 3 makes 1.23.2 fail at start
+# ("Unknown option 'send_default_pii'"), hence the second pin. SSAL_LABEL_STUDIO_VERSION overrides the version.
+ssal_label_studio_spec() { echo "label-studio==${SSAL_LABEL_STUDIO_VERSION:-1.23.2} sentry-sdk<3"; }
+
+ssal_ensure_label_studio() {
+    local spec stamp=.lsvenv/.ssal-installed
+    spec="$(ssal_label_studio_spec)"
+    cd "$ssal_root" || return 1
+    [ "$(cat "$stamp" 2>/dev/null)" = "$spec" ] && return 0
+    echo "ssal: installing $spec into .lsvenv (for the Label Studio tests; about 2 min the first time)" >&2
+    rm -rf .lsvenv
+    "${SSAL_PYTHON:-python3}" -m venv .lsvenv \
+        && .lsvenv/bin/python -m pip install --quiet --disable-pip-version-check $spec \
+        && echo "$spec" > "$stamp" \
+        || { echo "ssal: error: pip install $spec into .lsvenv failed (see above)" >&2; return 1; }
+}

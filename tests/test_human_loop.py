@@ -301,69 +301,7 @@ def test_three_human_rounds_with_csv_answers_match_the_hidden_truth(colour_pool,
     assert max(abs(alone[r["path"]][1] - float(r["confidence"])) for r in rows) < 2e-3
 
 
-# ----------------------------------------------------------------------------- 2. Label Studio answers
-
-def label_studio_export(tasks: list[dict], truth: dict[str, str], cancel: set[int]) -> list[dict]:
-    """What Label Studio exports after people annotated ``tasks``: each task with one annotation (the
-    tasks numbered in ``cancel`` skipped: was_cancelled, no result)."""
-    out = []
-    for k, task in enumerate(tasks):
-        path = task["data"]["path"]  # (its URL is relative to Label Studio's document root)
-        result = [] if k in cancel else [{"id": f"r{k}", "from_name": "label", "to_name": "image",
-                                          "type": "choices", "value": {"choices": [truth[path]]}}]
-        out.append({**task, "id": 100 + k, "annotations": [{
-            "id": 500 + k, "completed_by": 1, "result": result, "was_cancelled": k in cancel,
-            "created_at": "2026-01-01T10:00:00.000000Z", "updated_at": f"2026-01-01T10:{k:02d}:00.000000Z",
-            "lead_time": 2.5}]})
-    return out
-
-
-@pytest.mark.slow
-def test_label_studio_answers_drive_the_loop_and_a_cancelled_task_is_skipped_and_refilled(
-        colour_pool, tmp_path, capsys):
-    root, truth = colour_pool
-    order = sorted(truth)
-    recipe = folder_recipe(tmp_path, root, model={"backbone": "cnn_small"}, active={"rounds": 2})
-    run = tmp_path / "runs" / "human"
-    rc, out, err = ssal_here(capsys, "run", str(recipe))
-    assert rc == 0, err
-
-    skipped = None
-    for r in range(3):
-        tasks_path = tmp_path / f"tasks_{r}.json"
-        rc, out, err = ssal_here(capsys, "label", "export", str(run), "--format", "labelstudio", "--out",
-                                 str(tasks_path))
-        assert rc == 0, err
-        config = tasks_path.with_suffix(".xml").read_text()
-        assert all(f'<Choice value="{c}"/>' in config for c in CLASSES)
-        tasks = json.loads(tasks_path.read_text())
-        batch = selections(run)["initial" if r == 0 else f"r{r - 1:02d}"]
-        assert [t["data"]["ssal_index"] for t in tasks] == batch["indices"]
-        for t in tasks:
-            assert t["data"]["image"] == f"/data/local-files/?d={root.name}/" + order[t["data"]["ssal_index"]]
-        cancel = {0} if r == 1 else set()  # people skip the first image of acquisition 0's batch
-        if r == 1:
-            skipped = tasks[0]["data"]["ssal_index"]
-        export = tmp_path / f"label_studio_{r}.json"
-        export.write_text(json.dumps(label_studio_export(tasks, truth, cancel)))
-        rc, out, err = ssal_here(capsys, "label", "import", str(run), str(export))
-        assert rc == 0, err
-        if r == 1:
-            assert "1 skipped" in out, out
-        rc, out, err = ssal_here(capsys, "run", "--resume", str(run))
-        assert rc == 0, err
-
-    rows = read_metrics(run)
-    assert [m["n_labeled"] for m in rows] == [INITIAL, INITIAL + BUDGET - 1, INITIAL + 2 * BUDGET]
-    sel = selections(run)
-    assert len(sel["r00"]["indices"]) == BUDGET
-    assert len(sel["r01"]["indices"]) == BUDGET + 1  # the skipped image's label is bought again
-    assert skipped not in sel["r01"]["indices"]  # and it is not asked for again
-    pool = assert_pool_matches_truth(run, truth, order)
-    entries = [(i, y) for i, y, _ in pool["labeled"]]
-    assert [y for i, y in entries if i == skipped] == [-1]  # one entry, no label
-    assert sum(y >= 0 for _, y in entries) == INITIAL + 2 * BUDGET
-    assert_selections_carry_paths(run, order)
+# Label Studio answers: tests/test_label_studio_server.py (a real server) and test_label_studio_files.py
 
 
 # ----------------------------------------------------------------------------- 3. who answers changes nothing
