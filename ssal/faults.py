@@ -6,9 +6,11 @@ Crash safety is only believable when it is tested at exact points, not after a s
 
 - ``name`` is a failpoint's name or a glob of names (``write:round_*.pt``);
 - ``action`` is ``kill`` (SIGKILL to this process: a crash at exactly that point, no cleanup
-  runs), ``crash`` (raise :class:`SimulatedCrash`, which no handler of ssal catches: for tests that
-  run in the test process) or an ``OSError`` to raise: ``enospc`` (disk full), ``eacces``
-  (permission denied), ``erofs`` (read-only file system), ``eio`` (I/O error);
+  runs), ``sigint`` / ``sigterm`` (this process sends itself that signal, as a person's Ctrl-C
+  or a scheduler's stop, at exactly that point; the handlers run as for any signal), ``crash``
+  (raise :class:`SimulatedCrash`, which no handler of ssal catches: for tests that run in the
+  test process) or an ``OSError`` to raise: ``enospc`` (disk full), ``eacces`` (permission
+  denied), ``erofs`` (read-only file system), ``eio`` (I/O error);
 - ``@n`` acts on the n-th hit of that name (default: the first), ``@n+`` on every hit from the n-th;
 - ``#r`` (after the rest) acts only in the process of rank r under torchrun / accelerate launch
   (``train.step=kill@5#1``: process 1 dies before its 5th optimizer step; the others see it die).
@@ -32,6 +34,7 @@ from collections.abc import Iterator
 from ssal.errors import SsalError
 
 ENV = "SSAL_FAILPOINTS"
+_SIGNALS = {"sigint": signal.SIGINT, "sigterm": signal.SIGTERM}
 _ERRORS = {"enospc": errno.ENOSPC, "eacces": errno.EACCES, "erofs": errno.EROFS, "eio": errno.EIO}
 
 
@@ -46,8 +49,9 @@ def _parse(spec: str) -> list[tuple[str, str, int, bool]]:
         name, _, action = item.partition("=")
         action, _, only = action.partition("#")
         action, _, at = action.partition("@")
-        if action not in ("kill", "crash", *_ERRORS) or not name or (only and not only.isdigit()):
-            raise ValueError(f"{ENV}: bad failpoint '{item}' (want name=kill|crash|enospc|eacces|erofs|eio[@n][#rank])")
+        if action not in ("kill", "crash", *_SIGNALS, *_ERRORS) or not name or (only and not only.isdigit()):
+            actions = "|".join(("kill", "crash", *_SIGNALS, *_ERRORS))
+            raise ValueError(f"{ENV}: bad failpoint '{item}' (want name={actions}[@n][#rank])")
         if only and only != rank:
             continue  # another process's failpoint
         every = at.endswith("+")
@@ -102,5 +106,8 @@ def failpoint(name: str) -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
             if action == "crash":
                 raise SimulatedCrash(name)
+            if action in _SIGNALS:  # its handler runs right after this call returns
+                os.kill(os.getpid(), _SIGNALS[action])
+                continue
             code = _ERRORS[action]
             raise OSError(code, os.strerror(code))

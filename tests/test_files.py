@@ -109,6 +109,21 @@ def test_failpoints_count_hits_and_match_globs():
         faults._parse("x=explode")
 
 
+def test_a_signal_failpoint_sends_the_signal_at_its_hit_and_goes_on():
+    import signal
+
+    got = []
+    previous = signal.signal(signal.SIGTERM, lambda sig, frame: got.append(sig))
+    try:
+        with faults.active("train.step=sigterm@2"):
+            for step in range(3):
+                faults.failpoint("train.step")
+                got.append(step)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert got == [0, signal.SIGTERM, 1, 2]  # the handler ran at the 2nd hit, before the code after it
+
+
 def test_a_failpoint_can_name_the_process_it_acts_in(monkeypatch):
     """``#r``: only the process of rank r (torchrun's RANK) acts; the others ignore the rule."""
     spec = "train.step=kill@5#1,evaluate=eio#0"
