@@ -121,6 +121,22 @@ def _label_commands(sub) -> None:
     le.add_argument("--format", choices=("labelstudio", "csv"), default="labelstudio")
     le.add_argument("--out", metavar="FILE", help="default: RUN_DIR/rounds/rXX/tasks.json (or queries.csv)")
     le.add_argument("--force", action="store_true", help=FORCE_OUT)
+    for name, helptext in (("push", "put the open query batch into the run's Label Studio project"),
+                           ("pull", "import the answers of the run's Label Studio project")):
+        lp = lsub.add_parser(name, help=helptext, description=helptext + " through Label Studio's REST API. The "
+                             "project is the run's own ('ssal <parent>/<run folder> <run id>', created with its "
+                             "labeling config and a Local files storage on data.root by the first push) or "
+                             "--project ID. Label Studio must run with "
+                             "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and "
+                             "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=<data.root's parent>.")
+        lp.add_argument("run_dir", metavar="RUN_DIR")
+        lp.add_argument("--url", help="Label Studio's address (default: $LABEL_STUDIO_URL, else http://localhost:8080)")
+        lp.add_argument("--token", help="an access token (default: $LABEL_STUDIO_API_KEY; the variable keeps it out "
+                                        "of the process list)")
+        lp.add_argument("--project", type=_whole, metavar="ID", help="a project id (default: the run's own project)")
+        if name == "pull":
+            lp.add_argument("--annotators", choices=("refuse", "agree", "majority", "latest"), default="refuse",
+                            help="several different answers for one image: as for 'ssal label import'")
     ls = lsub.add_parser("serve", help="label the open query batch in the browser",
                          description="Serve a labeling page for the run's open query batch: one image at a time "
                                      "with keys (1-9/0 class, s skip, Enter accept the suggestion, arrows move, z "
@@ -177,6 +193,14 @@ def cmd_label(args) -> int:
 
     if args.label_command == "import":
         print(labels.import_labels(args.run_dir, args.file, args.annotators))
+        return 0
+    if args.label_command in ("push", "pull"):
+        from ssal.label import studio  # (see the module docstring)
+
+        if args.label_command == "push":
+            print(studio.push(args.run_dir, args.url, args.token, args.project))
+        else:
+            print(studio.pull(args.run_dir, args.url, args.token, args.project, args.annotators))
         return 0
     if args.label_command == "serve":
         # loaded when the command runs (see the module docstring)

@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,27 @@ def test_a_later_rounds_export_says_which_model_version_a_reused_project_must_sh
     assert all(0 <= t["predictions"][0]["score"] <= 1 for t in tasks)
     assert """shows them once its model version is 'ssal rounds/r00' (REST: PATCH /api/projects/<id> with \
 {"model_version": "ssal rounds/r00"})""" in out
+
+
+def test_push_and_pull_say_in_one_line_what_is_wrong_before_or_without_a_server(run, tmp_path, capsys, monkeypatch):
+    """No token, an address that is not one, a server that is not there: one line each, the run unchanged.
+    (A bad token, a missing project and the round trip itself: tests/test_label_studio_server.py.)"""
+    from tests.test_human_loop import one_error_line, snapshot, ssal_here
+
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    monkeypatch.delenv("LABEL_STUDIO_URL", raising=False)
+    before = snapshot(run)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    for args, fragments in [
+        (["push", str(run)], ["no Label Studio token", "--token or LABEL_STUDIO_API_KEY"]),
+        (["push", str(run), "--token", "t", "--url", "localhost:8080"], ["is not a Label Studio address"]),
+        (["push", str(run), "--token", "t", "--url", closed], [f"cannot reach Label Studio at {closed}", "--url"]),
+        (["pull", str(run), "--token", "t", "--url", closed], [f"cannot reach Label Studio at {closed}"]),
+        (["pull", str(tmp_path / "nowhere"), "--token", "t", "--url", closed], ["nowhere"]),
+    ]:
+        rc, out, err = ssal_here(capsys, "label", *args)
+        assert rc == 2 and out == "", (args, out)
+        one_error_line(err, *fragments)
+    assert snapshot(run) == before

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -29,7 +30,15 @@ from PIL import Image
 
 from ssal.data.pool import SKIP
 from ssal.run.readers import read_metrics
-from tests.test_human_loop import CLASSES, colour_image, folder_recipe, one_thread, ssal_here  # noqa: F401
+from tests.test_human_loop import (  # noqa: F401  (one_thread: autouse)
+    CLASSES,
+    colour_image,
+    folder_recipe,
+    one_error_line,
+    one_thread,
+    snapshot,
+    ssal_here,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -331,3 +340,104 @@ def test_three_rounds_through_a_real_label_studio(studio, tmp_path, capsys, layo
     assert [m["n_labeled"] for m in read_metrics(run)] == trained.tolist()
     if rule == "latest":  # B's later, different answer won in every round
         assert sum(v != truth[p] and v != "skip" for p, v in expected.items()) == 3
+
+
+# ----------------------------------------------------------------------------- ssal label push / pull
+
+def readme_walk() -> list[str]:
+    """The README's Label Studio walk-through: its bash block's commands, comments and continuations joined."""
+    block = next(b for b in re.findall(r"```bash\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+                 if "ssal label push" in b)
+    lines = [line.split("  #")[0].strip() for line in block.replace("\\\n", " ").splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def test_the_readme_walk_through_push_and_pull_and_the_errors_a_person_can_meet(studio, tmp_path, capsys,
+                                                                                  monkeypatch):
+    walk = readme_walk()
+    # the install and the start are what scripts/test.sh and the fixture above do
+    spec = subprocess.run(["bash", "-c", f"source {REPO}/scripts/env.sh; ssal_label_studio_spec"], capture_output=True,
+                          text=True, check=True).stdout.split()
+    install = next(c for c in walk if "pip install" in c)
+    assert shlex.split(install.split("pip install", 1)[1]) == spec
+    start = next(c for c in walk if "label-studio start" in c)
+    assert "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT=$HOME" in start
+    steps = [shlex.split(c) for c in walk if c.startswith("ssal ")]
+    assert [s[:3] for s in steps] == [["ssal", "run", "my_project/recipe.yaml"], ["ssal", "label", "push"],
+                                      ["ssal", "label", "pull"], ["ssal", "run", "--resume"]]
+
+    # the README's world: ~/photos under Label Studio's document root, my_project beside it
+    monkeypatch.setenv("HOME", str(studio.documents))
+    monkeypatch.chdir(tmp_path)
+    root = studio.documents / "photos"
+    truth = make_pool(root, nested=True, seed=2)
+    recipe = folder_recipe(tmp_path, root, "pushpull", model={"backbone": "cnn_small"}, train={"steps": 3},
+                           active={"initial": 8, "budget": 6, "rounds": 2})
+    (tmp_path / "my_project").mkdir()
+    (tmp_path / "my_project" / "recipe.yaml").write_text(
+        recipe.read_text().replace(str(tmp_path / "runs" / "pushpull"), str(tmp_path / "my_project" / "run")))
+    run = tmp_path / "my_project" / "run"
+    exported = dict(kv.split("=", 1) for kv in shlex.split(next(c for c in walk if c.startswith("export ")))[1:])
+    assert sorted(exported) == ["LABEL_STUDIO_API_KEY", "LABEL_STUDIO_URL"]
+    monkeypatch.setenv("LABEL_STUDIO_URL", studio.url)
+
+    def step(k: int) -> tuple[int, str, str]:
+        return ssal_here(capsys, *steps[k][1:])
+
+    assert step(0)[0] == 0  # ssal run: the first batch
+    # errors before anything is pushed: one line each, nothing in the run changes
+    before = snapshot(run)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "not-a-token")
+    rc, out, err = step(1)
+    assert rc == 2 and out == ""
+    one_error_line(err, f"Label Studio at {studio.url} refused the token (HTTP 401", "--token or LABEL_STUDIO_API_KEY")
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", TOKEN)
+    rc, out, err = step(2)
+    assert rc == 2
+    one_error_line(err, "has no project 'ssal my_project/run ", "push the open batch first")
+    rc, out, err = ssal_here(capsys, "label", "push", "my_project/run", "--project", "9999")
+    assert rc == 2
+    one_error_line(err, "has no project 9999", "leave out --project")
+    assert snapshot(run) == before
+
+    # a personal access token (a JWT) works as the legacy token does
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", studio.call("POST", "/api/token/", {})["token"])
+    project = None
+    for r in range(3):
+        batch = "initial" if r == 0 else f"r{r - 1:02d}"
+        started = time.monotonic()
+        for again in (False, True):  # pushing twice imports nothing twice
+            rc, out, err = step(1)
+            assert rc == 0, err
+            assert ("were there already" in out) == again, out
+        pid = int(out.split("(id ")[1].split(")")[0].split(",")[0])
+        assert project in (None, pid)  # one project for every round
+        project = pid
+        tasks = [t for t in studio.tasks(project) if not t["total_annotations"]]
+        selected = json.loads((run / "rounds" / batch / "selected.json").read_text())
+        assert sorted(t["data"]["path"] for t in tasks) == sorted(selected["paths"])
+        for t in tasks:
+            assert studio.call("GET", t["data"]["image"], raw=True) == (root / t["data"]["path"]).read_bytes()
+        if r > 0:  # the stream shows this round's suggestions without a hand step
+            assert [p["model_version"] for p in studio.call("GET", f"/api/projects/{project}/next")["predictions"]] \
+                == [f"ssal rounds/{batch}"]
+        for k, t in enumerate(tasks):
+            studio.annotate(t["id"], truth[t["data"]["path"]])
+            if k == 0:  # a second annotator who disagrees, then a third who agrees with the first
+                studio.annotate(t["id"], wrong(truth[t["data"]["path"]]), user=studio.second)
+                studio.annotate(t["id"], truth[t["data"]["path"]], user=studio.second)
+        if r == 0:  # the default rule names the disagreement, and the export as the person knows it
+            rc, out, err = ssal_here(capsys, "label", "pull", "my_project/run")
+            assert rc == 2
+            one_error_line(err, f"the export of Label Studio project {project}", "different answers", "--annotators")
+        rc, out, err = step(2)  # --annotators majority
+        assert rc == 0, err
+        assert out.startswith(f"from Label Studio project {project}: imported ") and "all" in out, out
+        with capsys.disabled():
+            print(f"round trip {batch}: push twice, {len(tasks) + 2} annotations, pull: "
+                  f"{time.monotonic() - started:.2f} s")
+        assert step(3)[0] == 0  # ssal run --resume
+    pool = json.loads((run / "pool.json").read_text())
+    assert {p: CLASSES[y] for (_, y, _), p in zip(pool["labeled"], pool["paths"], strict=True)} == \
+        {p: truth[p] for p in pool["paths"]}
+    assert len(pool["paths"]) == 8 + 6 + 6 and len(read_metrics(run)) == 3

@@ -122,6 +122,17 @@ def export_queries(run_dir: str | os.PathLike, fmt: str, out: str | os.PathLike 
         return [out, out.with_suffix(".xml")], len(tasks)
 
 
+def label_studio_batch(run_dir: str | os.PathLike) -> tuple[list[dict], str, str, dict]:
+    """The open batch as Label Studio tasks, their labeling config, the batch's folder (``rounds/rXX``) and
+    the run's identity, read under the answers' lock; nothing written."""
+    rd = RunDir(run_dir)
+    identity = human_run(rd, in_use_ok=True)
+    with rd.transaction(purpose="answers", wait=TRANSACTION_WAIT, clean=False) as tx:
+        batch = open_batch(tx, identity)
+        tasks = _label_studio_tasks(tx, identity, batch)
+    return tasks, label_studio_config(list(identity["pool"]["classes"])), batch.folder, identity
+
+
 def storage_root(identity: dict) -> Path | None:
     """The folder of Label Studio's Local Files storage: ``data.root`` (None without one, or at the file
     system's root). Label Studio serves a file only under a storage and refuses a storage at its document
