@@ -441,3 +441,21 @@ def test_the_readme_walk_through_push_and_pull_and_the_errors_a_person_can_meet(
     assert {p: CLASSES[y] for (_, y, _), p in zip(pool["labeled"], pool["paths"], strict=True)} == \
         {p: truth[p] for p in pool["paths"]}
     assert len(pool["paths"]) == 8 + 6 + 6 and len(read_metrics(run)) == 3
+
+
+def test_a_folder_label_studio_cannot_serve_is_one_line_naming_the_document_root_it_needs(studio, tmp_path, capsys,
+                                                                                          monkeypatch):
+    root = tmp_path / "elsewhere" / "photos"  # not under the server's document root
+    make_pool(root, nested=False, n=20)
+    recipe = folder_recipe(tmp_path, root, "elsewhere", model={"backbone": "cnn_small"}, train={"steps": 3},
+                           active={"initial": 4, "budget": 2, "rounds": 1})
+    run = tmp_path / "runs" / "elsewhere"
+    assert ssal_here(capsys, "run", str(recipe))[0] == 0
+    monkeypatch.setenv("LABEL_STUDIO_URL", studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", TOKEN)
+    before = snapshot(run)
+    rc, out, err = ssal_here(capsys, "label", "push", str(run))
+    assert rc == 2 and out == ""
+    one_error_line(err, "/api/storages/localfiles with HTTP 400",
+                   f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root.parent}")
+    assert snapshot(run) == before

@@ -111,7 +111,10 @@ def _detail(body: bytes) -> str:
     parts = [str(got.get("detail") or "")]
     for field, problems in (got.get("validation_errors") or {}).items():
         parts.append(f"{field}: {' '.join(map(str, problems)) if isinstance(problems, list) else problems}")
-    return one_line("; ".join(p for p in parts if p and p != "Validation error") or str(got.get("detail") or ""))[:300]
+    text = one_line("; ".join(p for p in parts if p and p != "Validation error") or str(got.get("detail") or ""))
+    if len(text) > 300:  # Label Studio's longer messages: their first sentences
+        text = text[:text.rfind(". ", 0, 300) + 1] or text[:300] + " ..."
+    return text
 
 
 def project_title(run_dir: str | os.PathLike) -> str:
