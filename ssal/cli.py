@@ -367,6 +367,7 @@ def cmd_list(args) -> int:
     from ssal.models.backbones import SMALL_BACKBONES
     from ssal.pretrain import PRETRAINERS
     from ssal.select import INITIAL_STRATEGIES, STRATEGIES
+    from ssal.select.stochastic import MODES
     from ssal.semi import OBJECTIVES
 
     table = Table(title="ssal components", show_lines=False)
@@ -379,6 +380,7 @@ def cmd_list(args) -> int:
         ("pretraining", "pretrain.method", PRETRAINERS.names()),
         ("objective", "train.method", OBJECTIVES.names()),
         ("strategy", "active.strategy", STRATEGIES.names()),
+        ("batch draw", "active.stochastic", [*MODES, "(with a ranking strategy; null: its top budget)"]),
         ("initial strategy", "active.initial_strategy", INITIAL_STRATEGIES.names()),
         ("oracle", "active.oracle", ORACLES.names()),
     ):

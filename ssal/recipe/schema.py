@@ -17,7 +17,7 @@ from ssal.errors import ConfigError, did_you_mean, one_line
 from ssal.label.oracles import ORACLES
 from ssal.models import check_backbone
 from ssal.pretrain import PRETRAINERS
-from ssal.select import INITIAL_STRATEGIES, STRATEGIES
+from ssal.select import INITIAL_STRATEGIES, STRATEGIES, stochastic
 from ssal.semi import OBJECTIVES
 
 CHOICES = {
@@ -186,6 +186,8 @@ class ActiveConfig:
     stop_set: int = 1000  # seeded pool images whose predictions are compared round to round (0: no stop signal)
     stop_when: Optional[float] = None  # end the run once the mean kappa of the last stop_window rounds reaches it
     stop_window: int = 3
+    stochastic: Optional[str] = None  # power | softmax | softrank: draw the batch from the strategy's scores
+    stochastic_beta: float = 1.0  # the draw's sharpness (higher: closer to the top budget)
 
     def check(self, key: str, recipe: Any) -> None:
         """Everything but ``initial``, whose floor depends on ``data.labels`` (see :func:`validate`)."""
@@ -208,6 +210,15 @@ class ActiveConfig:
                           note=" (a kappa, e.g. 0.99) or null")
             checks.require(self.stop_set > 0, f"{key}.stop_when needs the stop signal: set {key}.stop_set > 0 "
                                               "(e.g. 1000), or stop_when: null")
+        if self.stochastic is not None:
+            checks.require(self.stochastic in stochastic.MODES, f"{key}.stochastic must be one of "
+                           f"{', '.join(stochastic.MODES)} or null, got '{one_line(str(self.stochastic))}'"
+                           f"{did_you_mean(str(self.stochastic), stochastic.MODES)}")
+            why = stochastic.usable(STRATEGIES.get(self.strategy), self.stochastic)
+            checks.require(why is None, f"{key}.stochastic={self.stochastic} cannot draw the batch of "
+                           f"{key}.strategy={self.strategy}: {why}; use it with a ranking strategy (e.g. entropy) "
+                           "or set stochastic: null")
+            checks.require(self.stochastic_beta > 0, f"{key}.stochastic_beta must be > 0, got {self.stochastic_beta}")
         checks.require(self.subset is None or self.subset >= self.budget,
                        f"{key}.subset ({self.subset}) must be >= {key}.budget ({self.budget}) or null")
 

@@ -50,6 +50,7 @@ class Strategy:
 
     Config: ClassVar[type | None] = None  # the strategy's own recipe sub-section (active.<name>)
     members: int = 1  # models trained per round; more train an ensemble (ssal.select.ensemble)
+    nonnegative_scores: ClassVar[bool] = False  # its scores are >= 0 (active.stochastic: power may wrap it)
 
     def __init__(self, cfg: Any = None):
         self.cfg = cfg if cfg is not None or self.Config is None else self.Config()
@@ -82,8 +83,3 @@ class ScoreStrategy(Strategy):
     def select(self, signals: Signals, budget: int, generator: torch.Generator) -> torch.Tensor:
 
         return signals.candidates[top_k(self.scores(signals), budget)]
-
-
-def create_strategy(active: Any) -> Strategy:
-    """The strategy a recipe's ``active`` section names, with its options (``active.<name>``)."""
-    return STRATEGIES.get(active.strategy)(getattr(active, active.strategy, None))

@@ -20,6 +20,8 @@ from ssal.select.signals import BALDScore, MCProbs
 class BALD(ScoreStrategy):
     """Mutual information between label and weights (Houlsby et al. 2011; Gal et al. 2017)."""
 
+    nonnegative_scores = True
+
     @dataclass
     class Config:
         samples: int = 20  # T stochastic passes

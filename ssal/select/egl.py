@@ -15,6 +15,8 @@ class EGL(ScoreStrategy):
     2008; the last-layer form of Huang et al. 2016): the label the model expects, weighted by how far
     it would move the head. Computed from the factors, O(N C), no backward pass."""
 
+    nonnegative_scores = True
+
     needs = (Probs(), Features())
 
     def scores(self, signals: Signals) -> torch.Tensor:

@@ -41,6 +41,8 @@ class DeepEnsemble(ScoreStrategy):
     variation ratio of their votes (the paper's best), the entropy of their mean prediction, or BALD
     over the members. Costs ``members`` times the training of one model per round."""
 
+    nonnegative_scores = True
+
     @dataclass
     class Config:
         members: int = 5  # K models per round

@@ -17,6 +17,8 @@ class Consistency(ScoreStrategy):
     """Inconsistency of the predictions over K training views (Gao et al. 2020), from the
     objective's EMA teacher when it has one."""
 
+    nonnegative_scores = True
+
     @dataclass
     class Config:
         views: int = 10  # K
@@ -39,6 +41,8 @@ class TOD(ScoreStrategy):
     """Cyclic output discrepancy (Huang et al. 2021): 1/2 ||p_r - p_(r-1)||^2 between this
     round's model and the previous round's; in round 0 between the model and its EMA."""
 
+    nonnegative_scores = True
+
     needs = (Probs(), PrevProbs())
 
     def scores(self, signals: Signals) -> torch.Tensor:
@@ -49,6 +53,8 @@ class TOD(ScoreStrategy):
 class CAL(ScoreStrategy):
     """Contrastive active learning (Margatina et al. 2021): predictions that diverge from those
     of the nearest labeled samples in the encoder's feature space."""
+
+    nonnegative_scores = True
 
     @dataclass
     class Config:

@@ -13,6 +13,8 @@ from ssal.select.signals import Probs
 class Entropy(ScoreStrategy):
     """Highest predictive entropy (Shannon 1948; Settles 2009 survey)."""
 
+    nonnegative_scores = True
+
     needs = (Probs(),)
 
     def scores(self, signals: Signals) -> torch.Tensor:
@@ -23,6 +25,8 @@ class Entropy(ScoreStrategy):
 class Margin(ScoreStrategy):
     """Smallest gap between the two most likely classes (Scheffer et al. 2001)."""
 
+    nonnegative_scores = True
+
     needs = (Probs(),)
 
     def scores(self, signals: Signals) -> torch.Tensor:
@@ -32,6 +36,8 @@ class Margin(ScoreStrategy):
 @STRATEGIES.register("least_confidence")
 class LeastConfidence(ScoreStrategy):
     """Lowest probability of the predicted class (Lewis & Gale 1994)."""
+
+    nonnegative_scores = True
 
     needs = (Probs(),)
 
