@@ -133,7 +133,7 @@ def test_initial_strategies_contract(n, k, seed, n_classes):
     feats = torch.randn(n, 4, generator=g)
     for name in INITIAL_STRATEGIES.names():
         picked = INITIAL_STRATEGIES.get(name)(unlabeled, targets, k, torch.Generator().manual_seed(seed),
-                                              embed=lambda idx: feats[idx])
+                                              embed=lambda idx: feats[idx], classes=n_classes)
         assert len(picked) == min(k, n) and len(torch.unique(picked)) == len(picked)
 
 

@@ -335,12 +335,12 @@ class Rounds:
                                    self.cfg.train.eval_batch_size, desc="initial features")["features"]
 
             acq = initial_set(eng, self.cfg, parts.initial_strategy, pool.unlabeled_indices, parts.data.train.targets,
-                              embed, self.wanted(-1, pool))
+                              embed, self.wanted(-1, pool), parts.data.num_classes)
             acq, record = with_audit(acq, pool, self.cfg.seed)
             if self.cfg.active.lookahead:  # more by the same strategy, from the rest (a class-balanced draw is
                 rest = pool.unlabeled_indices[~torch.isin(pool.unlabeled_indices, acq.indices)]  # no prefix of one)
                 more = initial_set(eng, self.cfg, parts.initial_strategy, rest, parts.data.train.targets, embed,
-                                   min(self.cfg.active.lookahead, len(rest)))
+                                   min(self.cfg.active.lookahead, len(rest)), parts.data.num_classes)
                 record.update(ahead=more.indices.tolist(), from_ahead=0)  # labeled while round 0 trains
             self.run_dir.save_selection(record)
         if self.receive(acq, pool):

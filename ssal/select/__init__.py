@@ -11,6 +11,7 @@ from ssal.select import (  # noqa: F401
     egl,
     ensemble,
     learning_loss,
+    probcover,
     random_sampling,
     ssl,
     stochastic,

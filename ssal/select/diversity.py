@@ -67,7 +67,7 @@ class TypiClust(Strategy):
 @INITIAL_STRATEGIES.register("typiclust")
 @reads_features
 def initial_typiclust(unlabeled: torch.Tensor, targets: torch.Tensor, k: int, generator: torch.Generator,
-                      embed=None) -> torch.Tensor:
+                      embed=None, classes=None) -> torch.Tensor:
     """Cold start: TypiClust on the features of the pool (the pretrained encoder's when the recipe
     pretrains). ``embed(indices)`` gives the features; no label is read."""
     if embed is None:

@@ -18,14 +18,14 @@ class Random(Strategy):
 
 @INITIAL_STRATEGIES.register("random")
 def initial_random(unlabeled: torch.Tensor, targets: torch.Tensor, k: int, generator: torch.Generator,
-                   embed=None) -> torch.Tensor:
+                   embed=None, classes=None) -> torch.Tensor:
     return unlabeled[torch.randperm(len(unlabeled), generator=generator)[:k]]
 
 
 @INITIAL_STRATEGIES.register("class_balanced")
 @reads_truth
 def initial_class_balanced(unlabeled: torch.Tensor, targets: torch.Tensor, k: int,
-                           generator: torch.Generator, embed=None) -> torch.Tensor:
+                           generator: torch.Generator, embed=None, classes=None) -> torch.Tensor:
     """``k // C`` random samples of each class (the first ``k % C`` classes get one more).
 
     It reads the ground-truth labels of the pool, so it is for simulations that need a

@@ -41,12 +41,12 @@ class Acquisition:
 
 
 def initial_set(engine: Any, cfg: Any, initial_strategy: Any, unlabeled: torch.Tensor, targets: torch.Tensor,
-                embed: Any, k: int) -> Acquisition:
-    """The ``k`` labels bought before round 0 (by ``active.initial_strategy``)."""
+                embed: Any, k: int, classes: int | None = None) -> Acquisition:
+    """The ``k`` labels bought before round 0 (by ``active.initial_strategy``); ``classes``: how many."""
     t = time.perf_counter()
     if k == 0:  # a seed set (data.labels) alone starts the run
         return Acquisition(-1, cfg.active.initial_strategy, torch.empty(0, dtype=torch.long), None, 0.0)
-    picked = initial_strategy(unlabeled, targets, k, generator(cfg.seed, "initial"), embed=embed)
+    picked = initial_strategy(unlabeled, targets, k, generator(cfg.seed, "initial"), embed=embed, classes=classes)
     return Acquisition(-1, cfg.active.initial_strategy, torch.as_tensor(picked, dtype=torch.long), None,
                        time.perf_counter() - t)
 
