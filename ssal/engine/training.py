@@ -70,6 +70,12 @@ class Engine(Inference):
         torch.manual_seed(derive_seed(seed, "torch"))  # new heads' weights, dropout and other stochastic layers
         model.to(memory_format=self.memory_format)
         objective = synchronise_batchnorm(build(model), self.device)
+        if objective.closed_form:  # no steps: the objective solves for its head on frozen features
+            logs = objective.solve(self, data, seed)
+            objective.eval()
+            check_replicas_agree(objective, desc)
+            return FitResult(objective.model, objective.model, time.perf_counter() - t0, logs, None, objective,
+                             objective.extra_state(), 0.0)
         optimizer, scheduler = sgd(objective, optim, {"model.backbone.": optim.backbone_lr_scale})
         prepared, optimizer = acc.prepare(objective, optimizer)
         inner = acc.unwrap_model(prepared)

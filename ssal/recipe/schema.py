@@ -17,7 +17,8 @@ from ssal.errors import ConfigError, did_you_mean, one_line
 from ssal.label.oracles import ORACLES
 from ssal.models import check_backbone
 from ssal.pretrain import PRETRAINERS
-from ssal.select import INITIAL_STRATEGIES, STRATEGIES, stochastic
+from ssal.select import INITIAL_STRATEGIES, STRATEGIES, Strategy, stochastic
+from ssal.select.signals import PrevProbs
 from ssal.semi import OBJECTIVES
 
 CHOICES = {
@@ -337,8 +338,17 @@ def _validate_methods(cfg: DictConfig) -> None:
         name = cfg[section].method if section != "active" else cfg.active.strategy
         options = OmegaConf.select(cfg, f"{section}.{name}")
         checks.check_options(f"{section}.{name}", registry.get(name), options, cfg)
-    strategy = STRATEGIES.get(cfg.active.strategy)
-    for request in strategy(OmegaConf.select(cfg, f"active.{cfg.active.strategy}")).needs:
+    strategy = STRATEGIES.get(cfg.active.strategy)(OmegaConf.select(cfg, f"active.{cfg.active.strategy}"))
+    if OBJECTIVES.get(cfg.train.method).closed_form:  # solved on frozen features: no steps, one model
+        method = f"train.method={cfg.train.method} fits a linear head on frozen features, with no training steps"
+        checks.require(not cfg.train.ema, f"{method}: there are no weights to average; set train.ema: 0")
+        trains = ("several models" if strategy.members > 1 else
+                  "a module along the training steps" if type(strategy).auxiliary is not Strategy.auxiliary else
+                  "the weights' EMA to compare with in round 0" if any(isinstance(r, PrevProbs) for r in strategy.needs)
+                  else None)
+        checks.require(trains is None, f"{method}, and active.strategy={cfg.active.strategy} needs {trains}; "
+                                       "choose another strategy or train.method")
+    for request in strategy.needs:
         request.check(cfg, cfg.active.strategy)
 
 

@@ -103,6 +103,7 @@ class Objective(nn.Module):
         """Called after each optimizer step (EMA teachers update here)."""
 
     has_teacher: ClassVar[bool] = False  # whether teacher_model() returns a model (checked at validation)
+    closed_form: ClassVar[bool] = False  # solved once (ssal.semi.linear_probe.ClosedForm), not trained by steps
 
     def teacher_model(self) -> nn.Module | None:
         """The method's EMA teacher, a model with ``model``'s interface, or None. Selection reads it
