@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ssal"
 MAX_CLASS, MAX_FUNCTION = 250, 60
 LAYERS = [  # bottom to top: a package's layer, by the longest matching module prefix
-    ["ssal", "ssal.errors", "ssal.rng", "ssal.registry", "ssal.checks", "ssal.faults", "ssal.files"],
+    ["ssal", "ssal.errors", "ssal.rng", "ssal.registry", "ssal.checks", "ssal.faults", "ssal.files", "ssal.blocks"],
     ["ssal.models"], ["ssal.data"], ["ssal.semi"], ["ssal.pretrain"], ["ssal.engine"], ["ssal.select"],
     ["ssal.run"], ["ssal.label"], ["ssal.recipe"], ["ssal.experiment"], ["ssal.cli", "ssal.__main__"],
 ]

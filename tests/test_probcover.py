@@ -140,3 +140,9 @@ def test_a_run_covers_with_its_first_batch_and_its_rounds(write_recipe):
              for name in ("initial", "r00")}
     assert len(set(picks["initial"])) == len(picks["initial"]) and len(set(picks["r00"])) == 10
     assert not set(picks["initial"]) & set(picks["r00"])
+
+
+def test_a_graph_too_large_is_one_line_naming_the_way_out():
+    x = torch.nn.functional.normalize(_points(50, 0, dim=3), dim=1)
+    with pytest.raises(ConfigError, match=r"would hold about 2,500 edges .* active.probcover.delta lower"):
+        ball_graph(x, 2.5, chunk=10, max_edges=1000)  # every ball holds every point

@@ -12,8 +12,8 @@ self-supervised feature space cover the most of the pool not covered yet.
   the batch is drawn at random (seeded).
 
 Memory: the graph is O(N x average degree) (int32 neighbour lists: 4 bytes an edge, plus 8 bytes a
-point); distances are computed ``chunk`` rows at a time, O(chunk x N) floats. Time O(N^2 D) for the
-distances, O(edges) for the greedy.
+point; more than 2^29 edges is refused with one line); distances are computed a block of rows at a time,
+at most 256 MB (:mod:`ssal.blocks`). Time O(N^2 D) for the distances, O(edges) for the greedy.
 """
 
 from __future__ import annotations
@@ -26,16 +26,19 @@ import numpy as np
 import torch
 
 from ssal import checks
+from ssal.blocks import rows_per_block
+from ssal.errors import ConfigError
 from ssal.select.base import INITIAL_STRATEGIES, STRATEGIES, Signals, Strategy, reads_features
 from ssal.select.functional import _normalize, check_finite
 from ssal.select.signals import Embeddings, Probs
 
-CHUNK = 2048  # rows of the distance matrix at a time
+MAX_EDGES = 2**29  # 2 GB of int32 neighbour lists
 
 
-def nearest_other(x: torch.Tensor, pseudo: torch.Tensor, chunk: int = CHUNK) -> torch.Tensor:
+def nearest_other(x: torch.Tensor, pseudo: torch.Tensor, chunk: int | None = None) -> torch.Tensor:
     """d_x: the distance from each row of ``x`` to the nearest row with another ``pseudo`` label (inf: none)."""
     out = []
+    chunk = chunk or rows_per_block(len(x))
     for start in range(0, len(x), chunk):
         d = torch.cdist(x[start:start + chunk], x)
         d[pseudo[start:start + chunk, None] == pseudo[None, :]] = float("inf")
@@ -43,7 +46,7 @@ def nearest_other(x: torch.Tensor, pseudo: torch.Tensor, chunk: int = CHUNK) -> 
     return torch.cat(out) if out else torch.zeros(0)
 
 
-def purity_delta(x: torch.Tensor, pseudo: torch.Tensor, alpha: float = 0.95, chunk: int = CHUNK) -> float:
+def purity_delta(x: torch.Tensor, pseudo: torch.Tensor, alpha: float = 0.95, chunk: int | None = None) -> float:
     """The largest delta at which at least ``alpha`` of the balls {y : ||x - y|| < delta} are pure; 0 (no
     edges: the picks are random) when fewer than two pseudo-labels leave every radius pure."""
     d = nearest_other(x, pseudo, chunk)
@@ -62,14 +65,21 @@ def pseudo_labels(x: torch.Tensor, clusters: int, generator: torch.Generator | N
     return torch.as_tensor(km.fit_predict(x.numpy()), dtype=torch.long)
 
 
-def ball_graph(x: torch.Tensor, delta: float, chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
+def ball_graph(x: torch.Tensor, delta: float, chunk: int | None = None,
+               max_edges: int = MAX_EDGES) -> tuple[np.ndarray, np.ndarray]:
     """The delta-ball graph as CSR: ``indptr`` [N + 1] (int64) and the neighbours ``indices`` (int32) of each
     row, itself included (the graph is symmetric: a distance is)."""
     indptr, indices = [np.zeros(1, dtype=np.int64)], []
     total = 0
+    chunk = chunk or rows_per_block(len(x))
     for start in range(0, len(x), chunk):
         mask = torch.cdist(x[start:start + chunk], x) < delta
         counts = mask.sum(dim=1).numpy().astype(np.int64)
+        if total + counts.sum() > max_edges:
+            mean = (total + counts.sum()) / (start + len(counts))
+            raise ConfigError(f"probcover: the delta-ball graph of {len(x):,} points at delta {delta:.3g} would hold "
+                              f"about {mean * len(x):,.0f} edges ({mean:,.0f} a point; {4 * mean * len(x) / 2**30:.1f} "
+                              f"GB), over the {max_edges:,} allowed: set active.probcover.delta lower or active.subset")
         indices.append(mask.nonzero()[:, 1].numpy().astype(np.int32))
         indptr.append(total + np.cumsum(counts))
         total += int(counts.sum())

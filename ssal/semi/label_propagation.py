@@ -21,13 +21,12 @@ import numpy as np
 import torch
 
 from ssal import checks
+from ssal.blocks import rows_per_block
 from ssal.semi.base import OBJECTIVES
 from ssal.semi.linear_probe import ClosedForm, pool_features
 
-CHUNK = 2048  # rows of the similarity matrix at a time
 
-
-def knn_graph(features: torch.Tensor, k: int, gamma: float = 3.0, chunk: int = CHUNK):
+def knn_graph(features: torch.Tensor, k: int, gamma: float = 3.0, chunk: int | None = None):
     """The symmetric normalised affinity W_n (a scipy CSR matrix, N x N, O(N k) entries)."""
     from scipy import sparse  # only label propagation needs sparse matrices
 
@@ -36,6 +35,7 @@ def knn_graph(features: torch.Tensor, k: int, gamma: float = 3.0, chunk: int = C
     n = len(v)
     k = min(k, n - 1)
     rows, cols, vals = [], [], []
+    chunk = chunk or rows_per_block(n)
     for start in range(0, n, chunk):
         s = v[start:start + chunk] @ v.T
         s[torch.arange(len(s)), torch.arange(start, start + len(s))] = -float("inf")  # not itself
