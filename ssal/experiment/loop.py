@@ -37,7 +37,7 @@ from ssal.recipe import validate_pool
 from ssal.run.outputs import check_run_place, data_folders
 from ssal.run.readers import measured
 from ssal.run.store import Restored, RunDir
-from ssal.select import INITIAL_STRATEGIES, create_strategy
+from ssal.select import INITIAL_STRATEGIES, ceal, create_strategy
 from ssal.select.signals import MCDropout, candidates
 from ssal.select.stage import Acquisition, acquire, generator, initial_set
 from ssal.semi import OBJECTIVES
@@ -234,7 +234,7 @@ class Rounds:
         when people's answers are awaited."""
         self.check_labels(r, pool)
         self.clock.plan(r, rows)
-        fit = self.trainer.train(r, pool, carry)
+        fit = self.trainer.train(r, pool, carry, ceal_labels(self, r, pool))
         self.clock.now("after")
         t_eval = time.perf_counter()
         metrics = {**measure(self, r, fit, pool), **stable_predictions(self, fit.eval_model, rows, r)}
@@ -455,11 +455,28 @@ def choose(rounds: Rounds, r: int, fit: FitResult, pool: ActivePool,
               "scores": None if scores is None else [None] * len(taken) + scores.tolist()}
     if look:
         record.update(ahead=ahead.tolist(), from_ahead=len(taken))
+    if cfg.active.ceal_threshold is not None:  # the next round also trains on the model's surest labels
+        rest = pool.unlabeled_indices[~torch.isin(pool.unlabeled_indices, torch.cat([indices, ahead]))]
+        probs = rounds.engine.predict(fit.eval_model, parts.data.train, rest, ("probs",), cfg.train.eval_batch_size,
+                                      desc=f"round {r} CEAL")["probs"]
+        delta = ceal.threshold(cfg.active.ceal_threshold, cfg.active.ceal_decay, r)
+        sure, labels = ceal.confident(probs, rest, delta)
+        record.update(ceal_threshold=delta, ceal=[[int(i), int(y)] for i, y in zip(sure, labels, strict=True)])
     if parts.oracle.asks_people:  # the model's guess, to speed people up
         record.update(suggest(rounds, fit, indices))
         if look:
             record.update({f"ahead_{k}": v for k, v in suggest(rounds, fit, ahead).items()})
     return Acquisition(r, cfg.active.strategy, indices, scores if len(taken) == 0 else None, acq.seconds), record
+
+
+def ceal_labels(rounds: Rounds, r: int, pool: ActivePool) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The images CEAL's last selection (acquisition ``r`` - 1) chose to train round ``r`` with the model's
+    label, those still unlabeled; None without CEAL or before round 1."""
+    if rounds.cfg.active.ceal_threshold is None or r == 0:
+        return None
+    pairs = torch.tensor(rounds.run_dir.selection_record(r - 1).get("ceal") or [], dtype=torch.long).view(-1, 2)
+    keep = torch.isin(pairs[:, 0], pool.unlabeled_indices)
+    return pairs[keep, 0], pairs[keep, 1]
 
 
 def taken_ahead(rounds: Rounds, r: int, wanted: int) -> list[int]:

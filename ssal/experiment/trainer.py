@@ -97,23 +97,36 @@ class RoundTrainer:
         return model
 
     # ------------------------------------------------------------------ train
-    def train(self, r: int, pool: ActivePool, carry: Carry) -> FitResult:
+    def train(self, r: int, pool: ActivePool, carry: Carry,
+              pseudo: tuple[torch.Tensor, torch.Tensor] | None = None) -> FitResult:
         """Round ``r``'s model, or the ``Strategy.members`` models of an ensemble, one after another
-        (member 0 with the seeds of a single model)."""
+        (member 0 with the seeds of a single model). ``pseudo``: unlabeled images and the labels they are
+        trained with this round as if labeled (CEAL, :mod:`ssal.select.ceal`)."""
         k = self.strategy.members
-        fits = [self._train_member(r, pool, carry.warm[i] if carry.warm is not None else None, i) for i in range(k)]
-        return fits[0] if k == 1 else combine(fits)
+        fits = [self._train_member(r, pool, carry.warm[i] if carry.warm is not None else None, i, pseudo)
+                for i in range(k)]
+        fit = fits[0] if k == 1 else combine(fits)
+        if pseudo is not None:
+            fit.logs["ceal_n"] = float(len(pseudo[0]))
+            truth = self.hidden(pseudo[0])
+            if truth is not None and len(truth):  # simulation: how right the model's own labels were
+                fit.logs["ceal_acc"] = float((truth == pseudo[1]).float().mean())
+        return fit
 
-    def _train_member(self, r: int, pool: ActivePool, warm: Weights | None, member: int) -> FitResult:
+    def _train_member(self, r: int, pool: ActivePool, warm: Weights | None, member: int,
+                      pseudo: tuple[torch.Tensor, torch.Tensor] | None = None) -> FitResult:
         cfg, k = self.cfg, self.strategy.members
         model = self.fresh_model(member)
         objective_state = None
         if warm is not None:
             model.load_state_dict(warm[0])
             objective_state = warm[1]
-        labeled, unlabeled = pool.labeled_indices, pool.unlabeled_indices
+        labeled, labels, unlabeled = pool.labeled_indices, pool.labels, pool.unlabeled_indices
+        if pseudo is not None and len(pseudo[0]):  # trained as labeled, and not also as unlabeled
+            labeled, labels = torch.cat([labeled, pseudo[0]]), torch.cat([labels, pseudo[1]])
+            unlabeled = unlabeled[~torch.isin(unlabeled, pseudo[0])]
         auxiliary = self.strategy.auxiliary(model)  # its weights drawn here, before the fit seeds torch
-        data = TrainData(self.data.train, labeled, pool.labels, unlabeled, hflip=self.data.hflip,
+        data = TrainData(self.data.train, labeled, labels, unlabeled, hflip=self.data.hflip,
                          unlabeled_labels=self.hidden(unlabeled))
         which = f" member {member + 1}/{k}" if k > 1 else ""
         optim = self.optim

@@ -189,6 +189,8 @@ class ActiveConfig:
     stop_window: int = 3
     stochastic: Optional[str] = None  # power | softmax | softrank: draw the batch from the strategy's scores
     stochastic_beta: float = 1.0  # the draw's sharpness (higher: closer to the top budget)
+    ceal_threshold: Optional[float] = None  # CEAL: images of entropy below this train with the model's label
+    ceal_decay: float = 0.00033  # the CEAL threshold's decrease per round
 
     def check(self, key: str, recipe: Any) -> None:
         """Everything but ``initial``, whose floor depends on ``data.labels`` (see :func:`validate`)."""
@@ -220,6 +222,8 @@ class ActiveConfig:
                            f"{key}.strategy={self.strategy}: {why}; use it with a ranking strategy (e.g. entropy) "
                            "or set stochastic: null")
             checks.require(self.stochastic_beta > 0, f"{key}.stochastic_beta must be > 0, got {self.stochastic_beta}")
+        checks.at_least(f"{key}.ceal_threshold", self.ceal_threshold, 0, " (nats) or null (no CEAL)", optional=True)
+        checks.at_least(f"{key}.ceal_decay", self.ceal_decay, 0)
         checks.require(self.subset is None or self.subset >= self.budget,
                        f"{key}.subset ({self.subset}) must be >= {key}.budget ({self.budget}) or null")
 

@@ -125,6 +125,10 @@ def read_selection_record(run_dir: Path, r: int) -> dict:
     for key in ("ahead_paths", "ahead_suggestions", "ahead_confidences", "ahead_digests"):
         if key in data and (not isinstance(data[key], list) or len(data[key]) != len(ahead)):
             raise Damaged(path, "malformed")
+    ceal = data.get("ceal", [])  # CEAL's [image, the model's label] pairs for the next round's training
+    if not isinstance(ceal, list) or not all(isinstance(p, list) and len(p) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in p) for p in ceal):
+        raise Damaged(path, "malformed")
     return data
 
 

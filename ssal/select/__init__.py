@@ -6,6 +6,7 @@ from typing import Any
 from ssal.select import (  # noqa: F401
     bait,
     bayesian,
+    ceal,
     dfal,
     diversity,
     egl,
