@@ -381,6 +381,7 @@ def cmd_list(args) -> int:
         ("objective", "train.method", OBJECTIVES.names()),
         ("strategy", "active.strategy", STRATEGIES.names()),
         ("batch draw", "active.stochastic", [*MODES, "(with a ranking strategy; null: its top budget)"]),
+        ("CEAL", "active.ceal_threshold", ["(entropy in nats under which the model's label trains; null: off)"]),
         ("initial strategy", "active.initial_strategy", INITIAL_STRATEGIES.names()),
         ("oracle", "active.oracle", ORACLES.names()),
     ):

@@ -164,7 +164,7 @@ def test_list_prints_every_registered_name(capsys, monkeypatch):
     assert {"digits", "fashion_mnist", "supervised", "random", "entropy", "margin", "class_balanced"} <= names
     for name in names:
         assert re.search(rf"(?<![\w.]){re.escape(name)}(?![\w])", out), f"{name} missing from:\n{out}"
-    for key in ("data.dataset", "train.method", "active.strategy", "active.stochastic"):
+    for key in ("data.dataset", "train.method", "active.strategy", "active.stochastic", "active.ceal_threshold"):
         assert key in out
     for mode in ("power", "softmax", "softrank"):
         assert re.search(rf"\b{mode}\b", out), mode
