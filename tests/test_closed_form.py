@@ -146,3 +146,22 @@ def test_pairs_that_cannot_work_are_refused_in_one_line(tiny_recipe, tmp_path, c
     err = capsys.readouterr().err
     assert err.startswith("ssal: error: ") and fragment in err and err.count("\n") == 1, err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_propagation_strategy_scores_one_minus_the_dense_certainty():
+    from ssal.select import STRATEGIES, Signals
+    from ssal.select.signals import Embeddings, Labels, Probs
+
+    g = torch.Generator().manual_seed(4)
+    centres = torch.randn(3, 6, generator=g)
+    y = torch.arange(45) % 3
+    x = centres[y] + 0.9 * torch.randn(45, 6, generator=g)
+    lab, cand = x[:6], x[6:]
+    signals = Signals(candidates=torch.arange(100, 139), labeled=torch.arange(6), values={
+        Embeddings(): cand, Embeddings(labeled=True): lab, Labels(): y[:6], Probs(): torch.full((39, 3), 1 / 3)})
+    strategy = STRATEGIES.get("propagation")(STRATEGIES.get("propagation").Config(neighbors=5, alpha=0.9))
+    w = dense_graph(torch.cat([lab, cand]).double().numpy(), 5, 3.0)
+    z = np.linalg.solve(np.eye(45) - 0.9 * w, _onehot(45, np.arange(6), y[:6].numpy(), 3))
+    assert np.allclose(strategy.scores(signals).numpy(), 1 - certainty(z)[6:], atol=1e-4)
+    picked = strategy.select(signals, 10, torch.Generator())
+    assert len(set(picked.tolist())) == 10 and set(picked.tolist()) <= set(range(100, 139))

@@ -13,6 +13,7 @@ from ssal.select import (  # noqa: F401
     ensemble,
     learning_loss,
     probcover,
+    propagation,
     random_sampling,
     ssl,
     stochastic,
