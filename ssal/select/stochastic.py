@@ -66,7 +66,10 @@ class Stochastic(Strategy):
         self.inner, self.mode, self.beta = inner, mode, beta
 
     def __getattr__(self, name: str) -> Any:  # anything else the stage asks of a strategy: the inner one's
-        return getattr(self.__dict__["inner"], name)
+        inner = self.__dict__.get("inner")
+        if inner is None:  # (while copy or pickle build the object)
+            raise AttributeError(name)
+        return getattr(inner, name)
 
     @property
     def needs(self) -> tuple[Any, ...]:
