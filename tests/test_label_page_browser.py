@@ -200,6 +200,22 @@ def serve(browser):
         server.stop()
 
 
+def click(browser, by: str, selector: str, timeout: float = 10.0) -> None:
+    """Click the element ``selector`` names, found again when the page re-rendered it between the find and the
+    click (the banner and the grid are redrawn as the run's status changes)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            browser.find_element(by, selector).click()
+            return
+        except StaleElementReferenceException:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=10) as r:
         return json.loads(r.read())
@@ -506,7 +522,7 @@ def test_an_earlier_answer_is_changed_from_the_grid(browser, serve, run, truth):
             assert tile["a"] == "—" and "answered" not in tile["cls"].split(), k
     assert "current" in state["tiles"][str(page.index(5))]["cls"].split()
 
-    browser.find_element(By.CSS_SELECTOR, f'#grid .tile[data-index="{page.index(2)}"]').click()
+    click(browser, By.CSS_SELECTOR, f'#grid .tile[data-index="{page.index(2)}"]')
     state = page.at(2)
     assert state["answer"] == page.right(2)
     other = next(c for c in page.classes if c != page.right(2))
@@ -533,7 +549,7 @@ def test_an_earlier_answer_is_changed_from_the_grid(browser, serve, run, truth):
     assert state["progress"] == progress(4, page.n)
 
     # the last image from the grid: after its answer the page goes to the first unanswered one (5)
-    browser.find_element(By.CSS_SELECTOR, f'#grid .tile[data-index="{page.index(page.n)}"]').click()
+    click(browser, By.CSS_SELECTOR, f'#grid .tile[data-index="{page.index(page.n)}"]')
     page.label(page.n, typed)
     state = page.at(5)
     assert state["progress"] == progress(5, page.n)
@@ -554,7 +570,7 @@ def test_a_complete_batch_reaches_the_next_round_from_every_view_with_one_key_or
     for how in ("enter on an answered image", "enter on the grid", "the banner's button"):
         page.press("g")  # back to the grid, then fix image 2 from it
         page.until(lambda s: s["view"] == "gridview", "the grid view")
-        browser.find_element(By.CSS_SELECTOR, f'#grid .tile[data-index="{page.index(2)}"]').click()
+        click(browser, By.CSS_SELECTOR, f'#grid .tile[data-index="{page.index(2)}"]')
         page.at(2)
         other = next(c for c in page.classes if c != page.name(typed[page.index(2)]))
         page.press(page.key(other))
@@ -564,7 +580,7 @@ def test_a_complete_batch_reaches_the_next_round_from_every_view_with_one_key_or
             page.press("g")
             page.until(lambda s: s["view"] == "gridview", "the grid view")
         if how == "the banner's button":
-            browser.find_element(By.ID, "finish").click()
+            click(browser, By.ID, "finish")
         else:
             page.press(ENTER)
         state = page.until(lambda s: s["view"] == "done" and s["continue_shown"], f"the done view ({how})")
