@@ -83,7 +83,15 @@ def ball_graph(x: torch.Tensor, delta: float, chunk: int | None = None,
         indices.append(mask.nonzero()[:, 1].numpy().astype(np.int32))
         indptr.append(total + np.cumsum(counts))
         total += int(counts.sum())
-    return np.concatenate(indptr), (np.concatenate(indices) if indices else np.zeros(0, dtype=np.int32))
+    # one array without a second copy of the graph: each block is freed as it is moved in (np.empty touches no
+    # page until it is written, so the resident size grows as the blocks shrink)
+    out = np.empty(total, dtype=np.int32)
+    at = 0
+    for k, block in enumerate(indices):
+        out[at:at + len(block)] = block
+        at += len(block)
+        indices[k] = None
+    return np.concatenate(indptr), out
 
 
 def _neighbours(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> np.ndarray:
