@@ -248,3 +248,41 @@ def test_push_and_pull_say_in_one_line_what_is_wrong_before_or_without_a_server(
         assert rc == 2 and out == "", (args, out)
         one_error_line(err, *fragments)
     assert snapshot(run) == before
+
+
+def test_a_server_that_answers_in_another_shape_is_one_line(run, capsys, monkeypatch):
+    """Something answers JSON, but not as Label Studio does: one line, never a KeyError."""
+    import http.server
+    import threading
+
+    from tests.test_human_loop import one_error_line, snapshot, ssal_here
+
+    class Odd(http.server.BaseHTTPRequestHandler):
+        def _json(self, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):  # noqa: N802
+            self._json({"count": 0, "results": []})
+
+        def do_POST(self):  # noqa: N802
+            self._json({"weird": True})
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Odd)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        before = snapshot(run)
+        rc, out, err = ssal_here(capsys, "label", "push", str(run), "--url", url, "--token", "t")
+        assert rc == 2 and out == ""
+        one_error_line(err, f"{url} answered in a shape Label Studio does not", "is it Label Studio")
+        assert snapshot(run) == before
+    finally:
+        server.shutdown()

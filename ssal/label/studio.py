@@ -13,6 +13,7 @@ already in the project (the same run and index) are not imported again.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import tempfile
@@ -138,6 +139,23 @@ def find_project(studio: Studio, title: str, project: int | None) -> dict | None
     return found[0] if found else None
 
 
+def _answers_as_label_studio(call):
+    """A command whose server answered JSON of another shape (not Label Studio, or another version of it):
+    one line, not a KeyError."""
+
+    @functools.wraps(call)
+    def wrapped(run_dir, url=None, *args, **kwargs):
+        try:
+            return call(run_dir, url, *args, **kwargs)
+        except (KeyError, TypeError, AttributeError, IndexError) as e:
+            where = (url or os.environ.get(URL_ENV) or DEFAULT_URL).rstrip("/")
+            raise SsalError(f"{where} answered in a shape Label Studio does not ({type(e).__name__}: "
+                            f"{one_line(str(e))[:80]}): is it Label Studio (1.23 tested)?") from None
+
+    return wrapped
+
+
+@_answers_as_label_studio
 def push(run_dir: str | os.PathLike, url: str | None = None, token: str | None = None,
          project: int | None = None) -> str:
     """Put the open batch into the run's Label Studio project (created with its labeling config and a Local
@@ -175,6 +193,7 @@ def push(run_dir: str | os.PathLike, url: str | None = None, token: str | None =
             f": {studio.url}/projects/{pid}/data; when they are labeled: ssal label pull {run_dir}")
 
 
+@_answers_as_label_studio
 def pull(run_dir: str | os.PathLike, url: str | None = None, token: str | None = None, project: int | None = None,
          annotators: str = "refuse") -> str:
     """Import the answers of the run's Label Studio project (its JSON export: every task, cancelled ones too)
