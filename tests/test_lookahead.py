@@ -84,7 +84,7 @@ def test_people_answer_images_chosen_ahead_while_the_next_round_trains(folder, t
     assert len(ahead) == 6 and len(r00["ahead_paths"]) == 6 and len(r00["ahead_suggestions"]) == 6
     given, real_train = {}, loop.RoundTrainer.train
 
-    def train(self, r, pool, carry):
+    def train(self, r, pool, carry, *more):
         if r == 1:  # while round 1 trains, a person on the page answers three images chosen ahead
             page = Session(run)
             state = page.state()
@@ -93,7 +93,7 @@ def test_people_answer_images_chosen_ahead_while_the_next_round_trains(folder, t
                 page.answer({"round": 0, "index": item["index"], "label": truth[item["path"]], "ahead": True})
                 given[item["index"]] = CLASSES.index(truth[item["path"]])
             assert page.state()["answers"] == {str(i): CLASSES[y] for i, y in given.items()}
-        return real_train(self, r, pool, carry)
+        return real_train(self, r, pool, carry, *more)
 
     monkeypatch.setattr(loop.RoundTrainer, "train", train)
     loop.run(load_recipe(run / "recipe.yaml"), resume=True, progress=False)  # takes r00, trains round 1, asks r01
