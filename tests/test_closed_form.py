@@ -43,16 +43,17 @@ def test_the_graph_and_the_propagated_labels_are_the_dense_closed_form(seed):
     w = dense_graph(x.numpy(), 5, 3.0)
     got = knn_graph(x, 5, 3.0, chunk=7).toarray()
     assert np.allclose(got, w, atol=1e-6)
-    labeled = np.array([0, 1, 2, 5, 7])
+    labeled = np.array([0, 1, 2, 5, 7, 8, 11])  # classes 0, 1, 2, 2, 1, 2, 2: unequal counts
     want = np.linalg.solve(np.eye(40) - 0.9 * w, _onehot(40, labeled, y.numpy()[labeled], 3))
     z = propagate(knn_graph(x, 5, 3.0), labeled, y.numpy()[labeled], 3, alpha=0.9, tol=1e-12, max_iter=1000)
     assert np.allclose(z, want, atol=1e-8)
 
 
 def _onehot(n: int, rows: np.ndarray, labels: np.ndarray, c: int) -> np.ndarray:
+    """Y: 1 / n_c on each of class c's n_c labeled rows."""
     y = np.zeros((n, c))
     y[rows, labels] = 1.0
-    return y
+    return y / np.maximum(y.sum(axis=0, keepdims=True), 1)
 
 
 def test_certainty_by_hand():

@@ -6,9 +6,10 @@ images); the survey's "self-supervised features + label propagation" when the en
 
 The graph (memory O(N k)): features centred on the pool's mean and L2-normalised;
 a_ij = max(v_i . v_j, 0) ** gamma for the k nearest neighbours j of i (itself excluded), W = A + A^T,
-W_n = D^-1/2 W D^-1/2 with D = diag(W 1). The labels: (I - alpha W_n) Z = Y, one column per class (Y
-one-hot on the labeled rows), solved by conjugate gradient (scipy; the matrix is symmetric positive
-definite for alpha < 1). Certainty of row i: 1 - H(z_i / |z_i|_1) / log C.
+W_n = D^-1/2 W D^-1/2 with D = diag(W 1). The labels: (I - alpha W_n) Z = Y, one column per class (Y is
+1 / n_c on class c's n_c labeled rows: each class seeds the same mass), solved by conjugate gradient
+(scipy; the matrix is symmetric positive definite for alpha < 1). Certainty of row i:
+1 - H(z_i / |z_i|_1) / log C.
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ def knn_graph(features: torch.Tensor, k: int, gamma: float = 3.0, chunk: int | N
 
 def propagate(w_n, labeled: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float = 0.99,
               tol: float = 1e-6, max_iter: int = 50) -> np.ndarray:
-    """Z [N, C]: (I - alpha W_n) Z = Y by conjugate gradient, one class column at a time."""
+    """Z [N, C]: (I - alpha W_n) Z = Y by conjugate gradient, one class column at a time; Y_ic = 1 / |labeled of
+    class c| on class c's labeled rows (class mass balance: a class with many labels, CEAL's sure ones or an
+    imbalanced set, does not take over the graph)."""
     from scipy import sparse  # only label propagation needs sparse matrices
     from scipy.sparse.linalg import cg  # (the same)
 
@@ -65,9 +68,10 @@ def propagate(w_n, labeled: np.ndarray, labels: np.ndarray, num_classes: int, al
     z = np.zeros((n, num_classes))
     for c in range(num_classes):
         y = np.zeros(n)
-        y[labeled[labels == c]] = 1.0
-        if not y.any():
+        seeds = labeled[labels == c]
+        if len(seeds) == 0:
             continue
+        y[seeds] = 1.0 / len(seeds)  # each class seeds the same mass, however many labels it has
         z[:, c], _ = cg(system, y, rtol=tol, maxiter=max_iter)
     return z
 
