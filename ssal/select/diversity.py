@@ -12,7 +12,7 @@ from ssal.select.base import INITIAL_STRATEGIES, STRATEGIES, Signals, Strategy, 
 from ssal.select.signals import Embeddings, Features, Probs, Signal
 
 
-def _with_labeled(signals: Signals, request: Signal) -> tuple[torch.Tensor, torch.Tensor]:
+def with_labeled(signals: Signals, request: Signal) -> tuple[torch.Tensor, torch.Tensor]:
     """Labeled rows first, then the candidates; and the mask of the labeled rows."""
     lab = signals[request.on_labeled()]
     feats = torch.cat([lab, signals[request]])
@@ -28,7 +28,7 @@ class CoreSet(Strategy):
     needs = (Features(), Features(labeled=True))
 
     def select(self, signals: Signals, budget: int, generator: torch.Generator) -> torch.Tensor:
-        feats, mask = _with_labeled(signals, Features())
+        feats, mask = with_labeled(signals, Features())
         picked = Fn.kcenter_greedy(feats, mask, budget)
         return signals.candidates[picked - int(mask.sum())]
 
@@ -59,7 +59,7 @@ class TypiClust(Strategy):
     needs = (Embeddings(), Embeddings(labeled=True))
 
     def select(self, signals: Signals, budget: int, generator: torch.Generator) -> torch.Tensor:
-        feats, mask = _with_labeled(signals, Embeddings())
+        feats, mask = with_labeled(signals, Embeddings())
         picked = Fn.typiclust(feats, mask, budget, generator, k=self.cfg.neighbors, max_clusters=self.cfg.max_clusters)
         return signals.candidates[picked - int(mask.sum())]
 

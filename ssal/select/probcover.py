@@ -29,6 +29,7 @@ from ssal import checks
 from ssal.blocks import rows_per_block
 from ssal.errors import ConfigError
 from ssal.select.base import INITIAL_STRATEGIES, STRATEGIES, Signals, Strategy, reads_features
+from ssal.select.diversity import with_labeled
 from ssal.select.functional import _normalize, check_finite
 from ssal.select.signals import Embeddings, Probs
 
@@ -163,13 +164,10 @@ class ProbCover(Strategy):
     needs = (Embeddings(), Embeddings(labeled=True), Probs())  # Probs: the number of classes
 
     def select(self, signals: Signals, budget: int, generator: torch.Generator) -> torch.Tensor:
-        lab = signals[Embeddings(labeled=True)]
-        feats = torch.cat([lab, signals[Embeddings()]])
-        mask = torch.zeros(len(feats), dtype=torch.bool)
-        mask[: len(lab)] = True
+        feats, mask = with_labeled(signals, Embeddings())
         clusters = self.cfg.clusters or check_finite(signals[Probs()], "probs").shape[1]  # a diverged model: an error
         picked, _ = probcover(feats, mask, budget, generator, clusters, self.cfg.delta, self.cfg.alpha)
-        return signals.candidates[picked - len(lab)]
+        return signals.candidates[picked - int(mask.sum())]
 
 
 @INITIAL_STRATEGIES.register("probcover")
