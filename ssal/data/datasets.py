@@ -25,86 +25,13 @@ from torchvision.transforms import functional as TF
 from ssal import files
 from ssal.data.imagecheck import check_images
 from ssal.data.label_files import read_seed_labels
+from ssal.data.pool_settings import apply_pool_settings
+from ssal.data.splits import Split, TensorSplit
 from ssal.data.walk import IMAGE_EXTENSIONS, LOOSE, walk_images
 from ssal.errors import DataError, did_you_mean, one_line
 from ssal.registry import Registry
 
 DATASETS = Registry("dataset")
-
-
-class Split:
-    """A list of labelled images. ``load(indices)`` returns ``uint8 [B, C, H, W]``."""
-
-    targets: torch.Tensor  # int64 [N]
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def load(self, indices: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def subset(self, indices: torch.Tensor) -> Split:
-        return SubsetSplit(self, indices)
-
-    def fingerprint(self) -> str:
-        """A digest of what index i means for every i: the images (or their files) and labels, in order."""
-        if getattr(self, "_fingerprint", None) is None:
-            self._fingerprint = self._digest()
-        return self._fingerprint
-
-    def _digest(self) -> str:
-        raise NotImplementedError
-
-    def files(self) -> tuple[Path, list[str]] | None:
-        """(root, paths relative to it) for images decoded from files, None for images in memory."""
-        return None
-
-    def digests(self, indices: list[int]) -> list[str]:
-        """Checksums of the files of ``indices`` (images decoded from files only): what they hold now."""
-        root, rels = self.files()
-        return [files.file_identity(root / rels[i]) for i in indices]
-
-
-class TensorSplit(Split):
-    """All images in memory as one uint8 tensor."""
-
-    def __init__(self, images: torch.Tensor, targets: torch.Tensor):
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise ValueError("images must be uint8 [N, C, H, W]")
-        if len(images) != len(targets):
-            raise DataError(f"{len(images)} images but {len(targets)} labels")
-        self.images = images
-        self.targets = targets.long()
-
-    def load(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.images[indices]
-
-    def subset(self, indices: torch.Tensor) -> Split:
-        return TensorSplit(self.images[indices], self.targets[indices])
-
-    def _digest(self) -> str:
-        h = hashlib.blake2b(digest_size=16)
-        h.update(repr(tuple(self.images.shape)).encode())
-        h.update(self.images.contiguous().numpy().tobytes())
-        h.update(self.targets.numpy().tobytes())
-        return h.hexdigest()
-
-
-class SubsetSplit(Split):
-    def __init__(self, base: Split, indices: torch.Tensor):
-        self.base, self.indices = base, indices.long()
-        self.targets = base.targets[self.indices]
-
-    def load(self, indices: torch.Tensor) -> torch.Tensor:
-        return self.base.load(self.indices[indices])
-
-    def _digest(self) -> str:
-        return hashlib.blake2b(self.base.fingerprint().encode() + self.indices.numpy().tobytes(),
-                               digest_size=16).hexdigest()
-
-    def files(self) -> tuple[Path, list[str]] | None:
-        base = self.base.files()
-        return None if base is None else (base[0], [base[1][i] for i in self.indices.tolist()])
 
 
 @dataclass
@@ -169,13 +96,15 @@ class ImageDataset:
 
 
 def load_dataset(cfg, seed: int = 0, cache_dir: str | None = None) -> ImageDataset:
-    """Build the data set of a recipe's ``data`` section (``pool_size``/``test_size`` applied). Images
+    """Build the data set of a recipe's ``data`` section (``pool_size``/``test_size``, then the pool settings of
+    :mod:`ssal.data.pool_settings` applied). Images
     decoded from files are checked to decode (:mod:`ssal.data.imagecheck`); with ``cache_dir`` the
     files that passed are remembered once :meth:`ImageDataset.save_caches` is called."""
 
     builder = DATASETS.get(cfg.dataset)
     ds: ImageDataset = builder(cfg)
     ds.train = _subsample(ds.train, cfg.pool_size, seed, "data.pool_size", "train")
+    apply_pool_settings(ds, cfg, seed)
     if len(ds.test):
         ds.test = _subsample(ds.test, cfg.test_size, seed + 1, "data.test_size", "test")
     by_root: dict[Path, list[str]] = {}  # one check per folder (the splits of a folder data set share its root)

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ssal import rng
-from ssal.data.datasets import Split
+from ssal.data.splits import Split
 from ssal.data.views import VIEWS, to_float
 from ssal.errors import SsalError
 from ssal.rng import derive_seed, sample_keys

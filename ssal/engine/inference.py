@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssal.data.datasets import Split
+from ssal.data.splits import Split
 from ssal.data.views import to_float
 from ssal.engine.batches import ChunkSampler, PlainBatches, loader
 from ssal.engine.runtime import Runtime

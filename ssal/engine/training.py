@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ssal.data.datasets import Split
+from ssal.data.splits import Split
 from ssal.engine.batches import (
     InfiniteBatchSampler,
     TrainData,
