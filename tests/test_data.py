@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import pickle
 import struct
@@ -21,8 +22,7 @@ from ssal.recipe import DataConfig
 
 
 def cfg(dataset: str, root=None, **kw) -> SimpleNamespace:
-    base = dict(dataset=dataset, root=None if root is None else str(root), pool_size=None, test_size=None,
-                image_size=32, channels=3, classes=None, labels=None, test_root=None, hflip=None, mean=None, std=None)
+    base = {**dataclasses.asdict(DataConfig()), "dataset": dataset, "root": None if root is None else str(root)}
     base.update(kw)
     return SimpleNamespace(**base)
 

@@ -35,6 +35,10 @@ class DataConfig:
     root: Optional[str] = None  # None: the dataset's default location (if it has one)
     pool_size: Optional[int] = None  # seeded subsample of the train split used as the pool
     test_size: Optional[int] = None  # seeded subsample of the test split used for evaluation
+    # benchmark pools (ssal.data.pool_settings), seeded, applied after pool_size; the test split is unchanged
+    imbalance: Optional[float] = None  # long tail: largest / smallest class count (exponential profile), e.g. 10
+    redundancy: int = 1  # each pool image appears this many times
+    redundancy_noise: float = 0.0  # std of the Gaussian pixel noise on copies after the first (0..1 scale)
     image_size: int = 32  # imagefolder: images are resized/cropped to this size
     channels: int = 3  # imagefolder: 1 (grayscale) or 3 (RGB)
     num_workers: int = 0  # DataLoader workers that load/augment batches (0: main process)
@@ -61,7 +65,21 @@ class DataConfig:
         checks.at_least(f"{key}.pool_size", self.pool_size, 1, " or null", optional=True)
         checks.at_least(f"{key}.test_size", self.test_size, 1, " or null", optional=True)
         checks.at_least(f"{key}.num_workers", self.num_workers, 0)
+        self._check_pool_settings(key, recipe)
         checks.at_least(f"{key}.image_size", self.image_size, 8)
+
+    def _check_pool_settings(self, key: str, recipe: Any) -> None:
+        checks.at_least(f"{key}.imbalance", self.imbalance, 1, " (largest / smallest class count) or null",
+                        optional=True)
+        checks.at_least(f"{key}.redundancy", self.redundancy, 1, " (1: each image once)")
+        checks.within(f"{key}.redundancy_noise", self.redundancy_noise, 0, 1)
+        checks.require(self.redundancy_noise == 0 or self.redundancy > 1,
+                       f"{key}.redundancy_noise perturbs the copies of {key}.redundancy, which is 1 (no copies): set "
+                       f"{key}.redundancy >= 2 or remove {key}.redundancy_noise")
+        oracle = recipe.active.oracle if recipe is not None else "simulated"
+        checks.require(oracle == "simulated" or (self.imbalance is None and self.redundancy == 1),
+                       f"{key}.imbalance and {key}.redundancy build a benchmark pool for the simulated oracle; with "
+                       f"active.oracle={oracle} a person labels the pool as it is: remove them")
 
     def _check_classes(self, key: str) -> None:
         names = list(self.classes or ())
