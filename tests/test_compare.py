@@ -78,6 +78,7 @@ def test_derived_labels(tmp_path, base):
     ({"seed": [0, 0]}, {}, "same value twice"),
     ({"active.strategy": ["random"]}, {"overides": {}}, "unknown key 'overides'"),
     ({"active.strategy": ["random"]}, {"overrides": {"output_dir": "x"}}, "may not set 'output_dir'"),
+    ({"active.strategy": ["random"]}, {"caution": 5}, "'caution' must be a sentence"),
 ])
 def test_bad_specs_fail_with_one_line_and_write_nothing(tmp_path, base, capsys, grid, extra, message):
     assert main(["compare", str(spec(tmp_path, grid, **extra))]) == 2
@@ -208,6 +209,12 @@ def test_benchmark_script_quick_preset_at_a_tiny_size(tmp_path, fmnist_root):
     assert len(rows) == 8 * 2
     summary = (out / "summary.md").read_text()
     assert "| simclr+fixmatch | coreset | 2 |" in summary and "verdict" in summary
+    # 2 seeds give no verdict, and the preset says on screen and in summary.md that it cannot rank methods
+    assert "**no verdict: 2 seeds, needs >= 3**" in summary and "**better**" not in summary
+    assert summary.splitlines()[2].startswith("> **Caution:** This preset checks that the pipeline runs")
+    assert "too short to rank" in summary.splitlines()[2]
+    assert proc.stderr.count("compare: caution: This preset checks") == 2  # at the start and under the report
+    assert "## Difference to `supervised` under `random` selection" in summary
     assert (out / "curves.png").stat().st_size > 0 and (out / "aubc.png").stat().st_size > 0
     assert "pretraining for simclr+fixmatch" in proc.stderr
 

@@ -50,10 +50,14 @@ def test_mean_std_and_t_interval_by_hand():
 @pytest.mark.parametrize(("low", "high", "expected"), [
     (0.001, 0.02, "better"), (-0.02, -0.001, "worse"), (-0.01, 0.01, "no detectable difference"),
     (0.0, 0.01, "no detectable difference"), (-0.01, 0.0, "no detectable difference"),
-    (math.nan, math.nan, "needs >= 2 seeds"),
 ])
 def test_verdict(low, high, expected):
-    assert verdict(low, high) == expected
+    assert verdict(low, high, seeds=3) == expected
+
+
+@pytest.mark.parametrize("seeds", [1, 2])
+def test_no_verdict_from_fewer_than_three_seeds_even_with_an_interval_above_zero(seeds):
+    assert verdict(0.001, 0.02, seeds) == f"no verdict: {seeds} seed{'s' if seeds == 2 else ''}, needs >= 3"
 
 
 # A made-up results table: method "sup" with random/entropy, "fm" with random only; 3 seeds x 3 budgets.
@@ -129,8 +133,8 @@ def test_write_report_and_plot_data_match_results_csv(tmp_path):
         for n, v in zip(x, y, strict=True):
             accs = [r["test_acc"] for r in mine if r["n_labeled"] == n]
             assert v == pytest.approx(100 * sum(accs) / len(accs))
-    bars = plot_aubc(rows, tmp_path / "a.png")
-    for label, (length, dots) in bars.items():
+    drawn = plot_aubc(rows, tmp_path / "a.png")
+    for label, (length, dots) in drawn["bars"].items():
         method, strategy = label.split(" / ")
         seeds = sorted({r["seed"] for r in rows if (r["method"], r["strategy"]) == (method, strategy)})
         per_seed = []
@@ -157,3 +161,35 @@ def test_report_cli_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "neither a run" in capsys.readouterr().err
     assert not (tmp_path / "report").exists()
+
+
+def test_the_aubc_axis_starts_at_zero_and_the_difference_axis_holds_zero_and_every_interval(tmp_path):
+    rows = made_up_rows()
+    drawn = plot_aubc(rows, tmp_path / "a.png")
+    assert drawn["xlim"]["aubc"] == (0.0, 100.0)
+    (p,) = paired_to_baseline(group_rows(rows))
+    mean, lo, hi = (100 * v for v in p.aubc)
+    assert drawn["differences"] == {"sup / entropy": pytest.approx((mean, lo, hi))}
+    left, right = drawn["xlim"]["difference"]
+    assert left < 0 < right and left <= lo and hi <= right and left == -right
+    # a far interval widens the axis rather than being cut
+    far = [{**r, "test_acc": r["test_acc"] + (0.3 if r["strategy"] == "entropy" and r["seed"] == 0 else 0)}
+           for r in rows]
+    (p,) = paired_to_baseline(group_rows(far))
+    far_drawn = plot_aubc(far, tmp_path / "b.png")
+    assert far_drawn["xlim"]["difference"][1] >= 100 * p.aubc[2]
+
+
+def test_summary_has_no_verdict_from_two_seeds_and_pairs_methods_under_random():
+    rows = [r for r in made_up_rows() if r["seed"] < 2]
+    text = summary_markdown(rows, title="t", caution="too short to rank methods")
+    assert "> **Caution:** too short to rank methods" in text.splitlines()[2]
+    assert "**no verdict: 2 seeds, needs >= 3**" in text and "**better**" not in text
+    # no 'supervised' method: the first by name, 'fm', is the reference; sup / random minus fm / random by hand
+    assert "## Difference to `fm` under `random` selection" in text
+    lines = [line for line in text.splitlines() if line.startswith("| sup | 2 |")]
+    assert len(lines) == 1
+    d = [aubc(BUDGETS, ACC[("sup", "random", s)]) - aubc(BUDGETS, ACC[("fm", "random", s)]) for s in (0, 1)]
+    assert f"| {100 * sum(d) / 2:+.2f} [" in lines[0] and "no verdict: 2 seeds" in lines[0]
+    renamed = [{**r, "method": "supervised" if r["method"] == "sup" else r["method"]} for r in rows]
+    assert "## Difference to `supervised` under `random` selection" in summary_markdown(renamed)

@@ -4,6 +4,8 @@ A spec names a base recipe, overrides for every cell, and a grid::
 
     recipe: fashion_mnist/base.yaml      # relative to the spec file
     output_dir: runs/my-comparison       # default: runs/<spec file stem>
+    title: My comparison                 # default: the spec file's stem
+    caution: ...                         # optional: what its numbers cannot show (on screen, in summary.md)
     overrides:                           # every cell (a mapping, or a list of key=value)
       active.rounds: 5
     grid:                                # every combination is one cell
@@ -59,7 +61,7 @@ from ssal.run.outputs import check_folder, data_folders
 from ssal.run.readers import method_label, read_metrics, strategy_label
 from ssal.run.store import RunDir, differences
 
-SPEC_KEYS = ("recipe", "output_dir", "overrides", "grid", "title")
+SPEC_KEYS = ("recipe", "output_dir", "overrides", "grid", "title", "caution")
 LABEL_AXES = ("method", "strategy")
 # axes whose values the derived method / strategy labels already show
 _SHOWN = {"train.method", "pretrain.method", "active.strategy", "active.initial_strategy", "seed", "recipe"}
@@ -85,6 +87,7 @@ class Plan:
     output_dir: Path
     cells: list[Cell]  # the cells to run
     all_cells: list[Cell] | None = None  # the spec's cells (reported when finished); None: ``cells``
+    caution: str | None = None  # what its numbers cannot show: on screen and at the head of summary.md
 
 
 def _as_overrides(value: Any, where: str) -> dict[str, Any]:
@@ -197,7 +200,13 @@ def load_spec(path: str | os.PathLike, output_dir: str | None = None, overrides:
                           "(a 'method' or 'strategy' axis with distinct labels)")
     for c in cells:  # the real output_dir of each cell
         c.cfg = load_recipe(c.recipe, [*c.overrides, f"output_dir={json.dumps(str(out / CELLS / c.name))}"])
-    return Plan(spec, str(data.get("title") or spec.stem), out, cells)
+    return Plan(spec, str(data.get("title") or spec.stem), out, cells, caution=_caution(data.get("caution"), spec))
+
+
+def _caution(value: Any, spec: Path) -> str | None:
+    if value is not None and not (isinstance(value, str) and value.strip()):
+        raise ConfigError(f"{spec}: 'caution' must be a sentence saying what the comparison's numbers cannot show")
+    return value and " ".join(value.split())
 
 
 def cell_state(cell: Cell) -> tuple[str, int]:
@@ -282,7 +291,7 @@ def select_cells(plan: Plan, patterns: list[str]) -> Plan:
     if not keep:
         raise ConfigError(f"--cells {' '.join(patterns)} matches none of the {len(plan.cells)} cells (e.g. "
                           f"'{plan.cells[0].name}'); 'ssal compare {plan.spec} --dry-run' lists them")
-    return Plan(plan.spec, plan.title, plan.output_dir, keep, plan.all_cells or plan.cells)
+    return Plan(plan.spec, plan.title, plan.output_dir, keep, plan.all_cells or plan.cells, plan.caution)
 
 
 def run_plan(plan: Plan, jobs: int = 1, progress: bool = True, procs: int = 1) -> int:
@@ -312,6 +321,8 @@ def run_plan(plan: Plan, jobs: int = 1, progress: bool = True, procs: int = 1) -
         for c in plan.cells:
             files.write_text(out / "recipes" / f"{c.name}.yaml", to_yaml(c.cfg))
         todo = [c for c in plan.cells if states[c.name][0] != "done"]
+        if plan.caution:
+            console.print(f"[yellow]compare: caution: {plan.caution}")
         console.print(f"compare: {len(plan.cells)} cells in {out}: {len(plan.cells) - len(todo)} complete, "
                       f"{sum(states[c.name][0] == 'partial' for c in todo)} to resume, "
                       f"{sum(states[c.name][0] == 'new' for c in todo)} to run ({jobs} at a time"
@@ -414,5 +425,7 @@ def _report(plan: Plan, console: Any) -> None:
         if c.cfg.output_dir in done_dirs:
             RunDir(c.cfg.output_dir).save_cell(c.labels)
     if done_dirs:
-        paths = write_report(collect_rows(done_dirs), plan.output_dir, title=plan.title)
+        paths = write_report(collect_rows(done_dirs), plan.output_dir, title=plan.title, caution=plan.caution)
         console.print(f"compare: report in {paths['summary']}, {paths['curves']}, {paths['aubc']}")
+        if plan.caution:
+            console.print(f"[yellow]compare: caution: {plan.caution}")

@@ -12,7 +12,9 @@ Statistics (all over seeds):
   - the paired difference to ``random`` under the same method: per seed, strategy minus random
     (same seed, so the same initial labels and training noise), mean and a 95 % Student-t
     interval; verdict "better" if the interval lies above 0, "worse" if below, else "no
-    detectable difference" (and "needs >= 2 seeds" with one).
+    detectable difference", and none at all from fewer than 3 seeds (the table says so);
+  - the same paired difference between methods, each method's ``random`` group against the
+    reference method's (``supervised`` when there is one): what SSL buys at each budget.
 """
 
 from __future__ import annotations
@@ -246,9 +248,16 @@ def wilson_interval(right: int, n: int, z: float = Z95) -> tuple[float, float]:
     return max(0.0, center - half), min(1.0, center + half)
 
 
-def verdict(low: float, high: float) -> str:
+# Fewer seeds give no verdict: with 2 the 95 % interval rests on one degree of freedom (t = 12.7) and
+# a single lucky seed decides it; with 3, t = 4.3.
+MIN_SEEDS = 3
+
+
+def verdict(low: float, high: float, seeds: int = MIN_SEEDS) -> str:
+    if seeds < MIN_SEEDS:
+        return f"no verdict: {seeds} seed{'' if seeds == 1 else 's'}, needs >= {MIN_SEEDS}"
     if math.isnan(low) or math.isnan(high):
-        return "needs >= 2 seeds"
+        return "no verdict: no interval"
     if low > 0:
         return "better"
     if high < 0:
@@ -302,7 +311,8 @@ def group_rows(rows: Iterable[dict]) -> dict[tuple[str, str], Group]:
 
 @dataclass
 class Paired:
-    """Strategy minus random under one method, paired by seed."""
+    """A group minus a reference group, paired by seed: a strategy minus random under one method, or
+    a method minus the reference method under random."""
 
     method: str
     strategy: str
@@ -312,26 +322,51 @@ class Paired:
 
     @property
     def verdict(self) -> str:
-        return verdict(self.aubc[1], self.aubc[2])
+        return verdict(self.aubc[1], self.aubc[2], len(self.seeds))
+
+
+def paired(g: Group, base: Group) -> Paired | None:
+    """``g`` minus ``base`` over their common seeds (None without one)."""
+    seeds = sorted(set(g.seeds) & set(base.seeds))
+    if not seeds:
+        return None
+    ga, ba = g.aubc(), base.aubc()
+    by_budget = {}
+    for n in g.budgets:
+        common = [s for s in seeds if s in g.acc[n] and s in base.acc.get(n, {})]
+        if common:
+            by_budget[n] = t_interval([g.acc[n][s] - base.acc[n][s] for s in common])
+    return Paired(g.method, g.strategy, seeds, t_interval([ga[s] - ba[s] for s in seeds]), by_budget)
 
 
 def paired_to_baseline(groups: dict[tuple[str, str], Group], baseline: str = BASELINE) -> list[Paired]:
     out = []
     for (method, strategy), g in groups.items():
         base = groups.get((method, baseline))
-        if strategy == baseline or base is None:
-            continue
-        seeds = sorted(set(g.seeds) & set(base.seeds))
-        if not seeds:
-            continue
-        ga, ba = g.aubc(), base.aubc()
-        by_budget = {}
-        for n in g.budgets:
-            common = [s for s in seeds if s in g.acc[n] and s in base.acc.get(n, {})]
-            if common:
-                by_budget[n] = t_interval([g.acc[n][s] - base.acc[n][s] for s in common])
-        out.append(Paired(method, strategy, seeds, t_interval([ga[s] - ba[s] for s in seeds]), by_budget))
+        if strategy != baseline and base is not None and (p := paired(g, base)) is not None:
+            out.append(p)
     return out
+
+
+REFERENCE_METHOD = "supervised"
+
+
+def reference_method(groups: dict[tuple[str, str], Group]) -> str | None:
+    """The method the others are measured against: ``supervised`` when it ran ``random``, else the first
+    such method; None with fewer than two methods that ran ``random``."""
+    methods = sorted(m for m, s in groups if s == BASELINE)
+    if len(methods) < 2:
+        return None
+    return REFERENCE_METHOD if REFERENCE_METHOD in methods else methods[0]
+
+
+def paired_methods(groups: dict[tuple[str, str], Group]) -> list[Paired]:
+    """Each method's ``random`` group minus the reference method's, paired by seed."""
+    ref = reference_method(groups)
+    if ref is None:
+        return []
+    base = groups[(ref, BASELINE)]
+    return [p for (m, s), g in groups.items() if s == BASELINE and m != ref and (p := paired(g, base)) is not None]
 
 
 # ----------------------------------------------------------------------------- writing
@@ -365,10 +400,22 @@ def _diff(m: float, lo: float, hi: float) -> str:
     return f"{100 * m:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
 
 
-def summary_markdown(rows: list[dict], title: str = "Comparison") -> str:
+def _paired_table(paired_rows: list[Paired], budgets: list[int], first: str) -> list[str]:
+    lines = [f"| {first} | seeds | " + " | ".join(str(n) for n in budgets) + " | AUBC | verdict |",
+             "|---|---|" + "---|" * len(budgets) + "---|---|"]
+    for p in paired_rows:
+        cells = [_diff(*p.by_budget[n]) if n in p.by_budget else "—" for n in budgets]
+        name = f"{p.method} | {p.strategy}" if first == "method | strategy" else p.method
+        lines.append(f"| {name} | {len(p.seeds)} | " + " | ".join(cells) + f" | {_diff(*p.aubc)} | **{p.verdict}** |")
+    return lines
+
+
+def summary_markdown(rows: list[dict], title: str = "Comparison", caution: str | None = None) -> str:
     groups = group_rows(rows)
     budgets = sorted({n for g in groups.values() for n in g.budgets})
     lines = [f"# {title}", ""]
+    if caution:
+        lines += [f"> **Caution:** {caution}", ""]
     n_seeds = sorted({len(g.seeds) for g in groups.values()})
     lines += [f"{len(groups)} method × strategy groups, {'/'.join(map(str, n_seeds))} seeds each, "
               f"{len(budgets)} budgets ({budgets[0]}–{budgets[-1]} labels). Test accuracy in %, mean ± sample "
@@ -391,13 +438,15 @@ def summary_markdown(rows: list[dict], title: str = "Comparison") -> str:
     else:
         lines += ["Percentage points, strategy minus random with the same seed (same initial labels), mean and "
                   "95 % Student-t interval over the paired seeds. The verdict reads the AUBC interval: *better* "
-                  "if it lies above 0, *worse* if below, else *no detectable difference*.", "",
-                  "| method | strategy | seeds | " + " | ".join(str(n) for n in budgets) + " | AUBC | verdict |",
-                  "|---|---|---|" + "---|" * len(budgets) + "---|---|"]
-        for p in paired:
-            cells = [_diff(*p.by_budget[n]) if n in p.by_budget else "—" for n in budgets]
-            lines.append(f"| {p.method} | {p.strategy} | {len(p.seeds)} | " + " | ".join(cells)
-                         + f" | {_diff(*p.aubc)} | **{p.verdict}** |")
+                  "if it lies above 0, *worse* if below, else *no detectable difference*; from fewer than "
+                  f"{MIN_SEEDS} seeds there is no verdict (with 2 the interval rests on one degree of freedom).", "",
+                  *_paired_table(paired, budgets, "method | strategy")]
+    between = paired_methods(groups)
+    if between:
+        ref = reference_method(groups)
+        lines += ["", f"## Difference to `{ref}` under `{BASELINE}` selection", "",
+                  f"Percentage points, each method minus `{ref}`, both with random selection and the same seed; "
+                  "interval and verdict as above.", "", *_paired_table(between, budgets, "method")]
 
     lines += ["", "## Time", "",
               "Seconds per run (sum over its rounds), mean over seeds: training vs selection (signals + strategy).",
@@ -447,14 +496,20 @@ def plot_curves(rows: list[dict], path: str | Path, title: str = "Accuracy vs la
 
 
 def plot_aubc(rows: list[dict], path: str | Path, title: str = "AUBC (mean accuracy over the budget range)") -> dict:
-    """Horizontal bars of mean AUBC (%) per method x strategy with ± std error bars and one dot per
-    seed. Returns {label: (bar length, [seed dots])} read back from the drawn bars and dots."""
+    """Left: horizontal bars of mean AUBC (%) per method x strategy, ± std, one dot per seed, on an axis
+    from 0 to 100 (bars on a cut axis would turn a 1-point difference into a bar twice as long). Right:
+    each strategy minus random under its method (paired by seed, mean and 95 % interval, points), on an
+    axis that holds 0 and every interval. Returns {"bars": {label: (bar length, [seed dots])},
+    "differences": {label: (mean, low, high)}, "xlim": {"aubc": (lo, hi), "difference": (lo, hi)}}
+    read back from the figure."""
     plt = _pyplot()
     groups = group_rows(rows)
     style = _style(groups)
     keys = list(groups)
     labels = [f"{m} / {s}" for m, s in keys]
-    fig, ax = plt.subplots(figsize=(7, 0.35 * len(keys) + 1.5), dpi=120)
+    diffs = {(p.method, p.strategy): p for p in paired_to_baseline(groups)}
+    fig, (ax, dx) = plt.subplots(1, 2, figsize=(11, 0.35 * len(keys) + 1.8), dpi=120, sharey=True,
+                                 gridspec_kw={"width_ratios": [3, 2]})
     bars, dots = [], []
     for i, key in enumerate(keys):
         per_seed = [100 * v for v in groups[key].aubc().values()]
@@ -464,27 +519,44 @@ def plot_aubc(rows: list[dict], path: str | Path, title: str = "AUBC (mean accur
         dots += ax.plot(per_seed, [i] * len(per_seed), "k.", markersize=4)
     ax.set_yticks(range(len(keys)), labels, fontsize=8)
     ax.invert_yaxis()
-    values = [v for d in dots for v in d.get_xdata()]
-    span = max(values) - min(values) + 1
-    ax.set_xlim(max(0.0, min(values) - 0.15 * span), min(100.0, max(values) + 0.15 * span))
+    ax.set_xlim(0.0, 100.0)  # AUBC is a mean accuracy: the whole range, nothing cut
     ax.set_xlabel("AUBC (%)")
-    ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)
+    drawn_diffs, ends = {}, [0.0]
+    for i, key in enumerate(keys):
+        if key not in diffs:
+            continue
+        mean, lo, hi = (100 * v for v in diffs[key].aubc)
+        ok = not math.isnan(lo)
+        dx.errorbar(mean, i, xerr=[[mean - lo], [hi - mean]] if ok else None, fmt="o", color=style[key]["color"],
+                    markersize=4, capsize=3, alpha=1.0 if len(diffs[key].seeds) >= MIN_SEEDS else 0.4)
+        drawn_diffs[f"{key[0]} / {key[1]}"] = (mean, lo, hi)
+        ends += [lo, hi] if ok else [mean]
+    span = max(abs(v) for v in ends) or 1.0
+    dx.set_xlim(-1.1 * span, 1.1 * span)  # symmetric around 0, every interval inside
+    dx.axvline(0.0, color="black", linewidth=0.8)
+    dx.set_xlabel(f"AUBC − {BASELINE} (points, 95 % interval)")
+    dx.grid(axis="x", alpha=0.3)
+    fig.suptitle(title)
     fig.tight_layout()
     files.write_bytes(path, _png(fig, bbox_inches="tight"))
-    drawn = {label: (bar.get_width(), list(d.get_xdata())) for label, bar, d in zip(labels, bars, dots, strict=True)}
+    drawn = {"bars": {label: (bar.get_width(), list(d.get_xdata()))
+                      for label, bar, d in zip(labels, bars, dots, strict=True)},
+             "differences": drawn_diffs, "xlim": {"aubc": ax.get_xlim(), "difference": dx.get_xlim()}}
     plt.close(fig)
     return drawn
 
 
-def write_report(rows: list[dict], out_dir: str | Path, title: str = "Comparison") -> dict[str, Path]:
-    """results.csv, summary.md, curves.png and aubc.png of these rows in ``out_dir``."""
+def write_report(rows: list[dict], out_dir: str | Path, title: str = "Comparison",
+                 caution: str | None = None) -> dict[str, Path]:
+    """results.csv, summary.md, curves.png and aubc.png of these rows in ``out_dir``; ``caution`` (what the
+    numbers cannot show, e.g. a schedule too short to rank methods) heads summary.md."""
     out = Path(out_dir)
     files.mkdirs(out)
     paths = {"results": out / "results.csv", "summary": out / "summary.md",
              "curves": out / "curves.png", "aubc": out / "aubc.png"}
     write_results_csv(rows, paths["results"])
-    files.write_text(paths["summary"], summary_markdown(rows, title))
+    files.write_text(paths["summary"], summary_markdown(rows, title, caution))
     plot_curves(rows, paths["curves"], title=f"{title}: accuracy vs labels")
     plot_aubc(rows, paths["aubc"], title=f"{title}: AUBC")
     return paths
