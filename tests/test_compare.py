@@ -79,6 +79,8 @@ def test_derived_labels(tmp_path, base):
     ({"active.strategy": ["random"]}, {"overides": {}}, "unknown key 'overides'"),
     ({"active.strategy": ["random"]}, {"overrides": {"output_dir": "x"}}, "may not set 'output_dir'"),
     ({"active.strategy": ["random"]}, {"caution": 5}, "'caution' must be a sentence"),
+    ({"active.strategy": ["random", "entropy"]}, {"pairs": [["entropi", "random"]]}, "did you mean 'entropy'"),
+    ({"active.strategy": ["random", "entropy"]}, {"pairs": ["entropy"]}, "'pairs' must list strategy pairs"),
 ])
 def test_bad_specs_fail_with_one_line_and_write_nothing(tmp_path, base, capsys, grid, extra, message):
     assert main(["compare", str(spec(tmp_path, grid, **extra))]) == 2

@@ -193,3 +193,12 @@ def test_summary_has_no_verdict_from_two_seeds_and_pairs_methods_under_random():
     assert f"| {100 * sum(d) / 2:+.2f} [" in lines[0] and "no verdict: 2 seeds" in lines[0]
     renamed = [{**r, "method": "supervised" if r["method"] == "sup" else r["method"]} for r in rows]
     assert "## Difference to `supervised` under `random` selection" in summary_markdown(renamed)
+
+
+def test_a_pair_of_strategies_is_subtracted_under_each_method_that_ran_both():
+    rows = made_up_rows()
+    text = summary_markdown(rows, pairs=[("random", "entropy")])
+    (line,) = [x for x in text.splitlines() if x.startswith("| sup | random − entropy | 3 |")]
+    d = [aubc(BUDGETS, ACC[("sup", "random", s)]) - aubc(BUDGETS, ACC[("sup", "entropy", s)]) for s in range(3)]
+    assert f"| {100 * sum(d) / 3:+.2f} [" in line and line.endswith("| **worse** |")
+    assert "| fm | random − entropy" not in text  # fm ran no entropy

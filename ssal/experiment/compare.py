@@ -6,6 +6,7 @@ A spec names a base recipe, overrides for every cell, and a grid::
     output_dir: runs/my-comparison       # default: runs/<spec file stem>
     title: My comparison                 # default: the spec file's stem
     caution: ...                         # optional: what its numbers cannot show (on screen, in summary.md)
+    pairs: [[badge, entropy]]            # optional: strategy pairs to subtract, besides each minus random
     overrides:                           # every cell (a mapping, or a list of key=value)
       active.rounds: 5
     grid:                                # every combination is one cell
@@ -51,7 +52,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from ssal import files
-from ssal.errors import ConfigError, DataError, Interrupted
+from ssal.errors import ConfigError, DataError, Interrupted, did_you_mean
 from ssal.experiment.pretraining import encoder_identity
 from ssal.experiment.report import collect_rows, write_report
 from ssal.recipe import load_recipe, read_yaml, to_yaml
@@ -61,7 +62,7 @@ from ssal.run.outputs import check_folder, data_folders
 from ssal.run.readers import method_label, read_metrics, strategy_label
 from ssal.run.store import RunDir, differences
 
-SPEC_KEYS = ("recipe", "output_dir", "overrides", "grid", "title", "caution")
+SPEC_KEYS = ("recipe", "output_dir", "overrides", "grid", "title", "caution", "pairs")
 LABEL_AXES = ("method", "strategy")
 # axes whose values the derived method / strategy labels already show
 _SHOWN = {"train.method", "pretrain.method", "active.strategy", "active.initial_strategy", "seed", "recipe"}
@@ -88,6 +89,7 @@ class Plan:
     cells: list[Cell]  # the cells to run
     all_cells: list[Cell] | None = None  # the spec's cells (reported when finished); None: ``cells``
     caution: str | None = None  # what its numbers cannot show: on screen and at the head of summary.md
+    pairs: tuple[tuple[str, str], ...] = ()  # (a, b): strategy a minus strategy b, besides each minus random
 
 
 def _as_overrides(value: Any, where: str) -> dict[str, Any]:
@@ -200,7 +202,21 @@ def load_spec(path: str | os.PathLike, output_dir: str | None = None, overrides:
                           "(a 'method' or 'strategy' axis with distinct labels)")
     for c in cells:  # the real output_dir of each cell
         c.cfg = load_recipe(c.recipe, [*c.overrides, f"output_dir={json.dumps(str(out / CELLS / c.name))}"])
-    return Plan(spec, str(data.get("title") or spec.stem), out, cells, caution=_caution(data.get("caution"), spec))
+    return Plan(spec, str(data.get("title") or spec.stem), out, cells, caution=_caution(data.get("caution"), spec),
+                pairs=_pairs(data.get("pairs"), spec, {c.labels["strategy"] for c in cells}))
+
+
+def _pairs(value: Any, spec: Path, strategies: set[str]) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not (isinstance(value, list) and all(isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) for x in p)
+                                            for p in value)):
+        raise ConfigError(f"{spec}: 'pairs' must list strategy pairs to subtract, e.g. pairs: [[badge, entropy]]")
+    unknown = sorted({x for p in value for x in p} - strategies)
+    if unknown:
+        raise ConfigError(f"{spec}: pairs names '{unknown[0]}', which is not a strategy of this grid "
+                          f"({', '.join(sorted(strategies))}){did_you_mean(unknown[0], strategies)}")
+    return tuple((a, b) for a, b in value)
 
 
 def _caution(value: Any, spec: Path) -> str | None:
@@ -291,7 +307,7 @@ def select_cells(plan: Plan, patterns: list[str]) -> Plan:
     if not keep:
         raise ConfigError(f"--cells {' '.join(patterns)} matches none of the {len(plan.cells)} cells (e.g. "
                           f"'{plan.cells[0].name}'); 'ssal compare {plan.spec} --dry-run' lists them")
-    return Plan(plan.spec, plan.title, plan.output_dir, keep, plan.all_cells or plan.cells, plan.caution)
+    return Plan(plan.spec, plan.title, plan.output_dir, keep, plan.all_cells or plan.cells, plan.caution, plan.pairs)
 
 
 def run_plan(plan: Plan, jobs: int = 1, progress: bool = True, procs: int = 1) -> int:
@@ -425,7 +441,8 @@ def _report(plan: Plan, console: Any) -> None:
         if c.cfg.output_dir in done_dirs:
             RunDir(c.cfg.output_dir).save_cell(c.labels)
     if done_dirs:
-        paths = write_report(collect_rows(done_dirs), plan.output_dir, title=plan.title, caution=plan.caution)
+        paths = write_report(collect_rows(done_dirs), plan.output_dir, title=plan.title, caution=plan.caution,
+                             pairs=plan.pairs)
         console.print(f"compare: report in {paths['summary']}, {paths['curves']}, {paths['aubc']}")
         if plan.caution:
             console.print(f"[yellow]compare: caution: {plan.caution}")

@@ -360,6 +360,17 @@ def reference_method(groups: dict[tuple[str, str], Group]) -> str | None:
     return REFERENCE_METHOD if REFERENCE_METHOD in methods else methods[0]
 
 
+def paired_strategies(groups: dict[tuple[str, str], Group], pairs: Sequence[tuple[str, str]]) -> list[Paired]:
+    """For each (a, b) of ``pairs``: strategy a minus strategy b under every method that ran both."""
+    out = []
+    for a, b in pairs:
+        for (method, strategy), g in groups.items():
+            base = groups.get((method, b))
+            if strategy == a and base is not None and (p := paired(g, base)) is not None:
+                out.append(Paired(method, f"{a} − {b}", p.seeds, p.aubc, p.by_budget))
+    return out
+
+
 def paired_methods(groups: dict[tuple[str, str], Group]) -> list[Paired]:
     """Each method's ``random`` group minus the reference method's, paired by seed."""
     ref = reference_method(groups)
@@ -410,7 +421,8 @@ def _paired_table(paired_rows: list[Paired], budgets: list[int], first: str) -> 
     return lines
 
 
-def summary_markdown(rows: list[dict], title: str = "Comparison", caution: str | None = None) -> str:
+def summary_markdown(rows: list[dict], title: str = "Comparison", caution: str | None = None,
+                     pairs: Sequence[tuple[str, str]] = ()) -> str:
     groups = group_rows(rows)
     budgets = sorted({n for g in groups.values() for n in g.budgets})
     lines = [f"# {title}", ""]
@@ -441,6 +453,11 @@ def summary_markdown(rows: list[dict], title: str = "Comparison", caution: str |
                   "if it lies above 0, *worse* if below, else *no detectable difference*; from fewer than "
                   f"{MIN_SEEDS} seeds there is no verdict (with 2 the interval rests on one degree of freedom).", "",
                   *_paired_table(paired, budgets, "method | strategy")]
+    others = paired_strategies(groups, pairs)
+    if others:
+        lines += ["", "## Other paired differences under the same method", "",
+                  "Percentage points, the first strategy minus the second with the same seed; interval and verdict "
+                  "as above.", "", *_paired_table(others, budgets, "method | strategy")]
     between = paired_methods(groups)
     if between:
         ref = reference_method(groups)
@@ -548,15 +565,16 @@ def plot_aubc(rows: list[dict], path: str | Path, title: str = "AUBC (mean accur
 
 
 def write_report(rows: list[dict], out_dir: str | Path, title: str = "Comparison",
-                 caution: str | None = None) -> dict[str, Path]:
+                 caution: str | None = None, pairs: Sequence[tuple[str, str]] = ()) -> dict[str, Path]:
     """results.csv, summary.md, curves.png and aubc.png of these rows in ``out_dir``; ``caution`` (what the
-    numbers cannot show, e.g. a schedule too short to rank methods) heads summary.md."""
+    numbers cannot show, e.g. a schedule too short to rank methods) heads summary.md; ``pairs`` (a, b) of
+    strategies add a table of a minus b under each method."""
     out = Path(out_dir)
     files.mkdirs(out)
     paths = {"results": out / "results.csv", "summary": out / "summary.md",
              "curves": out / "curves.png", "aubc": out / "aubc.png"}
     write_results_csv(rows, paths["results"])
-    files.write_text(paths["summary"], summary_markdown(rows, title, caution))
+    files.write_text(paths["summary"], summary_markdown(rows, title, caution, pairs))
     plot_curves(rows, paths["curves"], title=f"{title}: accuracy vs labels")
     plot_aubc(rows, paths["aubc"], title=f"{title}: AUBC")
     return paths
