@@ -341,6 +341,7 @@ def cmd_compare(args) -> int:
 def cmd_report(args) -> int:
     # loaded when the command runs (see the module docstring)
     from ssal.experiment.report import collect_rows, one_run, report_out, write_report
+    from ssal.run.readers import comparison_report_options
 
     if len(args.runs) == 1:  # one run: its rounds for a person, whatever it measured
         text, tested = one_run(Path(args.runs[0]))
@@ -350,8 +351,11 @@ def cmd_report(args) -> int:
                 return 0
     rows = collect_rows(args.runs)
     out = report_out(args.runs, args.out, force=args.force)
-    title = args.title or (Path(args.runs[0]).name if len(args.runs) == 1 else "Comparison")
-    paths = write_report(rows, out, title=title)
+    # a comparison's folder: its spec's title, caution and strategy pairs, as 'ssal compare' wrote them
+    recorded = comparison_report_options(Path(args.runs[0])) if len(args.runs) == 1 else {}
+    title = args.title or recorded.get("title") or (Path(args.runs[0]).name if len(args.runs) == 1 else "Comparison")
+    paths = write_report(rows, out, title=title, caution=recorded.get("caution"),
+                         pairs=[tuple(p) for p in recorded.get("pairs") or ()])
     print(f"wrote {paths['results']}, {paths['summary']}, {paths['curves']}, {paths['aubc']}")
     return 0
 

@@ -81,6 +81,8 @@ def test_derived_labels(tmp_path, base):
     ({"active.strategy": ["random"]}, {"caution": 5}, "'caution' must be a sentence"),
     ({"active.strategy": ["random", "entropy"]}, {"pairs": [["entropi", "random"]]}, "did you mean 'entropy'"),
     ({"active.strategy": ["random", "entropy"]}, {"pairs": ["entropy"]}, "'pairs' must list strategy pairs"),
+    ({"active.strategy": ["random", "entropy"]}, {"pairs": [["entropy", "entropy"]]}, "minus itself"),
+    ({"active.strategy": ["random", "entropy"]}, {"pairs": [["entropy", "random"]]}, "paired with random already"),
 ])
 def test_bad_specs_fail_with_one_line_and_write_nothing(tmp_path, base, capsys, grid, extra, message):
     assert main(["compare", str(spec(tmp_path, grid, **extra))]) == 2
@@ -216,7 +218,10 @@ def test_benchmark_script_quick_preset_at_a_tiny_size(tmp_path, fmnist_root):
     assert summary.splitlines()[2].startswith("> **Caution:** This preset checks that the pipeline runs")
     assert "too short to rank" in summary.splitlines()[2]
     assert proc.stderr.count("compare: caution: This preset checks") == 2  # at the start and under the report
-    assert "## Difference to `supervised` under `random` selection" in summary
+    assert "## Difference between methods under `random` selection" in summary and "(`supervised`)" in summary
+    # 'ssal report' on the comparison writes the same summary: the spec's title and caution were recorded
+    assert main(["report", str(out), "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "summary.md").read_text() == summary
     assert (out / "curves.png").stat().st_size > 0 and (out / "aubc.png").stat().st_size > 0
     assert "pretraining for simclr+fixmatch" in proc.stderr
 

@@ -11,6 +11,7 @@ from ssal.cli import main
 from ssal.data.datasets import load_dataset
 from ssal.data.pool_settings import RepeatedSplit, long_tail, long_tail_counts
 from ssal.data.splits import TensorSplit
+from ssal.errors import DataError
 from ssal.experiment import loop
 from ssal.recipe import load_recipe
 from ssal.recipe.load import from_dict
@@ -44,6 +45,11 @@ def test_the_long_tail_keeps_each_class_its_count_with_a_seeded_draw():
     other = long_tail(split, 8, seed=1, classes=list("abcd"))
     assert torch.equal(again.load(torch.arange(len(again))), got.load(torch.arange(len(got))))
     assert not torch.equal(other.load(torch.arange(len(other))), got.load(torch.arange(len(got))))
+
+
+def test_a_class_missing_from_the_pool_is_named():
+    with pytest.raises(DataError, match="none of class 'b': raise data.pool_size"):
+        long_tail(tiny_split([10, 0, 10]), 2, seed=0, classes=list("abc"))
 
 
 def test_copies_follow_the_images_and_carry_their_own_fixed_noise():
@@ -123,13 +129,22 @@ def test_a_run_on_a_long_tailed_redundant_pool_refuses_a_resume_with_other_setti
     ("data.redundancy_noise=0.1", "set data.redundancy >= 2"),
     ("data.redundancy_noise=1.5", "data.redundancy_noise must be in [0, 1]"),
     ("data.imbalance=1e9", "leaves class '9' no image"),
+    ("active.rounds=60", "more than the 300 images of data.pool_size=300;"),
+    ("active.rounds=60 data.redundancy=2", "more than the 600 images of data.pool_size=300 x data.redundancy=2"),
 ])
 def test_bad_pool_settings_are_one_line_and_write_nothing(tmp_path, tiny_recipe, capsys, override, fragment):
     recipe = _run(tmp_path, tiny_recipe, "bad")
-    assert main(["run", str(recipe), override, "--no-progress"]) == 2
+    assert main(["run", str(recipe), *override.split(), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ssal: error:") and fragment in err[0], err
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_labels_may_exceed_the_pool_size_by_the_copies(tmp_path, tiny_recipe):
+    recipe = _run(tmp_path, tiny_recipe, "copies")
+    cfg = load_recipe(recipe, ["data.pool_size=40", "data.redundancy=2", "active.initial=20", "active.budget=30",
+                               "active.rounds=2"])
+    assert cfg.active.initial + cfg.active.rounds * cfg.active.budget == 80
 
 
 def test_a_person_labels_the_pool_as_it_is(tmp_path, tiny_recipe, capsys):

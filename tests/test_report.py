@@ -12,6 +12,7 @@ from ssal.experiment.report import (
     aubc,
     group_rows,
     mean_std,
+    paired_methods,
     paired_to_baseline,
     plot_aubc,
     plot_curves,
@@ -186,13 +187,32 @@ def test_summary_has_no_verdict_from_two_seeds_and_pairs_methods_under_random():
     assert "> **Caution:** too short to rank methods" in text.splitlines()[2]
     assert "**no verdict: 2 seeds, needs >= 3**" in text and "**better**" not in text
     # no 'supervised' method: the first by name, 'fm', is the reference; sup / random minus fm / random by hand
-    assert "## Difference to `fm` under `random` selection" in text
+    assert "## Difference between methods under `random` selection" in text and "(`fm`)" in text
     lines = [line for line in text.splitlines() if line.startswith("| sup | 2 |")]
     assert len(lines) == 1
     d = [aubc(BUDGETS, ACC[("sup", "random", s)]) - aubc(BUDGETS, ACC[("fm", "random", s)]) for s in (0, 1)]
     assert f"| {100 * sum(d) / 2:+.2f} [" in lines[0] and "no verdict: 2 seeds" in lines[0]
     renamed = [{**r, "method": "supervised" if r["method"] == "sup" else r["method"]} for r in rows]
-    assert "## Difference to `supervised` under `random` selection" in summary_markdown(renamed)
+    assert "(`supervised`)" in summary_markdown(renamed)
+
+
+def test_methods_are_compared_only_within_one_setting_and_over_common_budgets():
+    # a comparison appends its other axes to the method: fm and sup are compared per pool, never across
+    rows = [{**r, "method": f"{r['method']}/pool={pool}", "run": f"{r['run']}-{pool}"}
+            for pool in ("a", "b") for r in made_up_rows()]
+    pairs = paired_methods(group_rows(rows))
+    assert sorted((ref, p.method) for ref, p in pairs) == [("fm/pool=a", "sup/pool=a"), ("fm/pool=b", "sup/pool=b")]
+    # budgets 1000-3000 against 100-300: no budget in common, nothing to pair
+    shifted = [{**r, "method": "supervised", "n_labeled": 10 * r["n_labeled"]}
+               for r in made_up_rows() if r["method"] == "sup" and r["strategy"] == "random"]
+    fm = [r for r in made_up_rows() if r["method"] == "fm"]
+    assert paired_methods(group_rows(shifted + fm)) == []
+    # a partly common range: the AUBCs of both are taken over the budgets both measured (100 and 200)
+    cut = [r for r in made_up_rows() if not (r["method"] == "fm" and r["n_labeled"] == 300)]
+    ((ref, p),) = paired_methods(group_rows(cut))
+    d = [aubc(BUDGETS[:2], ACC[("sup", "random", s)][:2]) - aubc(BUDGETS[:2], ACC[("fm", "random", s)][:2])
+         for s in (0, 1)]
+    assert ref == "fm" and p.aubc[0] == pytest.approx(sum(d) / 2)
 
 
 def test_a_pair_of_strategies_is_subtracted_under_each_method_that_ran_both():

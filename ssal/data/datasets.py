@@ -112,7 +112,8 @@ def load_dataset(cfg, seed: int = 0, cache_dir: str | None = None) -> ImageDatas
         if split.files() is not None and len(split):
             root, rels = split.files()
             by_root.setdefault(root, []).extend(rels)
-    ds.pending_caches = [check_images(root, rels, cache_dir) for root, rels in by_root.items()]
+    # each file once (data.redundancy repeats a pool's paths)
+    ds.pending_caches = [check_images(root, list(dict.fromkeys(rels)), cache_dir) for root, rels in by_root.items()]
     if cfg.hflip is not None:
         ds.hflip = bool(cfg.hflip)
     if cfg.labels is not None:
@@ -143,7 +144,7 @@ def pool_statistics(split: Split, channels: int, cache_dir: str | None):
     run goes ahead, like the image check's)."""
     root, rels = split.files()
     h = hashlib.blake2b(split.fingerprint().encode() + str(root.resolve()).encode(), digest_size=16)
-    for rel in rels:  # the files themselves: another folder with the same names, or an image edited in place
+    for rel in dict.fromkeys(rels):  # the files themselves: another folder with the same names, or an edited image
         st = os.stat(root / rel)
         h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\0".encode())
     path = Path(os.path.expanduser(cache_dir)) / "norm" / f"{h.hexdigest()}.json" if cache_dir else None

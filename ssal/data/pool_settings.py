@@ -42,6 +42,10 @@ def long_tail(split: Split, ratio: float, seed: int, classes: Sequence[str]) -> 
     """The seeded subset of ``split`` whose class counts follow :func:`long_tail_counts`."""
     targets = split.targets
     counts = torch.bincount(targets, minlength=len(classes)).tolist()
+    if min(counts) == 0:
+        empty = classes[counts.index(0)]
+        raise DataError(f"data.imbalance needs images of every class, and the pool has none of class '{empty}': "
+                        "raise data.pool_size or remove it")
     keep = long_tail_counts(counts, ratio)
     if keep[-1] < 1:
         raise DataError(f"data.imbalance={ratio} leaves class '{classes[-1]}' no image (the smallest class count "

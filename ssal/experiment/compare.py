@@ -59,7 +59,7 @@ from ssal.recipe import load_recipe, read_yaml, to_yaml
 from ssal.run.layout import CELLS, COMPARISON, COMPARISON_KIND, LOCK, store_kind
 from ssal.run.lock import Lock, RunInUse
 from ssal.run.outputs import check_folder, data_folders
-from ssal.run.readers import method_label, read_metrics, strategy_label
+from ssal.run.readers import comparison_report_options, method_label, read_metrics, strategy_label
 from ssal.run.store import RunDir, differences
 
 SPEC_KEYS = ("recipe", "output_dir", "overrides", "grid", "title", "caution", "pairs")
@@ -216,6 +216,11 @@ def _pairs(value: Any, spec: Path, strategies: set[str]) -> tuple[tuple[str, str
     if unknown:
         raise ConfigError(f"{spec}: pairs names '{unknown[0]}', which is not a strategy of this grid "
                           f"({', '.join(sorted(strategies))}){did_you_mean(unknown[0], strategies)}")
+    for a, b in value:
+        if a == b or "random" in (a, b):
+            raise ConfigError(f"{spec}: pairs lists [{a}, {b}]; "
+                              + ("a strategy minus itself is 0" if a == b else "every strategy is paired with random "
+                                 "already") + ": remove it")
     return tuple((a, b) for a, b in value)
 
 
@@ -330,8 +335,11 @@ def run_plan(plan: Plan, jobs: int = 1, progress: bool = True, procs: int = 1) -
     try:
         if note:
             console.print(f"[yellow]note: {note}")
-        if not (out / COMPARISON).is_file():  # marks the folder: no other command writes into it
-            files.write_json(out / COMPARISON, files.seal({"spec": str(plan.spec), "title": plan.title}))
+        # marks the folder (no other command writes into it) and keeps what 'ssal report' on it needs
+        marker = {"spec": str(plan.spec), "title": plan.title, "caution": plan.caution,
+                  "pairs": [list(p) for p in plan.pairs]}
+        if comparison_report_options(out) != {k: marker[k] for k in ("title", "caution", "pairs")}:
+            files.write_json(out / COMPARISON, files.seal(marker))
         for sub in ("recipes", CELLS, "logs"):
             files.mkdirs(out / sub)
         for c in plan.cells:

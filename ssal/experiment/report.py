@@ -326,11 +326,16 @@ class Paired:
 
 
 def paired(g: Group, base: Group) -> Paired | None:
-    """``g`` minus ``base`` over their common seeds (None without one)."""
-    seeds = sorted(set(g.seeds) & set(base.seeds))
+    """``g`` minus ``base`` over their common seeds, each seed's AUBCs over the budgets both measured (None
+    without a common seed and budget: AUBCs over different label ranges do not compare)."""
+    seeds = sorted(s for s in set(g.seeds) & set(base.seeds)
+                   if any(s in g.acc[n] and s in base.acc.get(n, {}) for n in g.budgets))
     if not seeds:
         return None
-    ga, ba = g.aubc(), base.aubc()
+    ga, ba = {}, {}
+    for s in seeds:
+        ns = [n for n in g.budgets if s in g.acc[n] and s in base.acc.get(n, {})]
+        ga[s], ba[s] = aubc(ns, [g.acc[n][s] for n in ns]), aubc(ns, [base.acc[n][s] for n in ns])
     by_budget = {}
     for n in g.budgets:
         common = [s for s in seeds if s in g.acc[n] and s in base.acc.get(n, {})]
@@ -351,13 +356,26 @@ def paired_to_baseline(groups: dict[tuple[str, str], Group], baseline: str = BAS
 REFERENCE_METHOD = "supervised"
 
 
-def reference_method(groups: dict[tuple[str, str], Group]) -> str | None:
-    """The method the others are measured against: ``supervised`` when it ran ``random``, else the first
-    such method; None with fewer than two methods that ran ``random``."""
-    methods = sorted(m for m, s in groups if s == BASELINE)
-    if len(methods) < 2:
-        return None
-    return REFERENCE_METHOD if REFERENCE_METHOD in methods else methods[0]
+def _setting(method: str) -> tuple[str, str]:
+    """(training method, setting): a comparison appends its other axes to the method label
+    (``supervised/pool=long_tail``); methods are compared only within one setting."""
+    name, _, setting = method.partition("/")
+    return name, setting
+
+
+def reference_methods(groups: dict[tuple[str, str], Group]) -> dict[str, str]:
+    """Per setting, the method label the others are measured against: ``supervised``'s when it ran
+    ``random``, else the first such; only settings where two or more methods ran ``random``."""
+    by_setting: dict[str, list[str]] = defaultdict(list)
+    for m, s in groups:
+        if s == BASELINE:
+            by_setting[_setting(m)[1]].append(m)
+    out = {}
+    for setting, methods in by_setting.items():
+        if len(methods) >= 2:
+            methods.sort()
+            out[setting] = next((m for m in methods if _setting(m)[0] == REFERENCE_METHOD), methods[0])
+    return out
 
 
 def paired_strategies(groups: dict[tuple[str, str], Group], pairs: Sequence[tuple[str, str]]) -> list[Paired]:
@@ -371,13 +389,14 @@ def paired_strategies(groups: dict[tuple[str, str], Group], pairs: Sequence[tupl
     return out
 
 
-def paired_methods(groups: dict[tuple[str, str], Group]) -> list[Paired]:
-    """Each method's ``random`` group minus the reference method's, paired by seed."""
-    ref = reference_method(groups)
-    if ref is None:
-        return []
-    base = groups[(ref, BASELINE)]
-    return [p for (m, s), g in groups.items() if s == BASELINE and m != ref and (p := paired(g, base)) is not None]
+def paired_methods(groups: dict[tuple[str, str], Group]) -> list[tuple[str, Paired]]:
+    """(reference, each other method's ``random`` group minus the reference's) within each setting."""
+    out = []
+    for setting, ref in sorted(reference_methods(groups).items()):
+        base = groups[(ref, BASELINE)]
+        out += [(ref, p) for (m, s), g in groups.items()
+                if s == BASELINE and m != ref and _setting(m)[1] == setting and (p := paired(g, base)) is not None]
+    return out
 
 
 # ----------------------------------------------------------------------------- writing
@@ -460,10 +479,12 @@ def summary_markdown(rows: list[dict], title: str = "Comparison", caution: str |
                   "as above.", "", *_paired_table(others, budgets, "method | strategy")]
     between = paired_methods(groups)
     if between:
-        ref = reference_method(groups)
-        lines += ["", f"## Difference to `{ref}` under `{BASELINE}` selection", "",
-                  f"Percentage points, each method minus `{ref}`, both with random selection and the same seed; "
-                  "interval and verdict as above.", "", *_paired_table(between, budgets, "method")]
+        refs = sorted({ref for ref, _ in between})
+        lines += ["", f"## Difference between methods under `{BASELINE}` selection", "",
+                  "Percentage points, each method minus the reference of its setting (" +
+                  ", ".join(f"`{r}`" for r in refs) + "), both with random selection and the same seed, over the "
+                  "budgets both measured; interval and verdict as above.", "",
+                  *_paired_table([p for _, p in between], budgets, "method")]
 
     lines += ["", "## Time", "",
               "Seconds per run (sum over its rounds), mean over seeds: training vs selection (signals + strategy).",

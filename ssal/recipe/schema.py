@@ -321,9 +321,12 @@ def validate(cfg: DictConfig) -> None:
     _check_section(cfg, "active")
     _check_section(cfg, "data")
     needed = a.initial + a.rounds * a.budget
-    checks.require(d.pool_size is None or needed <= d.pool_size,
-                   f"active.initial + active.rounds * active.budget = {needed} labels, more than data.pool_size="
-                   f"{d.pool_size}; lower the budget or rounds, or enlarge the pool")
+    # a long tail's size is known once the classes are counted: ssal.recipe.validate_pool checks it then
+    if d.pool_size is not None and d.imbalance is None and needed > d.pool_size * d.redundancy:
+        copies = f" x data.redundancy={d.redundancy}" if d.redundancy > 1 else ""
+        raise ConfigError(f"active.initial + active.rounds * active.budget = {needed} labels, more than the "
+                          f"{d.pool_size * d.redundancy} images of data.pool_size={d.pool_size}{copies}; lower the "
+                          "budget or rounds, or enlarge the pool")
 
 
 def _check_section(cfg: DictConfig, key: str) -> None:

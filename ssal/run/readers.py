@@ -20,7 +20,7 @@ from ssal.data.pool import ActivePool
 from ssal.errors import ConfigError, DataError, SsalError
 from ssal.files import Damaged
 from ssal.run import layout
-from ssal.run.layout import CELL, CELLS, FORMAT, IDENTITY, METRICS, POOL, RECIPE
+from ssal.run.layout import CELL, CELLS, COMPARISON, FORMAT, IDENTITY, METRICS, POOL, RECIPE
 
 # ----------------------------------------------------------------------------- the files of a run
 
@@ -418,6 +418,16 @@ def tested_rounds(run_dir: Path) -> list[dict]:
 def is_comparison(path: Path) -> bool:
     """Whether ``path`` is read as the folder of ``ssal compare`` (it has ``cells/``)."""
     return (path / CELLS).is_dir()
+
+
+def comparison_report_options(path: Path) -> dict:
+    """What ``ssal compare`` recorded for its folder's report (title, caution, pairs); {} for an older or
+    damaged marker: the report is then written without them."""
+    try:
+        marker = files.read_sealed_json(path / COMPARISON)
+    except (OSError, files.Damaged):
+        return {}
+    return {k: marker[k] for k in ("title", "caution", "pairs") if k in marker}
 
 
 def runs_under(paths: Iterable[str | os.PathLike]) -> list[Path]:
