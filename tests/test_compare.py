@@ -3,6 +3,7 @@ real tiny grid."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -245,3 +246,22 @@ def test_a_comparison_in_use_is_refused_naming_its_holder(tmp_path, base, capsys
         holder.kill()
         holder.wait()
         holder.stdout.close()
+
+
+@pytest.mark.slow  # runs a cell
+def test_a_cell_made_before_a_recipe_key_existed_is_done_while_a_changed_value_is_refused(tmp_path, base):
+    from ssal import files
+    from ssal.experiment.compare import cell_state
+
+    plan = load_spec(spec(tmp_path, {"seed": [0]}))
+    assert run_plan(plan, progress=False) == 0
+    cell = plan.cells[0]
+    identity = Path(cell.cfg.output_dir) / "run.json"
+    data = json.loads(identity.read_text())
+    for key in ("imbalance", "redundancy", "redundancy_noise"):  # as an ssal before the pool settings wrote it
+        del data["recipe"]["data"][key]
+    identity.write_text(json.dumps(files.seal({k: v for k, v in data.items() if k != "checksum"})))
+    assert cell_state(load_spec(tmp_path / "spec.yaml").cells[0]) == ("done", 3)
+    changed = load_spec(spec(tmp_path, {"seed": [0]}, overrides={"data.redundancy": 2})).cells[0]
+    with pytest.raises(Exception, match=r"data.redundancy: None there, 2 now"):
+        cell_state(changed)

@@ -55,12 +55,12 @@ from ssal import files
 from ssal.errors import ConfigError, DataError, Interrupted, did_you_mean
 from ssal.experiment.pretraining import encoder_identity
 from ssal.experiment.report import collect_rows, write_report
-from ssal.recipe import load_recipe, read_yaml, to_yaml
+from ssal.recipe import load_recipe, read_yaml, recipe_changes, to_yaml
 from ssal.run.layout import CELLS, COMPARISON, COMPARISON_KIND, LOCK, store_kind
 from ssal.run.lock import Lock, RunInUse
 from ssal.run.outputs import check_folder, data_folders
 from ssal.run.readers import comparison_report_options, method_label, read_metrics, strategy_label
-from ssal.run.store import RunDir, differences
+from ssal.run.store import RunDir
 
 SPEC_KEYS = ("recipe", "output_dir", "overrides", "grid", "title", "caution", "pairs")
 LABEL_AXES = ("method", "strategy")
@@ -244,8 +244,9 @@ def cell_state(cell: Cell) -> tuple[str, int]:
     now = OmegaConf.to_container(cell.cfg)
     a = {k: v for k, v in stored.items() if k not in ("name", "output_dir")}
     b = {k: v for k, v in now.items() if k not in ("name", "output_dir")}
-    if a != b:
-        diff = next((f"{key}: {then!r} there, {current!r} now" for key, then, current in differences(a, b)), "")
+    changes = recipe_changes(a, b)  # a key newer than the cell's ssal, at its default, is no change
+    if changes:
+        diff = "{}: {!r} there, {!r} now".format(*changes[0])
         raise ConfigError(f"{d.path} was run with a different recipe ({diff}); the spec changed since. Remove that "
                           "cell directory to run it anew, or choose another output_dir")
     done = len(read_metrics(d.path))

@@ -7,8 +7,8 @@ continued with ``--resume``.
 """
 
 from ssal.recipe.load import from_dict, load_recipe, parse_overrides, read_yaml, to_yaml
-from ssal.recipe.resume import resume_recipe
+from ssal.recipe.resume import recipe_changes, resume_recipe
 from ssal.recipe.schema import CHOICES, DataConfig, ModelConfig, TrainConfig, schema, validate, validate_pool
 
 __all__ = ["CHOICES", "DataConfig", "ModelConfig", "TrainConfig", "from_dict", "load_recipe", "parse_overrides",
-           "read_yaml", "resume_recipe", "schema", "to_yaml", "validate", "validate_pool"]
+           "read_yaml", "recipe_changes", "resume_recipe", "schema", "to_yaml", "validate", "validate_pool"]

@@ -41,16 +41,21 @@ def resume_recipe(run_dir: str | os.PathLike | RunDir, overrides: list[str] = ()
     if overrides:
         where += " with the overrides"
     now = OmegaConf.to_container(cfg)
-    defaults = OmegaConf.to_container(OmegaConf.structured(schema()))
-    for key, before, after in differences(stored, now):
+    for key, before, after in recipe_changes(stored, now):
         if key == "active.rounds" and isinstance(after, int) and after >= before:
             continue
-        if not _has(stored, key) and _has(defaults, key) and after == _get(defaults, key):
-            continue  # a key newer than the run's ssal, at its default: what that ssal did
         if key in SAFE_ON_RESUME and key != "active.rounds":
             continue
         _refuse_change(rd, where, key, before, after)
     return cfg
+
+
+def recipe_changes(stored: dict, now: dict) -> list[tuple[str, Any, Any]]:
+    """(key, stored value, value now) for every key that differs between a run's recorded recipe and a
+    recipe now, except a key newer than the run's ssal at its default: what that ssal did."""
+    defaults = OmegaConf.to_container(OmegaConf.structured(schema()))
+    return [(key, before, after) for key, before, after in differences(stored, now)
+            if _has(stored, key) or not _has(defaults, key) or after != _get(defaults, key)]
 
 
 def _refuse_change(rd: RunDir, where: str, key: str, before: Any, after: Any) -> None:
