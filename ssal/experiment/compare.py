@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict, read_write
 from rich.console import Console
 
 from ssal import files
@@ -194,14 +194,15 @@ def load_spec(path: str | os.PathLike, output_dir: str | None = None, overrides:
         labels.setdefault("strategy", strategy_label(plain))
         labels["seed"] = int(cfg.seed)
         name = _slug(f"{labels['method']}__{labels['strategy']}__seed{labels['seed']}")
-        cells.append(Cell(name, labels, recipe, [*_dotlist(merged), *overrides]))
+        cells.append(Cell(name, labels, recipe, [*_dotlist(merged), *overrides], cfg))
     names = [c.name for c in cells]
     dup = next((n for n in names if names.count(n) > 1), None)
     if dup:
         raise ConfigError(f"{spec}: two cells share the labels of '{dup}'; name the axis values apart "
                           "(a 'method' or 'strategy' axis with distinct labels)")
-    for c in cells:  # the real output_dir of each cell
-        c.cfg = load_recipe(c.recipe, [*c.overrides, f"output_dir={json.dumps(str(out / CELLS / c.name))}"])
+    for c in cells:  # the real output_dir of each cell (nothing in a recipe derives from it)
+        with open_dict(c.cfg), read_write(c.cfg):
+            c.cfg.output_dir = str(out / CELLS / c.name)
     return Plan(spec, str(data.get("title") or spec.stem), out, cells, caution=_caution(data.get("caution"), spec),
                 pairs=_pairs(data.get("pairs"), spec, {c.labels["strategy"] for c in cells}))
 
