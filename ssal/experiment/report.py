@@ -328,20 +328,19 @@ class Paired:
 def paired(g: Group, base: Group) -> Paired | None:
     """``g`` minus ``base`` over their common seeds, each seed's AUBCs over the budgets both measured (None
     without a common seed and budget: AUBCs over different label ranges do not compare)."""
-    seeds = sorted(s for s in set(g.seeds) & set(base.seeds)
-                   if any(s in g.acc[n] and s in base.acc.get(n, {}) for n in g.budgets))
+    both = {s: [n for n in g.budgets if s in g.acc[n] and s in base.acc.get(n, {})]
+            for s in set(g.seeds) & set(base.seeds)}  # seed -> the budgets both measured
+    seeds = sorted(s for s, ns in both.items() if ns)
     if not seeds:
         return None
-    ga, ba = {}, {}
-    for s in seeds:
-        ns = [n for n in g.budgets if s in g.acc[n] and s in base.acc.get(n, {})]
-        ga[s], ba[s] = aubc(ns, [g.acc[n][s] for n in ns]), aubc(ns, [base.acc[n][s] for n in ns])
+    diffs = [aubc(both[s], [g.acc[n][s] for n in both[s]]) - aubc(both[s], [base.acc[n][s] for n in both[s]])
+             for s in seeds]
     by_budget = {}
     for n in g.budgets:
-        common = [s for s in seeds if s in g.acc[n] and s in base.acc.get(n, {})]
+        common = [s for s in seeds if n in both[s]]
         if common:
             by_budget[n] = t_interval([g.acc[n][s] - base.acc[n][s] for s in common])
-    return Paired(g.method, g.strategy, seeds, t_interval([ga[s] - ba[s] for s in seeds]), by_budget)
+    return Paired(g.method, g.strategy, seeds, t_interval(diffs), by_budget)
 
 
 def paired_to_baseline(groups: dict[tuple[str, str], Group], baseline: str = BASELINE) -> list[Paired]:
@@ -430,12 +429,13 @@ def _diff(m: float, lo: float, hi: float) -> str:
     return f"{100 * m:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
 
 
-def _paired_table(paired_rows: list[Paired], budgets: list[int], first: str) -> list[str]:
+def _paired_table(paired_rows: list[Paired], budgets: list[int], strategy: bool = True) -> list[str]:
+    first = "method | strategy" if strategy else "method"
     lines = [f"| {first} | seeds | " + " | ".join(str(n) for n in budgets) + " | AUBC | verdict |",
              "|---|---|" + "---|" * len(budgets) + "---|---|"]
     for p in paired_rows:
         cells = [_diff(*p.by_budget[n]) if n in p.by_budget else "—" for n in budgets]
-        name = f"{p.method} | {p.strategy}" if first == "method | strategy" else p.method
+        name = f"{p.method} | {p.strategy}" if strategy else p.method
         lines.append(f"| {name} | {len(p.seeds)} | " + " | ".join(cells) + f" | {_diff(*p.aubc)} | **{p.verdict}** |")
     return lines
 
@@ -471,12 +471,12 @@ def summary_markdown(rows: list[dict], title: str = "Comparison", caution: str |
                   "95 % Student-t interval over the paired seeds. The verdict reads the AUBC interval: *better* "
                   "if it lies above 0, *worse* if below, else *no detectable difference*; from fewer than "
                   f"{MIN_SEEDS} seeds there is no verdict (with 2 the interval rests on one degree of freedom).", "",
-                  *_paired_table(paired, budgets, "method | strategy")]
+                  *_paired_table(paired, budgets)]
     others = paired_strategies(groups, pairs)
     if others:
         lines += ["", "## Other paired differences under the same method", "",
                   "Percentage points, the first strategy minus the second with the same seed; interval and verdict "
-                  "as above.", "", *_paired_table(others, budgets, "method | strategy")]
+                  "as above.", "", *_paired_table(others, budgets)]
     between = paired_methods(groups)
     if between:
         refs = sorted({ref for ref, _ in between})
@@ -484,7 +484,7 @@ def summary_markdown(rows: list[dict], title: str = "Comparison", caution: str |
                   "Percentage points, each method minus the reference of its setting (" +
                   ", ".join(f"`{r}`" for r in refs) + "), both with random selection and the same seed, over the "
                   "budgets both measured; interval and verdict as above.", "",
-                  *_paired_table([p for _, p in between], budgets, "method")]
+                  *_paired_table([p for _, p in between], budgets, strategy=False)]
 
     lines += ["", "## Time", "",
               "Seconds per run (sum over its rounds), mean over seeds: training vs selection (signals + strategy).",
